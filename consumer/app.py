@@ -1,0 +1,419 @@
+"""The service's lifecycle: Kafka in, batched requests out, outcomes published, offsets committed.
+
+Data flow: records come off `getmany`, are decoded (invalid ones go straight to an outcome and
+the dead-letter topic), land in the batcher keyed by request path, leave as one request per
+batch, come back as one outcome per instruction, are published, and only then are their
+offsets marked done; the tracker commits each partition's longest done prefix.
+
+Stopping (a stop event, then a bounded drain):
+1. stop fetching: no new record is taken;
+2. flush: every open batch becomes due at once;
+3. wait, up to CONSUMER_SHUTDOWN_TIMEOUT_MS, for every batch to be sent and every outcome and
+   dead-letter copy to be acknowledged (what is still running then is cancelled: its records
+   have no outcome and are not committed, so the next owner processes them);
+4. commit the done positions (shielded from cancellation);
+5. leave the group, flush and stop the producer, close the HTTP session.
+
+Partitions revoked in a rebalance get the same treatment, limited to them and bounded by
+CONSUMER_REVOKE_TIMEOUT_MS: flush their batches, wait for their outcomes, commit, and give up
+(without committing) whatever is not finished, for the next owner to redo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from consumer import kafka
+from consumer.auth import AuthGate
+from consumer.batcher import Batch, Batcher
+from consumer.errors import ApiError, ErrorCode
+from consumer.events import Invalid, Outcome, Status, decode, target_operations
+from consumer.ld_client import LdClient, TokenSource
+from consumer.offsets import OffsetTracker
+from consumer.outcomes import InstructionResult, invalid_outcome, outcome_for, results_from_error
+from consumer.publisher import Publisher
+from consumer.records import ConsumedRecord, PendingEvent
+from consumer.retry import RetryPolicy
+from consumer.routing import UnroutableEvent, route
+from consumer.sender import BatchSender
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.ld_retry_max_attempts,
+        max_elapsed=settings.ld_retry_max_elapsed_ms / 1000,
+        base_delay=settings.ld_retry_base_delay_ms / 1000,
+        max_delay=settings.ld_retry_max_delay_ms / 1000,
+        conflict_max_retries=settings.ld_conflict_max_retries,
+        rate_limit_default=settings.ld_rate_limit_default_wait_ms / 1000,
+        rate_limit_jitter=settings.ld_rate_limit_jitter_ms / 1000,
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._service.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._service.on_assigned(assigned)
+
+
+class Service:
+    def __init__(self, settings: Settings, token: TokenSource | None = None) -> None:
+        self.settings = settings
+        self.token = token or TokenSource(settings.ld_api_token, settings.ld_api_token_file)
+        self.tracker = OffsetTracker()
+        self.batcher = Batcher(
+            max_size=settings.consumer_batch_max_size,
+            linger=settings.consumer_batch_linger_ms / 1000,
+            comment_max_chars=settings.consumer_batch_comment_max_chars,
+        )
+        self.assigned: set[TopicPartition] = set()
+        self.stopping = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
+        self._sender: BatchSender | None = None
+        self._gate: AuthGate | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches_in_flight = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._rng = random.Random()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain. Raises when a background loop failed."""
+        settings = self.settings
+        self._producer = kafka.make_producer(settings)
+        self._consumer = kafka.make_consumer(settings)
+        client = LdClient(
+            settings.ld_base_url,
+            self.token,
+            timeout=settings.ld_request_timeout_ms / 1000,
+            max_connections=settings.consumer_max_in_flight_requests * 2,
+        )
+        self._gate = AuthGate(
+            self.token, max_delay=settings.ld_auth_probe_max_delay_ms / 1000, on_change=self._on_auth
+        )
+        self._sender = BatchSender(client, retry_policy(settings), self._gate, rng=self._rng)
+        self._publisher = Publisher(
+            self._producer,
+            results_topic=settings.consumer_results_topic,
+            dlq_topic=settings.consumer_dlq_topic,
+        )
+        await self._producer.start()
+        try:
+            await client.start()
+            self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
+            await self._consumer.start()
+            log.info(
+                "service.started",
+                topic=settings.consumer_input_topic,
+                group=settings.consumer_group_id,
+                base_url=settings.ld_base_url,
+            )
+            await self._run_loops(stop)
+        finally:
+            await self._close(client)
+
+    async def _run_loops(self, stop: asyncio.Event) -> None:
+        loops = [
+            asyncio.create_task(self._fetch_loop(), name="fetch"),
+            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+            asyncio.create_task(self._commit_loop(), name="commit"),
+        ]
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        failure: BaseException | None = None
+        try:
+            await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+            for loop in loops:
+                if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                    failure = loop.exception()
+                    log.error("service.loop_failed", loop=loop.get_name(), error=repr(failure))
+            self.stopping = True
+            log.info("service.stopping", waiting=self.batcher.waiting, pending=self.tracker.pending())
+            loops[0].cancel()  # 1. stop fetching
+            await asyncio.gather(loops[0], return_exceptions=True)
+            await self._drain(self.settings.consumer_shutdown_timeout_ms / 1000)  # 2., 3.
+        finally:
+            stopper.cancel()
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(stopper, *loops, return_exceptions=True)
+            await self._cancel_tasks()
+            await asyncio.shield(self._commit())  # 4.
+        if failure is not None:
+            raise failure
+
+    async def _drain(self, timeout: float) -> None:
+        self.batcher.flush()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while not self.batcher.idle() or self._tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "service.drain_timeout",
+                    waiting=self.batcher.waiting,
+                    in_flight=self._batches_in_flight,
+                    pending=self.tracker.pending(),
+                )
+                return
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
+        log.info("service.drained")
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _close(self, client: LdClient) -> None:  # 5.
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await self._consumer.stop()
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError):
+                await self._producer.stop()
+        await client.stop()
+        log.info("service.stopped")
+
+    # -- fetching -------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        timeout_ms = max(50, min(500, self.settings.kafka_fetch_max_wait_ms))
+        while True:
+            self._apply_backpressure(consumer)
+            batches = await consumer.getmany(
+                timeout_ms=timeout_ms, max_records=self.settings.kafka_max_poll_records
+            )
+            now = time.monotonic()
+            for tp, records in batches.items():
+                if tp not in self.assigned:
+                    # Between a new assignment and its callback; the consumer re-reads these
+                    # from the committed offset, so nothing is lost by leaving them.
+                    log.warning("fetch.unassigned_records", partition=tp.partition, count=len(records))
+                    continue
+                for record in records:
+                    self._accept(tp, record, now)
+            if batches:
+                self._wake.set()
+
+    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause every partition while too much waits for the API or the token is refused."""
+        pending = self.tracker.pending()
+        limit = self.settings.consumer_max_pending_events
+        assigned = consumer.assignment()
+        paused = consumer.paused()
+        auth_ok = self._gate is None or self._gate.is_open
+        if pending >= limit or not auth_ok:
+            if assigned - paused:
+                consumer.pause(*assigned)
+                log.info("fetch.paused", pending=pending, auth_ok=auth_ok)
+        elif paused and pending < max(1, limit // 2):
+            consumer.resume(*paused)
+            log.info("fetch.resumed", pending=pending)
+
+    def _accept(self, tp: TopicPartition, raw: Any, now: float) -> None:
+        ticket = self.tracker.track(tp, raw.offset)
+        if ticket is None:
+            log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
+            return
+        record = ConsumedRecord.from_kafka(raw, ticket)
+        decoded = decode(record.value)
+        if isinstance(decoded, Invalid):
+            self._spawn(self._publish_invalid(record, decoded))
+            return
+        try:
+            where = route(decoded)
+        except UnroutableEvent as exc:
+            invalid = Invalid(ErrorCode.INVALID_EVENT, str(exc), decoded.eventId)
+            self._spawn(self._publish_invalid(record, invalid))
+            return
+        self.batcher.add(PendingEvent(record, decoded, where, target_operations(decoded)), now)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._progress.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.failed", error=repr(task.exception()))
+
+    async def _publish_invalid(self, record: ConsumedRecord, invalid: Invalid) -> None:
+        outcome = invalid_outcome(record, invalid)
+        assert self._publisher is not None
+        await self._publisher.publish([(record, outcome)])
+        self.tracker.done(record.ticket)
+        log.info(
+            "record.invalid",
+            partition=record.partition,
+            offset=record.offset,
+            event_id=invalid.event_id,
+            error=invalid.code.value,
+            message=invalid.message,
+        )
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        limit = self.settings.consumer_max_in_flight_requests
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            free = limit - self._batches_in_flight
+            for batch in self.batcher.ready(now, free):
+                self._batches_in_flight += 1
+                self._spawn(self._process(batch))
+            due = self.batcher.next_due(time.monotonic()) if free > 0 else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), due)
+
+    async def _process(self, batch: Batch) -> None:
+        assert self._sender is not None and self._publisher is not None
+        started = time.monotonic()
+        structlog.contextvars.bind_contextvars(batch_id=batch.id, path=batch.path)
+        try:
+            try:
+                results = await self._sender.send(batch)
+            except (asyncio.CancelledError, KafkaError):
+                raise
+            except Exception as exc:  # a bug must not block the partition: fail and dead-letter
+                log.exception("batch.internal_error")
+                results = _internal_failure(batch, exc)
+            pairs: list[tuple[ConsumedRecord, Outcome]] = [
+                (item.record, outcome_for(item, result))
+                for item, result in zip(batch.items, results, strict=True)
+            ]
+            await self._publisher.publish(pairs)
+            for item in batch.items:
+                self.tracker.done(item.record.ticket)
+            self._log_batch(batch, pairs, time.monotonic() - started)
+        finally:
+            self._batches_in_flight -= 1
+            self.batcher.done(batch.path)
+            self._wake.set()
+
+    def _log_batch(
+        self, batch: Batch, pairs: list[tuple[ConsumedRecord, Outcome]], elapsed: float
+    ) -> None:
+        statuses: dict[str, int] = {}
+        for _, outcome in pairs:
+            statuses[outcome.status.value] = statuses.get(outcome.status.value, 0) + 1
+        ranges: dict[str, list[int]] = {}
+        for item in batch.items:
+            key = f"{item.record.topic}[{item.record.partition}]"
+            first_last = ranges.setdefault(key, [item.record.offset, item.record.offset])
+            first_last[0] = min(first_last[0], item.record.offset)
+            first_last[1] = max(first_last[1], item.record.offset)
+        http = pairs[-1][1].http if pairs else None
+        log.info(
+            "batch.sent",
+            size=len(batch),
+            endpoint=batch.route.endpoint.value,
+            http_status=http.status if http else None,
+            attempts=http.attempts if http else None,
+            outcomes=statuses,
+            offsets={k: f"{a}-{b}" for k, (a, b) in ranges.items()},
+            duration_ms=round(elapsed * 1000, 1),
+        )
+
+    # -- committing -----------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        interval = self.settings.consumer_commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self, tps: Iterable[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        async with self._commit_lock:
+            positions = {
+                tp: offset
+                for tp, offset in self.tracker.positions(tps).items()
+                if tp in self.assigned
+            }
+            if not positions:
+                return
+            try:
+                await consumer.commit(positions)
+            except KafkaError as exc:
+                log.warning("commit.failed", error=repr(exc), partitions=len(positions))
+                return
+            self.tracker.committed(positions)
+            log.debug("commit.done", positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()})
+
+    # -- rebalancing ----------------------------------------------------------------------------
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = set(assigned)
+        log.info("partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        started = time.monotonic()
+        self.batcher.flush_partitions(revoked)
+        self._wake.set()
+        deadline = started + self.settings.consumer_revoke_timeout_ms / 1000
+        while self.tracker.pending(revoked) and time.monotonic() < deadline:
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
+        await self._commit(revoked)
+        unfinished = self.tracker.pending(revoked)
+        dropped = self.batcher.drop_partitions(revoked)
+        self.tracker.revoke(revoked)
+        self.assigned -= revoked
+        log.info(
+            "partitions.revoked",
+            partitions=sorted(tp.partition for tp in revoked),
+            unfinished=unfinished,
+            given_up=len(dropped),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def _on_auth(self, ok: bool) -> None:
+        self._wake.set()
+
+    @property
+    def auth_ok(self) -> bool:
+        return self._gate is None or self._gate.is_open
+
+
+def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
+    error = ApiError(f"internal error: {type(exc).__name__}: {exc}")
+    error.code = ErrorCode.INTERNAL_ERROR
+    return results_from_error(
+        batch.id, batch.items, error, status=Status.FAILED, attempts=[0] * len(batch)
+    )

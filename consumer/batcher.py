@@ -1,0 +1,228 @@
+"""Groups valid events into requests, per request path. Pure, no I/O; time is passed in.
+
+Rules (contract section 2):
+- events for one path join one batch in the order they were consumed;
+- a batch closes at `max_size` instructions, before it would pass `max_target_operations`
+  (the segment PATCH takes at most 1,500 keys), or before a new distinct comment would make
+  the joined comment longer than `comment_max_chars`: no comment is ever dropped;
+- an open batch becomes due when its oldest event has waited `linger` seconds, or at once when
+  flushed (stop, partitions revoked);
+- at most one batch per path is handed out at a time (`ready` ... `done`), so a later change
+  can never overtake an earlier one; paths that wait longest go first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from aiokafka.structs import TopicPartition
+
+from consumer.records import PendingEvent
+from consumer.routing import Route
+
+COMMENT_SEPARATOR = "; "
+
+
+def new_batch_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Batch:
+    route: Route
+    created_at: float
+    id: str = field(default_factory=new_batch_id)
+    items: list[PendingEvent] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    target_operations: int = 0
+
+    @property
+    def path(self) -> str:
+        return self.route.path
+
+    @property
+    def comment(self) -> str | None:
+        return COMMENT_SEPARATOR.join(self.comments) or None
+
+    def comment_length_with(self, comment: str | None) -> int:
+        current = len(self.comment or "")
+        if not comment or comment in self.comments:
+            return current
+        return current + (len(COMMENT_SEPARATOR) if self.comments else 0) + len(comment)
+
+    def append(self, item: PendingEvent) -> None:
+        self.items.append(item)
+        self.target_operations += item.target_operations
+        comment = item.event.comment
+        if comment and comment not in self.comments:
+            self.comments.append(comment)
+
+    def partitions(self) -> set[TopicPartition]:
+        return {item.record.tp for item in self.items}
+
+    def sub(self, items: list[PendingEvent]) -> Batch:
+        """A new request made of some of this batch's items (narrowing down a failure)."""
+        batch = Batch(self.route, self.created_at)
+        for item in items:
+            batch.append(item)
+        return batch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """Everything waiting for one path."""
+
+    closed: deque[Batch] = field(default_factory=deque)
+    open: Batch | None = None
+    in_flight: bool = False
+
+    def head_created_at(self) -> float:
+        head = self.closed[0] if self.closed else self.open
+        assert head is not None
+        return head.created_at
+
+    def empty(self) -> bool:
+        return not self.closed and self.open is None
+
+
+class Batcher:
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        linger: float,
+        comment_max_chars: int = 4_000,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self.max_size = max_size
+        self.linger = linger
+        self.comment_max_chars = comment_max_chars
+        self._lanes: dict[str, _Lane] = {}
+        self._waiting = 0
+
+    # -- adding ---------------------------------------------------------------------------
+
+    def add(self, item: PendingEvent, now: float) -> None:
+        lane = self._lanes.setdefault(item.route.path, _Lane())
+        batch = lane.open
+        if batch is not None and not self._fits(batch, item):
+            self._close(lane)
+            batch = None
+        if batch is None:
+            batch = lane.open = Batch(item.route, now)
+        batch.append(item)
+        self._waiting += 1
+        if len(batch) >= self.max_size:
+            self._close(lane)
+
+    def _fits(self, batch: Batch, item: PendingEvent) -> bool:
+        limit = item.route.spec.max_target_operations
+        if limit is not None and batch.target_operations + item.target_operations > limit:
+            return False
+        return batch.comment_length_with(item.event.comment) <= self.comment_max_chars
+
+    @staticmethod
+    def _close(lane: _Lane) -> None:
+        if lane.open is not None:
+            lane.closed.append(lane.open)
+            lane.open = None
+
+    # -- handing out ------------------------------------------------------------------------
+
+    def ready(self, now: float, limit: int) -> list[Batch]:
+        """Up to `limit` due batches, oldest first, each on a path with nothing in flight."""
+        if limit <= 0:
+            return []
+        due: list[tuple[float, str]] = []
+        for path, lane in self._lanes.items():
+            if lane.in_flight:
+                continue
+            if lane.closed or (lane.open is not None and now - lane.open.created_at >= self.linger):
+                due.append((lane.head_created_at(), path))
+        due.sort()
+        batches: list[Batch] = []
+        for _, path in due[:limit]:
+            lane = self._lanes[path]
+            if not lane.closed:
+                self._close(lane)
+            batch = lane.closed.popleft()
+            lane.in_flight = True
+            self._waiting -= len(batch)
+            batches.append(batch)
+        return batches
+
+    def done(self, path: str) -> None:
+        """The batch handed out for `path` is finished; the next one may go."""
+        lane = self._lanes.get(path)
+        if lane is None:
+            return
+        lane.in_flight = False
+        if lane.empty():
+            del self._lanes[path]
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until some batch becomes due (0 when one is due now); None when none waits."""
+        soonest: float | None = None
+        for lane in self._lanes.values():
+            if lane.in_flight:
+                continue
+            if lane.closed:
+                return 0.0
+            if lane.open is not None:
+                wait = max(0.0, lane.open.created_at + self.linger - now)
+                soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
+
+    # -- flushing and giving up ---------------------------------------------------------------
+
+    def flush(self, predicate: Callable[[Batch], bool] | None = None) -> None:
+        """Close open batches (all, or those matching) so they are due at once."""
+        for lane in self._lanes.values():
+            if lane.open is not None and (predicate is None or predicate(lane.open)):
+                self._close(lane)
+
+    def flush_partitions(self, tps: Iterable[TopicPartition]) -> None:
+        wanted = set(tps)
+        self.flush(lambda batch: not wanted.isdisjoint(batch.partitions()))
+
+    def drop_partitions(self, tps: Iterable[TopicPartition]) -> list[PendingEvent]:
+        """Take back every waiting (not in-flight) event of these partitions."""
+        wanted = set(tps)
+        dropped: list[PendingEvent] = []
+
+        def without(batch: Batch) -> Batch | None:
+            keep = [item for item in batch.items if item.record.tp not in wanted]
+            dropped.extend(item for item in batch.items if item.record.tp in wanted)
+            if len(keep) == len(batch):
+                return batch
+            return batch.sub(keep) if keep else None
+
+        for path in list(self._lanes):
+            lane = self._lanes[path]
+            lane.closed = deque(b for b in map(without, lane.closed) if b is not None)
+            lane.open = without(lane.open) if lane.open is not None else None
+            if lane.empty() and not lane.in_flight:
+                del self._lanes[path]
+        self._waiting -= len(dropped)
+        return dropped
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Events not yet handed out."""
+        return self._waiting
+
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for lane in self._lanes.values() if lane.in_flight)
+
+    def idle(self) -> bool:
+        return not self._lanes

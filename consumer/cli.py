@@ -1,0 +1,138 @@
+"""The command line: parses, configures logging, delegates. Only this module reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from consumer import __version__, logs
+from consumer.settings import Settings, SettingsError, load_settings, require_token
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ld-targeting-consumer",
+        description="Apply targeting-change events from Kafka to LaunchDarkly.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the service (configured by the environment)")
+    run.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    run.add_argument("--group-id", help="overrides CONSUMER_GROUP_ID")
+    run.add_argument("--base-url", help="overrides LD_BASE_URL")
+    run.add_argument("--http-port", type=int, help="overrides CONSUMER_HTTP_PORT (0: off)")
+
+    schemas = commands.add_parser("schemas", help="write the JSON Schemas of every message")
+    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.add_argument("--check", action="store_true", help="fail when the files are stale")
+
+    fake = commands.add_parser("fake-api", help="serve the LaunchDarkly API simulator")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument(
+        "--token",
+        action="append",
+        help="an accepted API token (repeatable; default: LD_API_TOKEN)",
+    )
+    fake.add_argument("--seed", type=Path, help="JSON file of projects, segments and flags")
+    fake.add_argument("--sample-seed", action="store_true", help="load the demo's sample data")
+    fake.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.2, "latency_ms": [5, 50]}')
+    fake.add_argument("--limits", help='JSON, e.g. {"route_limit": 50, "window_ms": 10000}')
+
+    demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
+    demo.add_argument("--verbose", action="store_true", help="show the service's logs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "schemas":
+            return _schemas(args)
+        if args.command == "fake-api":
+            return _fake_api(args)
+        if args.command == "demo":
+            return _demo(args)
+    except SettingsError as exc:
+        print(f"ld-targeting-consumer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    raise AssertionError(args.command)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: value
+        for name, value in (
+            ("kafka_bootstrap_servers", getattr(args, "bootstrap_servers", None)),
+            ("consumer_group_id", getattr(args, "group_id", None)),
+            ("ld_base_url", getattr(args, "base_url", None)),
+            ("consumer_http_port", getattr(args, "http_port", None)),
+        )
+        if value is not None
+    }
+    return load_settings(**overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    require_token(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    from consumer.runner import run_service  # noqa: PLC0415 - keeps `schemas` start-up light
+
+    return asyncio.run(run_service(settings))
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from consumer import schemas  # noqa: PLC0415
+
+    if args.check:
+        stale = schemas.stale(args.dir)
+        if stale:
+            print(
+                f"stale schemas in {args.dir}: {', '.join(stale)};"
+                " run `ld-targeting-consumer schemas` and commit the result",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        print(f"schemas in {args.dir} are up to date")
+        return EXIT_OK
+    for path in schemas.write(args.dir):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _fake_api(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+
+    from consumer.fake_api.main import serve  # noqa: PLC0415
+
+    tokens = args.token or ([os.environ["LD_API_TOKEN"]] if os.environ.get("LD_API_TOKEN") else [])
+    if not tokens:
+        raise SettingsError("fake-api needs --token or LD_API_TOKEN")
+    logs.configure(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "auto"))
+    return serve(
+        host=args.host,
+        port=args.port,
+        tokens=set(tokens),
+        seed_path=args.seed,
+        sample=args.sample_seed,
+        faults_json=args.faults,
+        limits_json=args.limits,
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from consumer.demo import run_demo  # noqa: PLC0415
+
+    logs.configure("info" if args.verbose else "error", "auto")
+    return asyncio.run(run_demo())

@@ -1,0 +1,138 @@
+"""Error codes of outcomes and the tree of LaunchDarkly API errors.
+
+    ApiError                       (code, status, message; `retryable` says what the pipeline does)
+    +-- Unauthorized        401    neither rejects nor fails: the whole pipeline waits for a token
+    +-- RetryableApiError          retried with backoff inside the per-event budget
+    |   +-- RateLimited     429    carries `retry_after` (seconds) from the headers
+    |   +-- ServerError     5xx
+    |   +-- RequestTimeout         no response in time
+    |   +-- ConnectionFailed       refused, reset or dropped
+    |   +-- Conflict        409    retried a bounded number of times, then permanent
+    +-- PermanentApiError          pinned on the instructions of the request: `rejected`
+        +-- BadRequest      400/422  (an all-or-nothing batch is narrowed down first)
+        +-- Forbidden       403
+        +-- NotFound        404
+        +-- UnexpectedStatus       any other status
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # invalid: the record is not a valid event
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_FIELD = "unknown_field"
+    UNKNOWN_INSTRUCTION_KIND = "unknown_instruction_kind"
+    INVALID_RESOURCE_KIND = "invalid_resource_kind"
+    INVALID_KEY = "invalid_key"
+    INVALID_EVENT = "invalid_event"
+    # rejected: LaunchDarkly refused the instruction
+    INSTRUCTION_ERROR = "instruction_error"
+    INVALID_REQUEST = "invalid_request"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    UNEXPECTED_STATUS = "unexpected_status"
+    # failed: given up after retries, or the answer could not be read
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    INVALID_RESPONSE = "invalid_response"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ApiError(Exception):
+    """LaunchDarkly answered with an error, or did not answer."""
+
+    code: ErrorCode = ErrorCode.UNEXPECTED_STATUS
+    retryable: bool = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Unauthorized(ApiError):
+    """The API token was refused (401); it is wrong for every event alike."""
+
+    code = ErrorCode.UNEXPECTED_STATUS
+
+
+class RetryableApiError(ApiError):
+    """A passing failure: the same request may succeed later."""
+
+    retryable = True
+
+
+class RateLimited(RetryableApiError):
+    """429: wait `retry_after` seconds before the next request."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: float, status: int | None = 429) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ServerError(RetryableApiError):
+    """5xx from LaunchDarkly or a proxy in front of it."""
+
+    code = ErrorCode.SERVER_ERROR
+
+
+class RequestTimeout(RetryableApiError):
+    """No complete response within the request timeout."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class ConnectionFailed(RetryableApiError):
+    """The connection was refused, reset or dropped before a response came."""
+
+    code = ErrorCode.CONNECTION_ERROR
+
+
+class Conflict(RetryableApiError):
+    """409 optimistic_locking_error: a concurrent change; retried a bounded number of times."""
+
+    code = ErrorCode.CONFLICT
+
+
+class PermanentApiError(ApiError):
+    """The request will fail the same way however often it is sent."""
+
+
+class BadRequest(PermanentApiError):
+    """400 or 422: the request, or one instruction in it, is not acceptable."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class Forbidden(PermanentApiError):
+    """403: the token may not change this resource."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(PermanentApiError):
+    """404: the project, environment, segment or flag does not exist."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class UnexpectedStatus(PermanentApiError):
+    """A status this client does not know how to retry."""
+
+    code = ErrorCode.UNEXPECTED_STATUS
+
+
+class InvalidResponse(PermanentApiError):
+    """A 2xx whose body could not be read: what was applied is unknown, so nothing is resent."""
+
+    code = ErrorCode.INVALID_RESPONSE

@@ -1,0 +1,494 @@
+"""The messages: the input event, the outcome, the dead-letter headers; `decode(bytes)`.
+
+One input event carries exactly one LaunchDarkly semantic-patch instruction. The instruction
+models mirror the API's camelCase fields, so `instruction.model_dump()` is the request item.
+Everything is strict: unknown fields, wrong JSON types and keys that could change a URL path
+make the event invalid rather than being coerced or dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from consumer.errors import ErrorCode
+
+# ---------------------------------------------------------------------------------------------
+# Field types
+
+# The ECMA form (with the look-ahead) is what the JSON Schema publishes; the check in Python is
+# `fullmatch` plus the dots rule, so a trailing newline can never slip through a `$`.
+LD_KEY_PATTERN = r"^(?!\.+$)[A-Za-z0-9._-]{1,256}$"
+_LD_KEY_CHARS = re.compile(r"[A-Za-z0-9._-]{1,256}")
+MAX_TARGET_VALUES = 1_500
+
+
+def _ld_key(value: str) -> str:
+    if not _LD_KEY_CHARS.fullmatch(value):
+        raise ValueError("must be 1-256 characters of A-Z a-z 0-9 . _ -")
+    if value.strip(".") == "":
+        raise ValueError("cannot be made of dots alone")
+    return value
+
+
+LdKey = Annotated[
+    str,
+    AfterValidator(_ld_key),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": LD_KEY_PATTERN,
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "A LaunchDarkly key: 1-256 of A-Z a-z 0-9 . _ -, not dots alone.",
+        }
+    ),
+]
+
+
+def _context_kind_allowed(value: str) -> str:
+    if value in {"kind", "multi"}:
+        raise ValueError(f"'{value}' is not a valid context kind")
+    return value
+
+
+ContextKind = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,256}$"),
+    AfterValidator(_context_kind_allowed),
+]
+ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=65_536)]
+UnixMillis = Annotated[int, Field(ge=0, le=2**63 - 1, description="Unix milliseconds")]
+Version = Annotated[int, Field(ge=0, le=2**63 - 1)]
+TargetType = Literal["included", "excluded"]
+TargetValues = Annotated[list[ContextKey], Field(min_length=1, max_length=MAX_TARGET_VALUES)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Instructions: one model per instruction kind of the contract's table
+
+
+class SegmentAddExpiringTarget(Strict):
+    kind: Literal["addExpiringTarget"]
+    targetType: TargetType
+    contextKey: ContextKey
+    contextKind: ContextKind
+    value: UnixMillis
+
+
+class SegmentUpdateExpiringTarget(Strict):
+    kind: Literal["updateExpiringTarget"]
+    targetType: TargetType
+    contextKey: ContextKey
+    contextKind: ContextKind
+    value: UnixMillis
+    version: Version | None = None
+
+
+class SegmentRemoveExpiringTarget(Strict):
+    kind: Literal["removeExpiringTarget"]
+    targetType: TargetType
+    contextKey: ContextKey
+    contextKind: ContextKind
+
+
+class AddExpireUserTargetDate(Strict):
+    kind: Literal["addExpireUserTargetDate"]
+    targetType: TargetType
+    userKey: ContextKey
+    value: UnixMillis
+
+
+class UpdateExpireUserTargetDate(Strict):
+    kind: Literal["updateExpireUserTargetDate"]
+    targetType: TargetType
+    userKey: ContextKey
+    value: UnixMillis
+    version: Version
+
+
+class RemoveExpireUserTargetDate(Strict):
+    kind: Literal["removeExpireUserTargetDate"]
+    targetType: TargetType
+    userKey: ContextKey
+
+
+class SegmentTargets(Strict):
+    kind: Literal[
+        "addIncludedTargets", "addExcludedTargets", "removeIncludedTargets", "removeExcludedTargets"
+    ]
+    contextKind: ContextKind
+    values: TargetValues
+
+
+class SegmentUsers(Strict):
+    kind: Literal[
+        "addIncludedUsers", "addExcludedUsers", "removeIncludedUsers", "removeExcludedUsers"
+    ]
+    values: TargetValues
+
+
+class FlagAddExpiringTarget(Strict):
+    kind: Literal["addExpiringTarget"]
+    variationId: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    contextKey: ContextKey
+    contextKind: ContextKind
+    value: UnixMillis
+
+
+class FlagUpdateExpiringTarget(Strict):
+    kind: Literal["updateExpiringTarget"]
+    variationId: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    contextKey: ContextKey
+    contextKind: ContextKind
+    value: UnixMillis
+    version: Version | None = None
+
+
+class FlagRemoveExpiringTarget(Strict):
+    kind: Literal["removeExpiringTarget"]
+    variationId: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    contextKey: ContextKey
+    contextKind: ContextKind
+
+
+SegmentInstruction = Annotated[
+    SegmentAddExpiringTarget
+    | SegmentUpdateExpiringTarget
+    | SegmentRemoveExpiringTarget
+    | AddExpireUserTargetDate
+    | UpdateExpireUserTargetDate
+    | RemoveExpireUserTargetDate
+    | SegmentTargets
+    | SegmentUsers,
+    Field(discriminator="kind"),
+]
+FlagInstruction = Annotated[
+    FlagAddExpiringTarget | FlagUpdateExpiringTarget | FlagRemoveExpiringTarget,
+    Field(discriminator="kind"),
+]
+Instruction = (
+    SegmentAddExpiringTarget
+    | SegmentUpdateExpiringTarget
+    | SegmentRemoveExpiringTarget
+    | AddExpireUserTargetDate
+    | UpdateExpireUserTargetDate
+    | RemoveExpireUserTargetDate
+    | SegmentTargets
+    | SegmentUsers
+    | FlagAddExpiringTarget
+    | FlagUpdateExpiringTarget
+    | FlagRemoveExpiringTarget
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The input event
+
+
+class SegmentRef(Strict):
+    kind: Literal["segment"]
+    key: LdKey
+
+
+class FlagRef(Strict):
+    kind: Literal["flag"]
+    key: LdKey
+
+
+class _EventFields(Strict):
+    eventId: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    projectKey: LdKey
+    environmentKey: LdKey
+    comment: Annotated[str, StringConstraints(max_length=1_000)] | None = None
+    occurredAt: AwareDatetime | None = None
+
+
+class SegmentEvent(_EventFields):
+    """A change to a segment's targets or to the expiry of a segment target."""
+
+    resource: SegmentRef
+    instruction: SegmentInstruction
+
+
+class FlagEvent(_EventFields):
+    """A change to the expiry of a flag's individual target."""
+
+    resource: FlagRef
+    instruction: FlagInstruction
+
+
+RESOURCE_KINDS = ("segment", "flag")
+
+
+def _resource_kind(value: Any) -> str | None:
+    if isinstance(value, BaseModel):
+        return str(value.resource.kind)  # type: ignore[attr-defined]
+    resource = value.get("resource") if isinstance(value, dict) else None
+    kind = resource.get("kind", "segment") if isinstance(resource, dict) else "segment"
+    # A missing resource or kind is reported by the field check of the segment model; only a
+    # kind that is present and unknown is an error of the discriminator itself.
+    return kind if kind in RESOURCE_KINDS else None
+
+
+Event = Annotated[
+    Annotated[SegmentEvent, Tag("segment")] | Annotated[FlagEvent, Tag("flag")],
+    Discriminator(
+        _resource_kind,
+        custom_error_type="invalid_resource_kind",
+        custom_error_message="must be 'segment' or 'flag'",
+    ),
+]
+EVENT_ADAPTER: TypeAdapter[SegmentEvent | FlagEvent] = TypeAdapter(Event)
+
+TargetingEvent = SegmentEvent | FlagEvent
+
+
+def instruction_body(event: TargetingEvent) -> dict[str, Any]:
+    """The instruction as the API documents it (optional fields left out when unset)."""
+    return event.instruction.model_dump(mode="json", exclude_none=True)
+
+
+def target_operations(event: TargetingEvent) -> int:
+    """Keys this instruction adds or removes (the segment PATCH accepts at most 1,500)."""
+    instruction = event.instruction
+    if isinstance(instruction, SegmentTargets | SegmentUsers):
+        return len(instruction.values)
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding raw record values
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why a record is not a valid event; `event_id` when one could still be read."""
+
+    code: ErrorCode
+    message: str
+    event_id: str | None = None
+
+
+_MAX_MESSAGE_ERRORS = 5
+
+
+def decode(value: bytes | None) -> TargetingEvent | Invalid:
+    """Parse one record value; never raises."""
+    if value is None:
+        return Invalid(ErrorCode.NOT_JSON, "record has no value (tombstone)")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Invalid(ErrorCode.NOT_UTF8, f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        parsed = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        return Invalid(ErrorCode.NOT_JSON, f"value is not JSON: {detail}")
+    if not isinstance(parsed, dict):
+        return Invalid(
+            ErrorCode.NOT_AN_OBJECT, f"value is a JSON {type(parsed).__name__}, not an object"
+        )
+    event_id = parsed.get("eventId")
+    event_id = event_id if isinstance(event_id, str) and 0 < len(event_id) <= 200 else None
+    try:
+        # From the text, not the dict: strict JSON mode reads RFC 3339 strings as datetimes.
+        return EVENT_ADAPTER.validate_json(text)
+    except ValidationError as exc:
+        code, message = describe_validation_error(exc)
+        return Invalid(code, message, event_id)
+
+
+_KEY_FIELDS = {"projectKey", "environmentKey", "key"}
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[ErrorCode, str]:
+    """The most telling error code and a one-line message listing the failures."""
+    errors = exc.errors(include_url=False, include_input=False)
+    codes: list[ErrorCode] = []
+    parts: list[str] = []
+    for error in errors:
+        loc = [str(part) for part in error["loc"]]
+        # Drop pydantic's union tags ("segment", "addExpiringTarget") from the location.
+        path = ".".join(p for p in loc if p not in RESOURCE_KINDS and not _is_tag(p))
+        code = _classify(error["type"], loc)
+        if code is ErrorCode.INVALID_RESOURCE_KIND:
+            path = "resource.kind"
+        codes.append(code)
+        parts.append(f"{path or '<event>'}: {error['msg'].removeprefix('Value error, ')}")
+    code = min(codes, key=_PRIORITY.index)
+    more = f" (and {len(parts) - _MAX_MESSAGE_ERRORS} more)" if len(parts) > _MAX_MESSAGE_ERRORS else ""
+    return code, "; ".join(parts[:_MAX_MESSAGE_ERRORS]) + more
+
+
+def _is_tag(part: str) -> bool:
+    return part.startswith(("add", "update", "remove")) and part[0].islower() and "." not in part
+
+
+def _classify(error_type: str, loc: list[str]) -> ErrorCode:
+    if error_type == "extra_forbidden":
+        return ErrorCode.UNKNOWN_FIELD
+    if error_type == "invalid_resource_kind":
+        return ErrorCode.INVALID_RESOURCE_KIND
+    if error_type in {"union_tag_invalid", "union_tag_not_found"}:
+        return ErrorCode.UNKNOWN_INSTRUCTION_KIND
+    if loc and loc[-1] in _KEY_FIELDS and error_type == "value_error":
+        return ErrorCode.INVALID_KEY
+    return ErrorCode.INVALID_EVENT
+
+
+_PRIORITY = [
+    ErrorCode.INVALID_KEY,
+    ErrorCode.UNKNOWN_FIELD,
+    ErrorCode.INVALID_RESOURCE_KIND,
+    ErrorCode.UNKNOWN_INSTRUCTION_KIND,
+    ErrorCode.INVALID_EVENT,
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The outcome (results topic)
+
+
+class Status(StrEnum):
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    topic: str
+    partition: int
+    offset: int
+
+
+class OutcomeResource(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    projectKey: str
+    environmentKey: str
+    kind: Literal["segment", "flag"]
+    key: str
+
+
+class BatchRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    size: int = Field(ge=1)
+    index: int = Field(ge=0, description="position of the instruction in `instructions`")
+
+
+class HttpRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: str
+    path: str
+    status: int | None = Field(description="the last response's status; null when none came")
+    attempts: int = Field(ge=0)
+
+
+class OutcomeError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    code: ErrorCode
+    message: str
+
+
+class Outcome(BaseModel):
+    """Exactly one per input record processed; keyed like the input record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eventId: str | None = Field(description="null only when the record could not be parsed")
+    status: Status
+    source: Source
+    resource: OutcomeResource | None
+    instructionKind: str | None
+    batch: BatchRef | None
+    http: HttpRef | None
+    error: OutcomeError | None = Field(description="null exactly when status is succeeded")
+    item: dict[str, Any] | None = Field(
+        description="the API's response item for this instruction, when it returned one"
+    )
+    completedAt: datetime
+
+    @model_validator(mode="after")
+    def _error_iff_not_succeeded(self) -> Outcome:
+        if (self.error is None) != (self.status is Status.SUCCEEDED):
+            raise ValueError("error must be null exactly when status is succeeded")
+        return self
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The dead-letter headers (added to the original record's own headers)
+
+
+def _headers_are_strings(schema: dict[str, Any]) -> None:
+    # An optional header is absent, never null: publish it as a plain string property.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+        if "anyOf" in prop:
+            (kept,) = [option for option in prop.pop("anyOf") if option.get("type") != "null"]
+            prop.update(kept)
+            prop.pop("default", None)
+
+
+class DeadLetterHeaders(BaseModel):
+    """The `ldc.*` headers of a dead-letter copy; all values are UTF-8 strings."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, json_schema_extra=_headers_are_strings
+    )
+
+    status: Literal["rejected", "invalid", "failed"] = Field(alias="ldc.status")
+    error_code: str = Field(alias="ldc.error.code")
+    error_message: str = Field(alias="ldc.error.message")
+    original_topic: str = Field(alias="ldc.original.topic")
+    original_partition: str = Field(alias="ldc.original.partition", pattern=r"^[0-9]+$")
+    original_offset: str = Field(alias="ldc.original.offset", pattern=r"^[0-9]+$")
+    original_timestamp: str = Field(
+        alias="ldc.original.timestamp",
+        pattern=r"^-?[0-9]+$",
+        description="the original record's timestamp, epoch milliseconds",
+    )
+    attempts: str = Field(alias="ldc.attempts", pattern=r"^[0-9]+$")
+    http_status: str | None = Field(
+        None, alias="ldc.http.status", pattern=r"^[0-9]{3}$", description="when a response came"
+    )
+    dead_lettered_at: str = Field(alias="ldc.dead-lettered-at", description="RFC 3339")
+    replay_count: str | None = Field(
+        None, alias="ldc.replay.count", pattern=r"^[0-9]+$", description="added by replay"
+    )
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        fields = self.model_dump(by_alias=True, exclude_none=True)
+        return [(name, str(value).encode()) for name, value in fields.items()]
+
+
+DLQ_HEADER_PREFIX = "ldc."

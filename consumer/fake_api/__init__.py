@@ -1,0 +1,59 @@
+"""The LaunchDarkly API simulator (`ld-targeting-consumer fake-api`), for demo, tests and compose."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from consumer.fake_api.server import Faults, Limits, Simulator
+from consumer.fake_api.state import SeedIn
+
+__all__ = ["Faults", "Limits", "RunningSimulator", "Simulator", "load_seed", "sample_seed"]
+
+
+def load_seed(path: Path) -> SeedIn:
+    return SeedIn.model_validate(json.loads(path.read_text()))
+
+
+def sample_seed() -> SeedIn:
+    text = resources.files("consumer.fake_api").joinpath("sample_seed.json").read_text()
+    return SeedIn.model_validate(json.loads(text))
+
+
+class RunningSimulator:
+    """A simulator served on loopback inside the current event loop."""
+
+    def __init__(self, simulator: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.simulator = simulator
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> RunningSimulator:
+        self._runner = web.AppRunner(self.simulator.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            server = site._server  # noqa: SLF001 - the bound port of an ephemeral listener
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> RunningSimulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,125 @@
+"""aiokafka clients built from the settings, and topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.structs import TopicPartition
+
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def common_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": settings.kafka_client_id,
+    }
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **common_config(settings),
+        "acks": "all",
+        "enable_idempotence": settings.kafka_producer_idempotence,
+        "linger_ms": 5,
+        "request_timeout_ms": 30_000,
+    }
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        **common_config(settings),
+        "group_id": settings.consumer_group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.consumer_auto_offset_reset,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.kafka_rebalance_timeout_ms,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "max_poll_records": settings.kafka_max_poll_records,
+        "isolation_level": settings.kafka_isolation_level,
+    }
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**producer_config(settings))
+
+
+def make_consumer(settings: Settings, *topics: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, **consumer_config(settings))
+
+
+async def ensure_topics(
+    settings: Settings, topics: dict[str, int], *, replication_factor: int = 1
+) -> None:
+    """Create the topics that do not exist yet (name -> partitions); raise on any other error.
+
+    Brokers that auto-create topics (Tansu always does, with 4 partitions) would otherwise give
+    a topic whose partition count nobody chose.
+    """
+    admin = AIOKafkaAdminClient(**common_config(settings))
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(name, partitions, replication_factor) for name, partitions in topics.items()]
+        )
+        for name, code, message in ((e[0], e[1], e[2]) for e in response.topic_errors):
+            if code == 0:
+                log.info("topic.created", topic=name, partitions=topics[name])
+                continue
+            error = for_code(code)
+            if error is TopicAlreadyExistsError:
+                continue
+            raise error(f"creating topic {name}: {message}")
+    finally:
+        await admin.close()
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    until: Callable[[list[ConsumerRecord]], bool],
+    timeout: float,
+) -> list[ConsumerRecord]:
+    """Read a topic from the beginning, without a group, until `until(records)` or the timeout.
+
+    Reading until a condition rather than to the end offsets: Tansu's ListOffsets(latest) is
+    wrong, and callers know what they wait for.
+    """
+    consumer = AIOKafkaConsumer(
+        **common_config(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        isolation_level=settings.kafka_isolation_level,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: set[int] = set()
+        while not partitions and time.monotonic() < deadline:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic(topic) or set()
+            if not partitions:
+                await asyncio.sleep(0.1)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        await consumer.seek_to_beginning()
+        while not until(records) and time.monotonic() < deadline:
+            fetched = await consumer.getmany(timeout_ms=200)
+            for batch in fetched.values():
+                records.extend(batch)
+    finally:
+        await consumer.stop()
+    return records

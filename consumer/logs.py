@@ -1,0 +1,101 @@
+"""structlog set-up: JSON lines when not on a terminal, readable on one; secrets redacted.
+
+Library logs (aiokafka, aiohttp) go through the same processors, so every line is one format
+and the redactor sees all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[REDACTED]"
+
+
+class Redactor:
+    """A structlog processor that replaces every known secret in every string of an event."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._sources: list[Callable[[], str]] = []
+
+    def add(self, secret: str) -> None:
+        if secret:
+            self._secrets.add(secret)
+
+    def watch(self, source: Callable[[], str]) -> None:
+        """Also redact whatever `source()` returns at each line (a rotating token)."""
+        self._sources.append(source)
+
+    def secrets(self) -> set[str]:
+        current = {value for value in (source() for source in self._sources) if value}
+        self._secrets |= current
+        return self._secrets
+
+    def scrub(self, value: Any, secrets: set[str]) -> Any:
+        if isinstance(value, str):
+            for secret in secrets:
+                if secret in value:
+                    value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: self.scrub(v, secrets) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub(v, secrets) for v in value)
+        if isinstance(value, BaseException):
+            return self.scrub(repr(value), secrets)
+        return value
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        secrets = self.secrets()
+        if not secrets:
+            return event
+        return {key: self.scrub(value, secrets) for key, value in event.items()}
+
+
+REDACTOR = Redactor()
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            REDACTOR,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiokafka is chatty at INFO about every coordinator step; keep its warnings and errors.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,81 @@
+"""Publishes outcomes and dead-letter copies, and returns only once the broker has them all.
+
+The producer runs with acks=all; an offset is marked done by the caller only after `publish`
+returns. A send that fails is sent again (alone: the ones that went through are not repeated)
+with capped backoff until it succeeds or the task is cancelled at the end of a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiokafka.errors import KafkaError
+
+from consumer.dlq import dead_letter_headers, needs_dead_letter
+from consumer.events import Outcome
+from consumer.records import ConsumedRecord
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class Publisher:
+    def __init__(self, producer: Any, *, results_topic: str, dlq_topic: str) -> None:
+        self._producer = producer
+        self._results_topic = results_topic
+        self._dlq_topic = dlq_topic
+        self.dead_letters = 0
+
+    def _messages(self, record: ConsumedRecord, outcome: Outcome) -> list[_Message]:
+        messages = [_Message(self._results_topic, record.key, outcome.to_bytes(), [])]
+        if needs_dead_letter(outcome):
+            messages.append(
+                _Message(self._dlq_topic, record.key, record.value, dead_letter_headers(record, outcome))
+            )
+        return messages
+
+    async def publish(self, pairs: Sequence[tuple[ConsumedRecord, Outcome]]) -> None:
+        """Send every outcome (and dead-letter copy) and wait for all acknowledgements."""
+        pending = [m for record, outcome in pairs for m in self._messages(record, outcome)]
+        failures = 0
+        while pending:
+            futures = [await self._send(message) for message in pending]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            retry = []
+            for message, result in zip(pending, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, KafkaError):
+                        raise result
+                    retry.append(message)
+                    log.warning(
+                        "publish.failed", topic=message.topic, error=type(result).__name__
+                    )
+                elif message.topic == self._dlq_topic:
+                    self.dead_letters += 1
+            pending = retry
+            if pending:
+                failures += 1
+                await asyncio.sleep(random.uniform(0, min(10.0, 0.2 * 2**failures)))
+
+    async def _send(self, message: _Message) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any]
+        try:
+            future = await self._producer.send(
+                message.topic, value=message.value, key=message.key, headers=message.headers
+            )
+        except KafkaError as exc:  # raised before the record was queued
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        return future

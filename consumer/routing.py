@@ -1,0 +1,129 @@
+"""Where each instruction goes: the contract's table, written once.
+
+(resource kind, instruction kind) -> endpoint -> request path. Events with the same path are
+batched into one request, so the path is also the batching key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import quote
+
+from consumer.events import TargetingEvent
+
+
+class Endpoint(StrEnum):
+    SEGMENT_EXPIRING_TARGETS = "segment-expiring-targets"
+    SEGMENT_EXPIRING_USER_TARGETS = "segment-expiring-user-targets"
+    FLAG_EXPIRING_TARGETS = "flag-expiring-targets"
+    SEGMENT_TARGETS = "segment-targets"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    template: str
+    # 200 answers list failed instructions in `errors`; the others were applied.
+    per_instruction_errors: bool
+    # The body also carries `environmentKey` (the segment semantic PATCH).
+    body_has_environment_key: bool
+    # Most keys (in `values`) one request may add or remove; None when unlimited.
+    max_target_operations: int | None
+
+    @property
+    def all_or_nothing(self) -> bool:
+        return not self.per_instruction_errors
+
+
+SPECS: dict[Endpoint, EndpointSpec] = {
+    Endpoint.SEGMENT_EXPIRING_TARGETS: EndpointSpec(
+        "/api/v2/segments/{project}/{resource}/expiring-targets/{environment}", True, False, None
+    ),
+    Endpoint.SEGMENT_EXPIRING_USER_TARGETS: EndpointSpec(
+        "/api/v2/segments/{project}/{resource}/expiring-user-targets/{environment}",
+        True,
+        False,
+        None,
+    ),
+    Endpoint.FLAG_EXPIRING_TARGETS: EndpointSpec(
+        "/api/v2/flags/{project}/{resource}/expiring-targets/{environment}", True, False, None
+    ),
+    Endpoint.SEGMENT_TARGETS: EndpointSpec(
+        "/api/v2/segments/{project}/{environment}/{resource}", False, True, 1_500
+    ),
+}
+
+ROUTES: dict[tuple[str, str], Endpoint] = {
+    ("segment", "addExpiringTarget"): Endpoint.SEGMENT_EXPIRING_TARGETS,
+    ("segment", "updateExpiringTarget"): Endpoint.SEGMENT_EXPIRING_TARGETS,
+    ("segment", "removeExpiringTarget"): Endpoint.SEGMENT_EXPIRING_TARGETS,
+    ("segment", "addExpireUserTargetDate"): Endpoint.SEGMENT_EXPIRING_USER_TARGETS,
+    ("segment", "updateExpireUserTargetDate"): Endpoint.SEGMENT_EXPIRING_USER_TARGETS,
+    ("segment", "removeExpireUserTargetDate"): Endpoint.SEGMENT_EXPIRING_USER_TARGETS,
+    ("flag", "addExpiringTarget"): Endpoint.FLAG_EXPIRING_TARGETS,
+    ("flag", "updateExpiringTarget"): Endpoint.FLAG_EXPIRING_TARGETS,
+    ("flag", "removeExpiringTarget"): Endpoint.FLAG_EXPIRING_TARGETS,
+    **{
+        ("segment", f"{verb}{side}{what}"): Endpoint.SEGMENT_TARGETS
+        for verb in ("add", "remove")
+        for side in ("Included", "Excluded")
+        for what in ("Targets", "Users")
+    },
+}
+
+METHOD = "PATCH"
+CONTENT_TYPE = "application/json; domain-model=launchdarkly.semanticpatch"
+API_VERSION = "20240415"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    endpoint: Endpoint
+    path: str
+    project_key: str
+    environment_key: str
+
+    @property
+    def spec(self) -> EndpointSpec:
+        return SPECS[self.endpoint]
+
+
+class UnroutableEvent(ValueError):
+    """The event's (resource kind, instruction kind) pair is not in the table."""
+
+
+def _segment(key: str) -> str:
+    # Keys are validated already; quoting everything is a second guard that no key can ever
+    # add a path segment or escape one.
+    quoted = quote(key, safe="")
+    if quoted in {"", ".", ".."}:
+        raise UnroutableEvent(f"key {key!r} cannot be a path segment")
+    return quoted
+
+
+def route(event: TargetingEvent) -> Route:
+    endpoint = ROUTES.get((event.resource.kind, event.instruction.kind))
+    if endpoint is None:
+        raise UnroutableEvent(
+            f"{event.instruction.kind} is not an instruction for a {event.resource.kind}"
+        )
+    path = SPECS[endpoint].template.format(
+        project=_segment(event.projectKey),
+        environment=_segment(event.environmentKey),
+        resource=_segment(event.resource.key),
+    )
+    return Route(endpoint, path, event.projectKey, event.environmentKey)
+
+
+def request_body(
+    route: Route, instructions: list[dict[str, Any]], comment: str | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if route.spec.body_has_environment_key:
+        body["environmentKey"] = route.environment_key
+    body["instructions"] = instructions
+    if comment:
+        body["comment"] = comment
+    return body
+

@@ -1,0 +1,113 @@
+"""The one configuration object, built at the edge (the CLI) from the environment.
+
+Field names are the environment variables in lower case, so an error names the variable a user
+set. Only `cli.py` builds it; everything else receives the (frozen) object it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or has a bad value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    # Kafka
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_client_id: str = "ld-targeting-consumer"
+    kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    kafka_rebalance_timeout_ms: int = Field(30_000, ge=1_000)
+    kafka_fetch_max_wait_ms: int = Field(500, ge=10)
+    kafka_max_poll_records: int = Field(500, ge=1)
+    # Off on brokers without InitProducerId v3 (Tansu); on for Apache Kafka.
+    kafka_producer_idempotence: bool = True
+    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+
+    # LaunchDarkly
+    ld_api_token: SecretStr | None = None
+    ld_api_token_file: Path | None = None
+    ld_base_url: str = "https://app.launchdarkly.com"
+    ld_request_timeout_ms: int = Field(15_000, ge=100)
+    ld_retry_max_attempts: int = Field(10, ge=1)
+    ld_retry_max_elapsed_ms: int = Field(300_000, ge=0)
+    ld_retry_base_delay_ms: int = Field(500, ge=1)
+    ld_retry_max_delay_ms: int = Field(30_000, ge=1)
+    ld_conflict_max_retries: int = Field(3, ge=0)
+    ld_rate_limit_default_wait_ms: int = Field(10_000, ge=0)
+    ld_rate_limit_jitter_ms: int = Field(1_000, ge=0)
+    ld_auth_probe_max_delay_ms: int = Field(60_000, ge=100)
+
+    # The consumer
+    consumer_group_id: str = "ld-targeting-consumer"
+    consumer_input_topic: str = "ld.targeting-changes"
+    consumer_results_topic: str = "ld.targeting-results"
+    consumer_dlq_topic: str = "ld.targeting-changes.dlq"
+    consumer_batch_max_size: int = Field(50, ge=1, le=1_500)
+    consumer_batch_linger_ms: int = Field(200, ge=0)
+    consumer_batch_comment_max_chars: int = Field(4_000, ge=1_000)
+    consumer_max_in_flight_requests: int = Field(8, ge=1)
+    consumer_max_pending_events: int = Field(10_000, ge=1)
+    consumer_http_port: int = Field(8080, ge=0, le=65_535)
+    consumer_auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest"
+    consumer_commit_interval_ms: int = Field(1_000, ge=10)
+    consumer_shutdown_timeout_ms: int = Field(10_000, ge=0)
+    consumer_revoke_timeout_ms: int = Field(5_000, ge=0)
+
+    # Logging
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("ld_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("log_level", "log_format", "consumer_auto_offset_reset", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> Settings:
+        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
+            raise ValueError(
+                "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS"
+            )
+        return self
+
+    def token_source_configured(self) -> bool:
+        return self.ld_api_token is not None or self.ld_api_token_file is not None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning a validation error into one line naming the variable.
+
+    The offending value is never echoed: it may be the API token.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]).upper()
+        message = first["msg"].removeprefix("Value error, ")
+        if where:
+            raise SettingsError(f"invalid setting {where}: {message}") from None
+        raise SettingsError(f"invalid settings: {message}") from None
+
+
+def require_token(settings: Settings) -> None:
+    if not settings.token_source_configured():
+        raise SettingsError(
+            "invalid setting LD_API_TOKEN: not set (set LD_API_TOKEN or LD_API_TOKEN_FILE)"
+        )
