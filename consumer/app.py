@@ -112,7 +112,9 @@ class Service:
             max_connections=settings.consumer_max_in_flight_requests * 2,
         )
         self._gate = AuthGate(
-            self.token, max_delay=settings.ld_auth_probe_max_delay_ms / 1000, on_change=self._on_auth
+            self.token,
+            max_delay=settings.ld_auth_probe_max_delay_ms / 1000,
+            on_change=self._on_auth,
         )
         self._sender = BatchSender(client, retry_policy(settings), self._gate, rng=self._rng)
         self._publisher = Publisher(
@@ -150,7 +152,9 @@ class Service:
                     failure = loop.exception()
                     log.error("service.loop_failed", loop=loop.get_name(), error=repr(failure))
             self.stopping = True
-            log.info("service.stopping", waiting=self.batcher.waiting, pending=self.tracker.pending())
+            log.info(
+                "service.stopping", waiting=self.batcher.waiting, pending=self.tracker.pending()
+            )
             loops[0].cancel()  # 1. stop fetching
             await asyncio.gather(loops[0], return_exceptions=True)
             await self._drain(self.settings.consumer_shutdown_timeout_ms / 1000)  # 2., 3.
@@ -214,7 +218,9 @@ class Service:
                 if tp not in self.assigned:
                     # Between a new assignment and its callback; the consumer re-reads these
                     # from the committed offset, so nothing is lost by leaving them.
-                    log.warning("fetch.unassigned_records", partition=tp.partition, count=len(records))
+                    log.warning(
+                        "fetch.unassigned_records", partition=tp.partition, count=len(records)
+                    )
                     continue
                 for record in records:
                     self._accept(tp, record, now)
@@ -369,7 +375,10 @@ class Service:
                 log.warning("commit.failed", error=repr(exc), partitions=len(positions))
                 return
             self.tracker.committed(positions)
-            log.debug("commit.done", positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()})
+            log.debug(
+                "commit.done",
+                positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
+            )
 
     # -- rebalancing ----------------------------------------------------------------------------
 

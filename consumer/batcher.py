@@ -144,7 +144,7 @@ class Batcher:
         for path, lane in self._lanes.items():
             if lane.in_flight:
                 continue
-            if lane.closed or (lane.open is not None and now - lane.open.created_at >= self.linger):
+            if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
                 due.append((lane.head_created_at(), path))
         due.sort()
         batches: list[Batch] = []

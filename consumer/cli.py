@@ -1,4 +1,7 @@
-"""The command line: parses, configures logging, delegates. Only this module reads the environment."""
+"""The command line: parses, configures logging, delegates.
+
+Only this module (and pydantic-settings, called from here) reads the environment.
+"""
 
 from __future__ import annotations
 
@@ -87,13 +90,13 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     require_token(settings)
     logs.configure(settings.log_level, settings.log_format)
-    from consumer.runner import run_service  # noqa: PLC0415 - keeps `schemas` start-up light
+    from consumer.runner import run_service
 
     return asyncio.run(run_service(settings))
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from consumer import schemas  # noqa: PLC0415
+    from consumer import schemas
 
     if args.check:
         stale = schemas.stale(args.dir)
@@ -112,9 +115,9 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    import os  # noqa: PLC0415
+    import os
 
-    from consumer.fake_api.main import serve  # noqa: PLC0415
+    from consumer.fake_api.main import serve
 
     tokens = args.token or ([os.environ["LD_API_TOKEN"]] if os.environ.get("LD_API_TOKEN") else [])
     if not tokens:
@@ -132,7 +135,7 @@ def _fake_api(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo  # noqa: PLC0415
+    from consumer.demo import run_demo
 
     logs.configure("info" if args.verbose else "error", "auto")
     return asyncio.run(run_demo())

@@ -23,11 +23,11 @@ from consumer.samples import Sample, demo_samples
 from consumer.settings import Settings
 from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
-DEMO_TOKEN = "api-demo-0000-token"
+DEMO_TOKEN = "api-demo-0000-token"  # noqa: S105 - accepted by the demo simulator only
 
 
 def _settings(bootstrap: str, base_url: str, on_tansu: bool, suffix: str) -> Settings:
-    topics = {
+    topics: dict[str, Any] = {
         "consumer_input_topic": "ld.targeting-changes",
         "consumer_results_topic": "ld.targeting-results",
         "consumer_dlq_topic": "ld.targeting-changes.dlq",
@@ -37,7 +37,7 @@ def _settings(bootstrap: str, base_url: str, on_tansu: bool, suffix: str) -> Set
     overrides: dict[str, Any] = dict(TANSU_SETTINGS) if on_tansu else {}
     return Settings(
         kafka_bootstrap_servers=bootstrap,
-        ld_api_token=DEMO_TOKEN,  # type: ignore[arg-type]
+        ld_api_token=DEMO_TOKEN,
         ld_base_url=base_url,
         consumer_group_id=f"ld-targeting-consumer-demo-{suffix}",
         consumer_http_port=0,
@@ -125,7 +125,9 @@ def _report(
     for status in ("succeeded", "rejected", "invalid", "failed"):
         print(f"  {status:<10} {counts.get(status, 0):>4}", file=out)
     mismatches = [
-        o for o in outcomes if o.eventId in expected and expected[o.eventId].expected != o.status.value
+        o
+        for o in outcomes
+        if o.eventId in expected and expected[o.eventId].expected != o.status.value
     ]
     shown: dict[tuple[str | None, str], Outcome] = {}
     for o in sorted(outcomes, key=lambda o: (o.source.partition, o.source.offset)):
@@ -154,8 +156,12 @@ def _report(
     if mismatches:
         print(f"\n{len(mismatches)} outcomes differ from what the samples expect:", file=out)
         for o in mismatches:
-            print(f"  {o.eventId}: {o.status.value} {json.dumps(o.error.model_dump() if o.error else None)}", file=out)
+            detail = o.error.model_dump(mode="json") if o.error else None
+            print(f"  {o.eventId}: {o.status.value} {json.dumps(detail)}", file=out)
     if len(outcomes) != len(samples):
         print(f"\nMissing outcomes: got {len(outcomes)} of {len(samples)}", file=out)
-    print("\nDemo " + ("finished: every event has the outcome it should." if ok else "FAILED."), file=out)
+    print(
+        "\nDemo " + ("finished: every event has the outcome it should." if ok else "FAILED."),
+        file=out,
+    )
     return 0 if ok else 1

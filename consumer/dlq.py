@@ -19,7 +19,7 @@ def dead_letter_headers(record: ConsumedRecord, outcome: Outcome) -> list[tuple[
     assert outcome.error is not None
     http = outcome.http
     extra = DeadLetterHeaders(
-        status=outcome.status.value,  # type: ignore[arg-type]
+        status=outcome.status.value,
         error_code=outcome.error.code.value,
         error_message=outcome.error.message,
         original_topic=record.topic,

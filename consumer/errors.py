@@ -1,18 +1,18 @@
 """Error codes of outcomes and the tree of LaunchDarkly API errors.
 
-    ApiError                       (code, status, message; `retryable` says what the pipeline does)
-    +-- Unauthorized        401    neither rejects nor fails: the whole pipeline waits for a token
-    +-- RetryableApiError          retried with backoff inside the per-event budget
-    |   +-- RateLimited     429    carries `retry_after` (seconds) from the headers
-    |   +-- ServerError     5xx
-    |   +-- RequestTimeout         no response in time
-    |   +-- ConnectionFailed       refused, reset or dropped
-    |   +-- Conflict        409    retried a bounded number of times, then permanent
-    +-- PermanentApiError          pinned on the instructions of the request: `rejected`
-        +-- BadRequest      400/422  (an all-or-nothing batch is narrowed down first)
-        +-- Forbidden       403
-        +-- NotFound        404
-        +-- UnexpectedStatus       any other status
+ApiError                       (code, status, message; `retryable` says what the pipeline does)
++-- Unauthorized        401    neither rejects nor fails: the whole pipeline waits for a token
++-- RetryableApiError          retried with backoff inside the per-event budget
+|   +-- RateLimited     429    carries `retry_after` (seconds) from the headers
+|   +-- ServerError     5xx
+|   +-- RequestTimeout         no response in time
+|   +-- ConnectionFailed       refused, reset or dropped
+|   +-- Conflict        409    retried a bounded number of times, then permanent
++-- PermanentApiError          pinned on the instructions of the request: `rejected`
+    +-- BadRequest      400/422  (an all-or-nothing batch is narrowed down first)
+    +-- Forbidden       403
+    +-- NotFound        404
+    +-- UnexpectedStatus       any other status
 """
 
 from __future__ import annotations

@@ -341,7 +341,11 @@ def describe_validation_error(exc: ValidationError) -> tuple[ErrorCode, str]:
         codes.append(code)
         parts.append(f"{path or '<event>'}: {error['msg'].removeprefix('Value error, ')}")
     code = min(codes, key=_PRIORITY.index)
-    more = f" (and {len(parts) - _MAX_MESSAGE_ERRORS} more)" if len(parts) > _MAX_MESSAGE_ERRORS else ""
+    more = (
+        f" (and {len(parts) - _MAX_MESSAGE_ERRORS} more)"
+        if len(parts) > _MAX_MESSAGE_ERRORS
+        else ""
+    )
     return code, "; ".join(parts[:_MAX_MESSAGE_ERRORS]) + more
 
 

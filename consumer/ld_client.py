@@ -156,7 +156,11 @@ class LdClient:
             ) as response:
                 text = await response.text(errors="replace")
                 status = response.status
-                kept = {name: response.headers[name] for name in RATE_LIMIT_HEADERS if name in response.headers}
+                kept = {
+                    name: response.headers[name]
+                    for name in RATE_LIMIT_HEADERS
+                    if name in response.headers
+                }
         except TimeoutError:
             raise RequestTimeout(f"no response within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
@@ -171,12 +175,16 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
-def error_for(response: ApiResponse, *, now_ms: float, rate_limit_default: float) -> ApiError | None:
+def error_for(
+    response: ApiResponse, *, now_ms: float, rate_limit_default: float
+) -> ApiError | None:
     """The error an answer stands for, or None for a 2xx whose body can be read."""
     status = response.status
     if response.ok:
         if not isinstance(response.body, dict):
-            return InvalidResponse(f"HTTP {status} with a body that is not a JSON object", status=status)
+            return InvalidResponse(
+                f"HTTP {status} with a body that is not a JSON object", status=status
+            )
         return None
     message = f"HTTP {status}{_describe(response)}"
     if status == 401:
@@ -204,4 +212,3 @@ def _describe(response: ApiResponse) -> str:
     else:
         text = f": {response.text.strip()}" if response.text.strip() else ""
     return text[:_MAX_MESSAGE]
-

@@ -8,7 +8,8 @@ The commit invariant, enforced here:
 3. A partition's commit position is its first tracked offset that is not done, or one past the
    highest tracked offset when every one is done. Batches for different URLs finish in any
    order; the position never passes a record still in the works.
-4. A position is offered for commit only when it moved past the last one committed.
+4. A position is offered for commit only when it moved past the last one committed (or past
+   the first offset tracked, before any commit).
 5. A revoked partition is forgotten. Tickets from an earlier assignment of the same partition
    carry an older generation and are ignored, so late work can never advance a new owner's
    position.
@@ -41,6 +42,7 @@ class _Partition:
     pending: deque[int] = field(default_factory=deque)
     done: set[int] = field(default_factory=set)
     highest: int = -1
+    # The position the partition started from, or the last one committed.
     committed: int | None = None
 
     def position(self) -> int | None:
@@ -62,6 +64,8 @@ class OffsetTracker:
             state = self._partitions[tp] = _Partition(next(_generations))
         if offset <= state.highest:
             return None
+        if state.committed is None:
+            state.committed = offset  # where consumption started: nothing to commit before it
         state.pending.append(offset)
         state.highest = offset
         return Ticket(tp, offset, state.generation)
@@ -76,14 +80,14 @@ class OffsetTracker:
 
     def positions(self, tps: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
         """Commit positions that moved past the last committed ones."""
-        chosen = self._partitions if tps is None else {tp: None for tp in tps}
+        chosen = self._partitions if tps is None else dict.fromkeys(tps)
         result: dict[TopicPartition, int] = {}
         for tp in chosen:
             state = self._partitions.get(tp)
             if state is None:
                 continue
             position = state.position()
-            if position is not None and (state.committed is None or position > state.committed):
+            if position is not None and state.committed is not None and position > state.committed:
                 result[tp] = position
         return result
 

@@ -16,12 +16,16 @@ from consumer.errors import ApiError, ErrorCode
 from consumer.events import (
     AddExpireUserTargetDate,
     BatchRef,
+    FlagAddExpiringTarget,
+    FlagUpdateExpiringTarget,
     HttpRef,
+    Instruction,
     Invalid,
     Outcome,
     OutcomeError,
     OutcomeResource,
-    RemoveExpireUserTargetDate,
+    SegmentAddExpiringTarget,
+    SegmentUpdateExpiringTarget,
     Status,
     TargetingEvent,
     UpdateExpireUserTargetDate,
@@ -64,20 +68,34 @@ def failed_positions(body: dict[str, Any], size: int) -> dict[int, str]:
     return positions
 
 
+def _item_fields(instruction: Instruction) -> dict[str, Any] | None:
+    """Fields naming the target an add or update instruction's response item describes."""
+    match instruction:
+        case AddExpireUserTargetDate() | UpdateExpireUserTargetDate():
+            return {"userKey": instruction.userKey, "targetType": instruction.targetType}
+        case SegmentAddExpiringTarget() | SegmentUpdateExpiringTarget():
+            return {
+                "contextKey": instruction.contextKey,
+                "contextKind": instruction.contextKind,
+                "targetType": instruction.targetType,
+            }
+        case FlagAddExpiringTarget() | FlagUpdateExpiringTarget():
+            return {
+                "contextKey": instruction.contextKey,
+                "contextKind": instruction.contextKind,
+                "variationId": instruction.variationId,
+            }
+    return None
+
+
 def match_item(event: TargetingEvent, items: list[Any]) -> dict[str, Any] | None:
-    """The response item describing this instruction's target, when exactly one does."""
-    instruction = event.instruction
-    wanted: dict[str, Any]
-    if isinstance(instruction, AddExpireUserTargetDate | UpdateExpireUserTargetDate):
-        wanted = {"userKey": instruction.userKey, "targetType": instruction.targetType}
-    elif isinstance(instruction, RemoveExpireUserTargetDate):
-        return None
-    elif hasattr(instruction, "contextKey") and not instruction.kind.startswith("remove"):
-        wanted = {"contextKey": instruction.contextKey, "contextKind": instruction.contextKind}
-        for field in ("targetType", "variationId"):
-            if hasattr(instruction, field):
-                wanted[field] = getattr(instruction, field)
-    else:
+    """The response item describing this instruction's target, when exactly one does.
+
+    Matched by content, not position: the API lists items for the applied instructions only,
+    and removals have none.
+    """
+    wanted = _item_fields(event.instruction)
+    if wanted is None:
         return None
     found = [
         item
@@ -130,7 +148,11 @@ def results_from_error(
     outcome_error = OutcomeError(code=error.code, message=_clip(error.message))
     return [
         InstructionResult(
-            status, BatchRef(id=batch_id, size=size, index=i), error.status, attempts[i], outcome_error
+            status,
+            BatchRef(id=batch_id, size=size, index=i),
+            error.status,
+            attempts[i],
+            outcome_error,
         )
         for i in range(size)
     ]

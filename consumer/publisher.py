@@ -42,7 +42,9 @@ class Publisher:
         messages = [_Message(self._results_topic, record.key, outcome.to_bytes(), [])]
         if needs_dead_letter(outcome):
             messages.append(
-                _Message(self._dlq_topic, record.key, record.value, dead_letter_headers(record, outcome))
+                _Message(
+                    self._dlq_topic, record.key, record.value, dead_letter_headers(record, outcome)
+                )
             )
         return messages
 
@@ -59,9 +61,7 @@ class Publisher:
                     if not isinstance(result, KafkaError):
                         raise result
                     retry.append(message)
-                    log.warning(
-                        "publish.failed", topic=message.topic, error=type(result).__name__
-                    )
+                    log.warning("publish.failed", topic=message.topic, error=type(result).__name__)
                 elif message.topic == self._dlq_topic:
                     self.dead_letters += 1
             pending = retry

@@ -126,4 +126,3 @@ def request_body(
     if comment:
         body["comment"] = comment
     return body
-

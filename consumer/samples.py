@@ -72,111 +72,187 @@ def demo_samples() -> list[Sample]:
         b.event(
             "segment",
             "beta-users",
-            {"kind": "addExpiringTarget", "targetType": "included", "contextKey": f"user-{i}",
-             "contextKind": "user", "value": FRIDAY + i},
-            "succeeded", "schedule removal", comment=ticket,
+            {
+                "kind": "addExpiringTarget",
+                "targetType": "included",
+                "contextKey": f"user-{i}",
+                "contextKind": "user",
+                "value": FRIDAY + i,
+            },
+            "succeeded",
+            "schedule removal",
+            comment=ticket,
         )
     for i in range(1, 4):
         b.event(
             "segment",
             "beta-users",
-            {"kind": "updateExpiringTarget", "targetType": "included", "contextKey": f"user-{i}",
-             "contextKind": "user", "value": FRIDAY + 86_400_000, "version": 1},
-            "succeeded", "move removal date (version 1)",
+            {
+                "kind": "updateExpiringTarget",
+                "targetType": "included",
+                "contextKey": f"user-{i}",
+                "contextKind": "user",
+                "value": FRIDAY + 86_400_000,
+                "version": 1,
+            },
+            "succeeded",
+            "move removal date (version 1)",
         )
     b.event(
         "segment",
         "beta-users",
-        {"kind": "updateExpiringTarget", "targetType": "included", "contextKey": "user-1",
-         "contextKind": "user", "value": FRIDAY, "version": 1},
-        "rejected", "stale version", comment="second update with an old version",
+        {
+            "kind": "updateExpiringTarget",
+            "targetType": "included",
+            "contextKey": "user-1",
+            "contextKind": "user",
+            "value": FRIDAY,
+            "version": 1,
+        },
+        "rejected",
+        "stale version",
+        comment="second update with an old version",
     )
     for i in range(4, 7):
         b.event(
             "segment",
             "beta-users",
-            {"kind": "removeExpiringTarget", "targetType": "included", "contextKey": f"user-{i}",
-             "contextKind": "user"},
-            "succeeded", "cancel removal",
+            {
+                "kind": "removeExpiringTarget",
+                "targetType": "included",
+                "contextKey": f"user-{i}",
+                "contextKind": "user",
+            },
+            "succeeded",
+            "cancel removal",
         )
     b.event(
         "segment",
         "beta-users",
-        {"kind": "addExpiringTarget", "targetType": "included", "contextKey": "stranger",
-         "contextKind": "user", "value": FRIDAY},
-        "rejected", "not an individual target",
+        {
+            "kind": "addExpiringTarget",
+            "targetType": "included",
+            "contextKey": "stranger",
+            "contextKind": "user",
+            "value": FRIDAY,
+        },
+        "rejected",
+        "not an individual target",
     )
     # Segment expiring user targets (the legacy user form).
     for i in range(1, 10):
         b.event(
             "segment",
             "legacy-beta",
-            {"kind": "addExpireUserTargetDate", "targetType": "included", "userKey": f"legacy-{i}",
-             "value": FRIDAY},
-            "succeeded", "schedule removal (user form)",
+            {
+                "kind": "addExpireUserTargetDate",
+                "targetType": "included",
+                "userKey": f"legacy-{i}",
+                "value": FRIDAY,
+            },
+            "succeeded",
+            "schedule removal (user form)",
         )
     b.event(
         "segment",
         "legacy-beta",
-        {"kind": "updateExpireUserTargetDate", "targetType": "included", "userKey": "legacy-1",
-         "value": FRIDAY + 1, "version": 1},
-        "succeeded", "move removal date (segment version 1)",
+        {
+            "kind": "updateExpireUserTargetDate",
+            "targetType": "included",
+            "userKey": "legacy-1",
+            "value": FRIDAY + 1,
+            "version": 1,
+        },
+        "succeeded",
+        "move removal date (segment version 1)",
     )
     b.event(
         "segment",
         "legacy-beta",
         {"kind": "removeExpireUserTargetDate", "targetType": "included", "userKey": "legacy-2"},
-        "succeeded", "cancel removal (user form)",
+        "succeeded",
+        "cancel removal (user form)",
     )
     b.event(
         "segment",
         "legacy-beta",
         {"kind": "removeExpireUserTargetDate", "targetType": "included", "userKey": "legacy-10"},
-        "rejected", "nothing scheduled",
+        "rejected",
+        "nothing scheduled",
     )
     # Flag expiring targets.
     for i in range(1, 21):
         b.event(
             "flag",
             "new-checkout",
-            {"kind": "addExpiringTarget", "variationId": ON, "contextKey": f"user-{i}",
-             "contextKind": "user", "value": FRIDAY},
-            "succeeded", "schedule flag target removal",
+            {
+                "kind": "addExpiringTarget",
+                "variationId": ON,
+                "contextKey": f"user-{i}",
+                "contextKind": "user",
+                "value": FRIDAY,
+            },
+            "succeeded",
+            "schedule flag target removal",
         )
     b.event(
         "flag",
         "new-checkout",
-        {"kind": "updateExpiringTarget", "variationId": ON, "contextKey": "user-1",
-         "contextKind": "user", "value": FRIDAY + 5},
-        "succeeded", "move flag removal date",
+        {
+            "kind": "updateExpiringTarget",
+            "variationId": ON,
+            "contextKey": "user-1",
+            "contextKind": "user",
+            "value": FRIDAY + 5,
+        },
+        "succeeded",
+        "move flag removal date",
     )
     b.event(
         "flag",
         "new-checkout",
-        {"kind": "removeExpiringTarget", "variationId": ON, "contextKey": "user-2",
-         "contextKind": "user"},
-        "succeeded", "cancel flag removal",
+        {
+            "kind": "removeExpiringTarget",
+            "variationId": ON,
+            "contextKey": "user-2",
+            "contextKind": "user",
+        },
+        "succeeded",
+        "cancel flag removal",
     )
     b.event(
         "flag",
         "new-checkout",
-        {"kind": "addExpiringTarget", "variationId": OFF, "contextKey": "user-3",
-         "contextKind": "user", "value": FRIDAY},
-        "rejected", "targeted on another variation",
+        {
+            "kind": "addExpiringTarget",
+            "variationId": OFF,
+            "contextKey": "user-3",
+            "contextKind": "user",
+            "value": FRIDAY,
+        },
+        "rejected",
+        "targeted on another variation",
     )
     # Segment targets (all-or-nothing PATCH): one conflicting instruction among good ones.
     for i in range(1, 9):
         b.event(
             "segment",
             "enterprise-orgs",
-            {"kind": "addIncludedTargets", "contextKind": "org", "values": [f"org-{i}a", f"org-{i}b"]},
-            "succeeded", "add org targets", comment="sales sync",
+            {
+                "kind": "addIncludedTargets",
+                "contextKind": "org",
+                "values": [f"org-{i}a", f"org-{i}b"],
+            },
+            "succeeded",
+            "add org targets",
+            comment="sales sync",
         )
     b.event(
         "segment",
         "enterprise-orgs",
         {"kind": "addIncludedTargets", "contextKind": "org", "values": ["org-banned"]},
-        "rejected", "included and excluded at once",
+        "rejected",
+        "included and excluded at once",
     )
     for verb, side, expected in (
         ("remove", "Included", "succeeded"),
@@ -187,66 +263,112 @@ def demo_samples() -> list[Sample]:
             "segment",
             "enterprise-orgs",
             {"kind": f"{verb}{side}Targets", "contextKind": "org", "values": ["org-7a"]},
-            expected, f"{verb} {side.lower()} org",
+            expected,
+            f"{verb} {side.lower()} org",
         )
-    for verb, side in (("add", "Included"), ("add", "Excluded"), ("remove", "Included"),
-                       ("remove", "Excluded")):
+    for verb, side in (
+        ("add", "Included"),
+        ("add", "Excluded"),
+        ("remove", "Included"),
+        ("remove", "Excluded"),
+    ):
         b.event(
             "segment",
             "beta-users",
             {"kind": f"{verb}{side}Users", "values": [f"{verb}-{side.lower()}-user"]},
-            "succeeded", f"{verb} {side.lower()} user",
+            "succeeded",
+            f"{verb} {side.lower()} user",
         )
     for i in range(1, 6):
         b.event(
             "segment",
             "beta-users",
             {"kind": "addIncludedTargets", "contextKind": "device", "values": [f"device-{i}"]},
-            "succeeded", "add device target", env="staging",
+            "succeeded",
+            "add device target",
+            env="staging",
         )
     # Resources that do not exist.
     b.event(
         "segment",
         "no-such-segment",
         {"kind": "addIncludedUsers", "values": ["someone"]},
-        "rejected", "unknown segment (404)",
+        "rejected",
+        "unknown segment (404)",
     )
     b.event(
         "flag",
         "no-such-flag",
-        {"kind": "removeExpiringTarget", "variationId": ON, "contextKey": "user-1",
-         "contextKind": "user"},
-        "rejected", "unknown flag (404)",
+        {
+            "kind": "removeExpiringTarget",
+            "variationId": ON,
+            "contextKey": "user-1",
+            "contextKind": "user",
+        },
+        "rejected",
+        "unknown flag (404)",
     )
     # Records that are not valid events.
     b.raw(b"\xff\xfe not utf-8", "not UTF-8")
-    b.raw(b"{\"eventId\": ", "not JSON")
+    b.raw(b'{"eventId": ', "not JSON")
     b.raw(b"[1, 2, 3]", "an array")
     b.raw(
-        json.dumps({"eventId": "bad-kind", "projectKey": PROJECT, "environmentKey": ENV,
-                    "resource": {"kind": "segment", "key": "beta-users"},
-                    "instruction": {"kind": "deleteEverything"}}).encode(),
+        json.dumps(
+            {
+                "eventId": "bad-kind",
+                "projectKey": PROJECT,
+                "environmentKey": ENV,
+                "resource": {"kind": "segment", "key": "beta-users"},
+                "instruction": {"kind": "deleteEverything"},
+            }
+        ).encode(),
         "unknown instruction kind",
     )
     b.raw(
-        json.dumps({"eventId": "typo", "projectKey": PROJECT, "environmentKey": ENV,
-                    "resource": {"kind": "segment", "key": "beta-users"},
-                    "instruction": {"kind": "removeExpiringTarget", "targetType": "included",
-                                    "contextkey": "user-1", "contextKind": "user"}}).encode(),
+        json.dumps(
+            {
+                "eventId": "typo",
+                "projectKey": PROJECT,
+                "environmentKey": ENV,
+                "resource": {"kind": "segment", "key": "beta-users"},
+                "instruction": {
+                    "kind": "removeExpiringTarget",
+                    "targetType": "included",
+                    "contextkey": "user-1",
+                    "contextKind": "user",
+                },
+            }
+        ).encode(),
         "unknown field (typo)",
     )
     b.raw(
-        json.dumps({"eventId": "path-escape", "projectKey": PROJECT, "environmentKey": ENV,
-                    "resource": {"kind": "segment", "key": "../../flags"},
-                    "instruction": {"kind": "addIncludedUsers", "values": ["x"]}}).encode(),
+        json.dumps(
+            {
+                "eventId": "path-escape",
+                "projectKey": PROJECT,
+                "environmentKey": ENV,
+                "resource": {"kind": "segment", "key": "../../flags"},
+                "instruction": {"kind": "addIncludedUsers", "values": ["x"]},
+            }
+        ).encode(),
         "key that would change the URL path",
     )
     b.raw(
-        json.dumps({"eventId": "wrong-type", "projectKey": PROJECT, "environmentKey": ENV,
-                    "resource": {"kind": "flag", "key": "new-checkout"},
-                    "instruction": {"kind": "addExpiringTarget", "variationId": ON,
-                                    "contextKey": "user-5", "contextKind": "user",
-                                    "value": "next friday"}}).encode(),
+        json.dumps(
+            {
+                "eventId": "wrong-type",
+                "projectKey": PROJECT,
+                "environmentKey": ENV,
+                "resource": {"kind": "flag", "key": "new-checkout"},
+                "instruction": {
+                    "kind": "addExpiringTarget",
+                    "variationId": ON,
+                    "contextKey": "user-5",
+                    "contextKind": "user",
+                    "value": "next friday",
+                },
+            }
+        ).encode(),
         "wrong type",
     )
     return b.samples

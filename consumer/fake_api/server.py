@@ -65,7 +65,9 @@ class _Window:
 
     def roll(self, now_ms: float, window_ms: int) -> None:
         if now_ms >= self.start_ms + window_ms:
-            self.start_ms = now_ms - (now_ms - self.start_ms) % window_ms if self.start_ms else now_ms
+            self.start_ms = (
+                now_ms - (now_ms - self.start_ms) % window_ms if self.start_ms else now_ms
+            )
             self.counts.clear()
 
 
@@ -98,12 +100,17 @@ class Simulator:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._api_middleware])
         r = app.router
-        r.add_patch("/api/v2/segments/{project}/{resource}/expiring-targets/{environment}", self.segment_expiring)
+        r.add_patch(
+            "/api/v2/segments/{project}/{resource}/expiring-targets/{environment}",
+            self.segment_expiring,
+        )
         r.add_patch(
             "/api/v2/segments/{project}/{resource}/expiring-user-targets/{environment}",
             self.segment_expiring_users,
         )
-        r.add_patch("/api/v2/flags/{project}/{resource}/expiring-targets/{environment}", self.flag_expiring)
+        r.add_patch(
+            "/api/v2/flags/{project}/{resource}/expiring-targets/{environment}", self.flag_expiring
+        )
         r.add_patch("/api/v2/segments/{project}/{environment}/{resource}", self.segment_patch)
         r.add_get("/api/v2/segments/{project}/{environment}/{resource}", self.get_segment)
         r.add_get("/api/v2/flags/{project}/{resource}", self.get_flag)
@@ -112,7 +119,9 @@ class Simulator:
         r.add_post("/admin/reset", self.admin_reset)
         r.add_post("/admin/seed", self.admin_seed)
         r.add_post("/admin/segments", self.admin_segment)
-        r.add_post("/admin/segments/{project}/{environment}/{resource}/targets", self.admin_segment_targets)
+        r.add_post(
+            "/admin/segments/{project}/{environment}/{resource}/targets", self.admin_segment_targets
+        )
         r.add_post("/admin/flags", self.admin_flag)
         r.add_post("/admin/flags/{project}/{resource}/targets", self.admin_flag_targets)
         r.add_get("/admin/requests", self.admin_requests)
@@ -194,7 +203,9 @@ class Simulator:
             entry["fault"] = "429"
             reset = now_ms + faults.rate_limit_reset_ms
             headers["X-Ratelimit-Reset"] = str(int(reset))
-            return self._rate_limited(reset, now_ms, headers, retry_after=faults.rate_limit_retry_after)
+            return self._rate_limited(
+                reset, now_ms, headers, retry_after=faults.rate_limit_retry_after
+            )
         if self._rng.random() < faults.error_rate:
             entry["fault"] = "5xx"
             status = self._rng.choice([500, 502, 503])
@@ -202,12 +213,18 @@ class Simulator:
         if request.method == "PATCH" and self._rng.random() < faults.conflict_rate:
             entry["fault"] = "409"
             return self._error(
-                409, "optimistic_locking_error", "concurrent update, retry your request", now_ms, headers
+                409,
+                "optimistic_locking_error",
+                "concurrent update, retry your request",
+                now_ms,
+                headers,
             )
         try:
             response = await self._handle(request, entry)
         except NotFoundError as exc:
-            return self._error(404, "not_found", f"Invalid resource identifier: {exc}", now_ms, headers)
+            return self._error(
+                404, "not_found", f"Invalid resource identifier: {exc}", now_ms, headers
+            )
         except RequestRejected as exc:
             return self._error(400, "invalid_request", str(exc), now_ms, headers)
         except web.HTTPException as exc:
@@ -220,7 +237,9 @@ class Simulator:
         handler = request.match_info.handler
         if request.method == "PATCH":
             if SEMANTIC_PATCH not in (entry["contentType"] or ""):
-                raise RequestRejected("expected Content-Type with domain-model=launchdarkly.semanticpatch")
+                raise RequestRejected(
+                    "expected Content-Type with domain-model=launchdarkly.semanticpatch"
+                )
             if not isinstance(entry["body"], dict):
                 raise RequestRejected("request body is not a JSON object")
         return await handler(request)
@@ -240,7 +259,9 @@ class Simulator:
         headers = dict(headers, **{"X-Ratelimit-Reset": str(int(reset_ms))})
         if retry_after:
             headers["Retry-After"] = str(max(0, round((reset_ms - now_ms) / 1000)))
-        return self._error(429, "rate_limited", "You've exceeded the API rate limit.", now_ms, headers)
+        return self._error(
+            429, "rate_limited", "You've exceeded the API rate limit.", now_ms, headers
+        )
 
     def _error(
         self,
@@ -254,7 +275,9 @@ class Simulator:
         response = web.json_response(body, status=status)
         if headers is None:
             headers = {
-                "X-Ratelimit-Global-Remaining": str(max(0, self.limits.global_limit - self._window.counts["*"])),
+                "X-Ratelimit-Global-Remaining": str(
+                    max(0, self.limits.global_limit - self._window.counts["*"])
+                ),
                 "X-Ratelimit-Reset": str(int(self._window.start_ms + self.limits.window_ms)),
             }
         response.headers.update(headers)
@@ -262,7 +285,9 @@ class Simulator:
 
     # -- the API ------------------------------------------------------------------------------
 
-    async def _instructions(self, request: web.Request, allowed: dict[str, set[str]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def _instructions(
+        self, request: web.Request, allowed: dict[str, set[str]]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         body = await request.json()
         instructions = body.get("instructions")
         if not isinstance(instructions, list) or not instructions:
@@ -288,7 +313,9 @@ class Simulator:
         _, instructions = await self._instructions(request, allowed)
         return _per_instruction(
             instructions,
-            lambda instruction: self.store.segment_expiring(segment, instruction, user_form=user_form),
+            lambda instruction: self.store.segment_expiring(
+                segment, instruction, user_form=user_form
+            ),
         )
 
     async def flag_expiring(self, request: web.Request) -> web.Response:
@@ -386,7 +413,9 @@ class Simulator:
         return web.json_response(dict(self.stats))
 
     async def admin_get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response({"faults": self.faults.model_dump(), "limits": self.limits.model_dump()})
+        return web.json_response(
+            {"faults": self.faults.model_dump(), "limits": self.limits.model_dump()}
+        )
 
     async def admin_put_faults(self, request: web.Request) -> web.Response:
         self.faults = await _model(request, Faults)
@@ -401,7 +430,7 @@ class Simulator:
         body = await request.json()
         tokens = body.get("tokens") if isinstance(body, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise web.HTTPBadRequest(text="expected {\"tokens\": [\"...\"]}")
+            raise web.HTTPBadRequest(text='expected {"tokens": ["..."]}')
         self.tokens = set(tokens)
         return web.json_response({"ok": True, "count": len(self.tokens)})
 
@@ -459,7 +488,11 @@ FLAG_EXPIRING = {
     "removeExpiringTarget": _FLAG,
 }
 SEGMENT_TARGETS = {
-    **{f"{v}{s}Targets": {"contextKind", "values"} for v in ("add", "remove") for s in ("Included", "Excluded")},
+    **{
+        f"{v}{s}Targets": {"contextKind", "values"}
+        for v in ("add", "remove")
+        for s in ("Included", "Excluded")
+    },
     **{f"{v}{s}Users": {"values"} for v in ("add", "remove") for s in ("Included", "Excluded")},
 }
 

@@ -76,7 +76,10 @@ class FlagIn(_In):
     key: str
     name: str | None = None
     variations: list[VariationIn] = Field(
-        default_factory=lambda: [VariationIn(value=True, name="on"), VariationIn(value=False, name="off")]
+        default_factory=lambda: [
+            VariationIn(value=True, name="on"),
+            VariationIn(value=False, name="off"),
+        ]
     )
     targets: dict[str, list[FlagTargetIn]] = Field(default_factory=dict)
 
@@ -108,7 +111,11 @@ class Expiring:
     id: str = field(default_factory=lambda: f"{next(_ids):024x}")
 
     def item(self, resource: dict[str, str], *, user_form: bool = False) -> dict[str, Any]:
-        item: dict[str, Any] = {"_id": self.id, "_version": self.version, "expirationDate": self.value}
+        item: dict[str, Any] = {
+            "_id": self.id,
+            "_version": self.version,
+            "expirationDate": self.value,
+        }
         if user_form:
             item["userKey"] = self.context_key
         else:
@@ -251,7 +258,9 @@ class Store:
                 self.add_flag_targets(spec.projectKey, spec.key, environment, target)
         return flag
 
-    def add_flag_targets(self, project: str, key: str, environment: str, spec: FlagTargetIn) -> None:
+    def add_flag_targets(
+        self, project: str, key: str, environment: str, spec: FlagTargetIn
+    ) -> None:
         flag = self.flags.get((project, key))
         if flag is None:
             raise NotFoundError(f"unknown flag {project}/{key}")
@@ -333,7 +342,9 @@ class Store:
             expected = segment.version if user_form else current.version
             version = instruction.get("version")
             if version is not None and version != expected:
-                raise InstructionFailed(f"version mismatch: current version is {expected}, got {version}")
+                raise InstructionFailed(
+                    f"version mismatch: current version is {expected}, got {version}"
+                )
             current.value = instruction["value"]
             current.version += 1
             return current.item(segment.resource_id(), user_form=user_form)
@@ -383,7 +394,8 @@ class Store:
         operations = sum(len(i.get("values") or []) for i in instructions)
         if operations > MAX_SEGMENT_TARGET_OPERATIONS:
             raise RequestRejected(
-                f"too many target operations: {operations} (at most {MAX_SEGMENT_TARGET_OPERATIONS})"
+                f"too many target operations: {operations}"
+                f" (at most {MAX_SEGMENT_TARGET_OPERATIONS})"
             )
         targets = copy.deepcopy(segment.targets)
         expiring = dict(segment.expiring)

@@ -1,0 +1,115 @@
+"""Event builders shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+
+from consumer.events import TargetingEvent, decode, target_operations
+from consumer.offsets import OffsetTracker
+from consumer.records import ConsumedRecord, PendingEvent
+from consumer.routing import route
+
+VARIATION = "6f0b5f5e-0c57-4d1a-9d3e-0000000000a1"
+LATER = 1_798_761_600_000
+
+INSTRUCTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("segment", "addExpiringTarget"): {
+        "targetType": "included", "contextKey": "u1", "contextKind": "user", "value": LATER,
+    },
+    ("segment", "updateExpiringTarget"): {
+        "targetType": "included", "contextKey": "u1", "contextKind": "user", "value": LATER,
+        "version": 1,
+    },
+    ("segment", "removeExpiringTarget"): {
+        "targetType": "included", "contextKey": "u1", "contextKind": "user",
+    },
+    ("segment", "addExpireUserTargetDate"): {"targetType": "included", "userKey": "u1", "value": LATER},
+    ("segment", "updateExpireUserTargetDate"): {
+        "targetType": "included", "userKey": "u1", "value": LATER, "version": 1,
+    },
+    ("segment", "removeExpireUserTargetDate"): {"targetType": "included", "userKey": "u1"},
+    ("flag", "addExpiringTarget"): {
+        "variationId": VARIATION, "contextKey": "u1", "contextKind": "user", "value": LATER,
+    },
+    ("flag", "updateExpiringTarget"): {
+        "variationId": VARIATION, "contextKey": "u1", "contextKind": "user", "value": LATER,
+    },
+    ("flag", "removeExpiringTarget"): {
+        "variationId": VARIATION, "contextKey": "u1", "contextKind": "user",
+    },
+    **{
+        ("segment", f"{verb}{side}Targets"): {"contextKind": "org", "values": ["o1", "o2"]}
+        for verb in ("add", "remove")
+        for side in ("Included", "Excluded")
+    },
+    **{
+        ("segment", f"{verb}{side}Users"): {"values": ["u1"]}
+        for verb in ("add", "remove")
+        for side in ("Included", "Excluded")
+    },
+}
+
+_counter = iter(range(1, 10**9))
+
+
+def event_dict(
+    resource_kind: str = "segment",
+    kind: str = "addIncludedTargets",
+    *,
+    key: str = "beta",
+    project: str = "proj",
+    env: str = "production",
+    comment: str | None = None,
+    event_id: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    instruction = {"kind": kind, **INSTRUCTIONS.get((resource_kind, kind), {}), **fields}
+    event: dict[str, Any] = {
+        "eventId": event_id or f"evt-{next(_counter)}",
+        "projectKey": project,
+        "environmentKey": env,
+        "resource": {"kind": resource_kind, "key": key},
+        "instruction": instruction,
+    }
+    if comment is not None:
+        event["comment"] = comment
+    return event
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode()
+
+
+def parse(event: dict[str, Any]) -> TargetingEvent:
+    decoded = decode(encode(event))
+    assert not hasattr(decoded, "code"), decoded
+    return decoded  # type: ignore[return-value]
+
+
+_tracker = OffsetTracker()
+_offsets = iter(range(10**9))
+
+
+def pending(
+    event: dict[str, Any] | None = None, *, partition: int = 0, topic: str = "in"
+) -> PendingEvent:
+    parsed = parse(event or event_dict())
+    tp = TopicPartition(topic, partition)
+    offset = next(_offsets)
+    ticket = _tracker.track(tp, offset)
+    assert ticket is not None
+    record = ConsumedRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None,
+        value=encode(event or {}),
+        headers=(),
+        timestamp=int(time.time() * 1000),
+        ticket=ticket,
+    )
+    return PendingEvent(record, parsed, route(parsed), target_operations(parsed))

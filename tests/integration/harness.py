@@ -1,0 +1,183 @@
+"""Helpers for integration tests: topics per test, the service in-process, reading results."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from consumer import kafka
+from consumer.app import Service
+from consumer.events import Outcome
+from consumer.settings import Settings
+from consumer.tansu import TANSU_SETTINGS
+from tests.conftest import TOKEN
+
+PROJECT, ENV = "proj", "production"
+VARIATION = "6f0b5f5e-0c57-4d1a-9d3e-0000000000a1"
+
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides: Any) -> Settings:
+    suffix = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap,
+        "ld_api_token": TOKEN,
+        "ld_base_url": base_url,
+        "consumer_group_id": f"group-{suffix}",
+        "consumer_input_topic": f"in-{suffix}",
+        "consumer_results_topic": f"results-{suffix}",
+        "consumer_dlq_topic": f"dlq-{suffix}",
+        "consumer_http_port": 0,
+        "consumer_batch_linger_ms": 50,
+        "consumer_commit_interval_ms": 200,
+        "consumer_shutdown_timeout_ms": 10_000,
+        "consumer_revoke_timeout_ms": 1_500,
+        "ld_retry_base_delay_ms": 20,
+        "ld_retry_max_delay_ms": 200,
+        "kafka_isolation_level": "read_uncommitted",
+        "log_level": "debug",
+    }
+    if on_tansu:
+        values.update(TANSU_SETTINGS)
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def create_topics(settings: Settings, partitions: int = 2) -> None:
+    await kafka.ensure_topics(
+        settings,
+        {
+            settings.consumer_input_topic: partitions,
+            settings.consumer_results_topic: 2,
+            settings.consumer_dlq_topic: 1,
+        },
+    )
+
+
+async def produce(
+    settings: Settings, messages: Sequence[Message], *, partition: int | None = None
+) -> dict[TopicPartition, int]:
+    """Publish and return the end offset (last + 1) of every partition written."""
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    ends: dict[TopicPartition, int] = {}
+    try:
+        futures = [
+            await producer.send(
+                settings.consumer_input_topic, value, key=key, headers=headers, partition=partition
+            )
+            for key, value, headers in messages
+        ]
+        for metadata in await asyncio.gather(*futures):
+            tp = TopicPartition(metadata.topic, metadata.partition)
+            ends[tp] = max(ends.get(tp, 0), metadata.offset + 1)
+    finally:
+        await producer.stop()
+    return ends
+
+
+async def outcomes(settings: Settings, count: int, timeout: float = 30.0) -> list[Outcome]:
+    records = await kafka.read_topic(
+        settings, settings.consumer_results_topic, until=lambda r: len(r) >= count, timeout=timeout
+    )
+    return [Outcome.model_validate_json(r.value) for r in records]
+
+
+async def dead_letters(settings: Settings, count: int, timeout: float = 15.0) -> list[ConsumerRecord]:
+    return await kafka.read_topic(
+        settings, settings.consumer_dlq_topic, until=lambda r: len(r) >= count, timeout=timeout
+    )
+
+
+async def committed(settings: Settings, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(**kafka.common_config(settings))
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(
+            settings.consumer_group_id, partitions=list(tps)
+        )
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0}
+
+
+@dataclass
+class RunningService:
+    service: Service
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def wait_assigned(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.service.assigned:
+            if self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError("no partitions assigned")
+            await asyncio.sleep(0.05)
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 30)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, wait: bool = True) -> AsyncIterator[RunningService]:
+    stop = asyncio.Event()
+    service = Service(settings)
+    handle = RunningService(service, stop, asyncio.create_task(service.run(stop)))
+    try:
+        if wait:
+            await handle.wait_assigned()
+        yield handle
+    finally:
+        if not handle.task.done():
+            await handle.shutdown()
+
+
+def by_offset(items: Sequence[Outcome]) -> dict[tuple[int, int], Outcome]:
+    return {(o.source.partition, o.source.offset): o for o in items}
+
+
+def seed(
+    *,
+    segments: dict[str, dict[str, list[str]]] | None = None,
+    excluded: dict[str, dict[str, list[str]]] | None = None,
+    flags: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """segments: key -> {context kind: included keys}; flags: key -> users on VARIATION."""
+    return {
+        "projects": [{"key": PROJECT, "environments": [ENV]}],
+        "segments": [
+            {
+                "projectKey": PROJECT,
+                "environmentKey": ENV,
+                "key": key,
+                "included": included,
+                "excluded": (excluded or {}).get(key, {}),
+            }
+            for key, included in (segments or {}).items()
+        ],
+        "flags": [
+            {
+                "projectKey": PROJECT,
+                "key": key,
+                "variations": [
+                    {"_id": VARIATION, "value": True},
+                    {"_id": "6f0b5f5e-0c57-4d1a-9d3e-0000000000b2", "value": False},
+                ],
+                "targets": {ENV: [{"variationId": VARIATION, "contextKind": "user", "values": users}]},
+            }
+            for key, users in (flags or {}).items()
+        ],
+    }

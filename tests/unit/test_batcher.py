@@ -1,0 +1,160 @@
+import pytest
+
+from consumer.batcher import COMMENT_SEPARATOR, Batcher
+from consumer.records import PendingEvent
+from tests.factories import event_dict, pending
+
+
+def seg(key: str = "beta", *, values: int = 1, comment: str | None = None, partition: int = 0) -> PendingEvent:
+    return pending(
+        event_dict(key=key, values=[f"k{i}" for i in range(values)], comment=comment),
+        partition=partition,
+    )
+
+
+def test_closes_at_max_size_and_keeps_order() -> None:
+    batcher = Batcher(max_size=3, linger=10.0)
+    items = [seg() for _ in range(7)]
+    for item in items:
+        batcher.add(item, now=0.0)
+    first = batcher.ready(now=0.0, limit=10)
+    assert [len(b) for b in first] == [3]  # one in flight per path, the open one still lingers
+    assert first[0].items == items[:3]
+    assert batcher.ready(now=0.0, limit=10) == []
+    batcher.done(first[0].path)
+    second = batcher.ready(now=0.0, limit=10)
+    assert second[0].items == items[3:6]
+    batcher.done(second[0].path)
+    assert batcher.ready(now=1.0, limit=10) == []
+    third = batcher.ready(now=10.0, limit=10)
+    assert third[0].items == items[6:]
+    batcher.done(third[0].path)
+    assert batcher.idle() and batcher.waiting == 0
+
+
+def test_linger_counts_from_the_oldest_event() -> None:
+    batcher = Batcher(max_size=50, linger=0.2)
+    batcher.add(seg(), now=1.0)
+    batcher.add(seg(), now=1.15)
+    assert batcher.next_due(now=1.15) == pytest.approx(0.05)
+    assert batcher.ready(now=1.19, limit=5) == []
+    [batch] = batcher.ready(now=1.2, limit=5)
+    assert len(batch) == 2
+    assert batcher.next_due(now=1.2) is None
+
+
+def test_paths_in_parallel_up_to_the_limit_oldest_first() -> None:
+    batcher = Batcher(max_size=1, linger=0.0)
+    for i, key in enumerate(["a", "b", "c", "d"]):
+        batcher.add(seg(key), now=float(i))
+    batches = batcher.ready(now=10.0, limit=2)
+    assert [b.route.path.rsplit("/", 1)[1] for b in batches] == ["a", "b"]
+    assert batcher.in_flight == 2
+    rest = batcher.ready(now=10.0, limit=5)
+    assert [b.route.path.rsplit("/", 1)[1] for b in rest] == ["c", "d"]
+
+
+def test_one_request_in_flight_per_path() -> None:
+    batcher = Batcher(max_size=1, linger=0.0)
+    batcher.add(seg(), now=0.0)
+    batcher.add(seg(), now=0.0)
+    assert len(batcher.ready(now=1.0, limit=5)) == 1
+    assert batcher.next_due(now=1.0) is None  # the only path is busy
+    assert batcher.ready(now=1.0, limit=5) == []
+    batcher.done("/api/v2/segments/proj/production/beta")
+    assert batcher.next_due(now=1.0) == 0.0
+    assert len(batcher.ready(now=1.0, limit=5)) == 1
+
+
+def test_segment_patch_never_passes_1500_target_operations() -> None:
+    batcher = Batcher(max_size=50, linger=0.0)
+    sizes = [700, 700, 200, 1500, 1]
+    for size in sizes:
+        batcher.add(seg(values=size), now=0.0)
+    seen = []
+    while not batcher.idle():
+        for batch in batcher.ready(now=1.0, limit=1):
+            seen.append([item.target_operations for item in batch.items])
+            assert batch.target_operations <= 1500
+            batcher.done(batch.path)
+    assert seen == [[700, 700], [200], [1500], [1]]
+
+
+def test_expiring_targets_are_not_limited_by_target_operations() -> None:
+    batcher = Batcher(max_size=2000, linger=0.0)
+    for _ in range(1600):
+        batcher.add(pending(event_dict("segment", "addExpiringTarget")), now=0.0)
+    [batch] = batcher.ready(now=1.0, limit=1)
+    assert len(batch) == 1600
+
+
+def test_comments_are_joined_without_repeats_and_never_lost() -> None:
+    batcher = Batcher(max_size=50, linger=0.0, comment_max_chars=1_000)
+    batcher.add(seg(comment="ticket A"), now=0.0)
+    batcher.add(seg(comment=None), now=0.0)
+    batcher.add(seg(comment="ticket B"), now=0.0)
+    batcher.add(seg(comment="ticket A"), now=0.0)
+    [batch] = batcher.ready(now=1.0, limit=1)
+    assert batch.comment == f"ticket A{COMMENT_SEPARATOR}ticket B"
+    assert len(batch) == 4
+
+
+def test_a_comment_that_does_not_fit_starts_a_new_batch() -> None:
+    batcher = Batcher(max_size=50, linger=0.0, comment_max_chars=1_000)
+    long_a, long_b = "a" * 600, "b" * 600
+    batcher.add(seg(comment=long_a), now=0.0)
+    batcher.add(seg(comment=long_b), now=0.0)
+    batcher.add(seg(comment=long_b), now=0.0)
+    comments = []
+    while not batcher.idle():
+        for batch in batcher.ready(now=1.0, limit=1):
+            comments.append((batch.comment, len(batch)))
+            batcher.done(batch.path)
+    assert comments == [(long_a, 1), (long_b, 2)]
+
+
+def test_flush_makes_open_batches_due_at_once() -> None:
+    batcher = Batcher(max_size=50, linger=60.0)
+    batcher.add(seg("a", partition=0), now=0.0)
+    batcher.add(seg("b", partition=1), now=0.0)
+    assert batcher.ready(now=1.0, limit=5) == []
+    batcher.flush_partitions([pending(partition=1).record.tp])
+    [batch] = batcher.ready(now=1.0, limit=5)
+    assert batch.route.path.endswith("/b")
+    batcher.flush()
+    assert len(batcher.ready(now=1.0, limit=5)) == 1
+
+
+def test_drop_partitions_takes_back_waiting_events_only() -> None:
+    batcher = Batcher(max_size=2, linger=60.0)
+    keep, drop_1, drop_2, kept_2 = seg(partition=0), seg(partition=1), seg(partition=1), seg(partition=0)
+    for item in (keep, drop_1, drop_2, kept_2):
+        batcher.add(item, now=0.0)
+    in_flight = batcher.ready(now=0.0, limit=5)  # [keep, drop_1] goes out
+    assert in_flight[0].items == [keep, drop_1]
+    dropped = batcher.drop_partitions([drop_1.record.tp])
+    assert dropped == [drop_2]
+    assert batcher.waiting == 1
+    batcher.done(in_flight[0].path)
+    [rest] = batcher.ready(now=100.0, limit=5)
+    assert rest.items == [kept_2]
+
+
+def test_waiting_counts_events_not_handed_out() -> None:
+    batcher = Batcher(max_size=2, linger=0.0)
+    for _ in range(5):
+        batcher.add(seg(), now=0.0)
+    assert batcher.waiting == 5
+    [batch] = batcher.ready(now=0.0, limit=5)
+    assert batcher.waiting == 3
+    batcher.done(batch.path)
+
+
+def test_sub_batches_get_their_own_id() -> None:
+    batcher = Batcher(max_size=4, linger=0.0)
+    items = [seg() for _ in range(4)]
+    for item in items:
+        batcher.add(item, now=0.0)
+    [batch] = batcher.ready(now=0.0, limit=1)
+    half = batch.sub(batch.items[:2])
+    assert half.id != batch.id and half.items == items[:2] and half.route == batch.route
