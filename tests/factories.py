@@ -18,28 +18,51 @@ LATER = 1_798_761_600_000
 
 INSTRUCTIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("segment", "addExpiringTarget"): {
-        "targetType": "included", "contextKey": "u1", "contextKind": "user", "value": LATER,
+        "targetType": "included",
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": LATER,
     },
     ("segment", "updateExpiringTarget"): {
-        "targetType": "included", "contextKey": "u1", "contextKind": "user", "value": LATER,
+        "targetType": "included",
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": LATER,
         "version": 1,
     },
     ("segment", "removeExpiringTarget"): {
-        "targetType": "included", "contextKey": "u1", "contextKind": "user",
+        "targetType": "included",
+        "contextKey": "u1",
+        "contextKind": "user",
     },
-    ("segment", "addExpireUserTargetDate"): {"targetType": "included", "userKey": "u1", "value": LATER},
+    ("segment", "addExpireUserTargetDate"): {
+        "targetType": "included",
+        "userKey": "u1",
+        "value": LATER,
+    },
     ("segment", "updateExpireUserTargetDate"): {
-        "targetType": "included", "userKey": "u1", "value": LATER, "version": 1,
+        "targetType": "included",
+        "userKey": "u1",
+        "value": LATER,
+        "version": 1,
     },
     ("segment", "removeExpireUserTargetDate"): {"targetType": "included", "userKey": "u1"},
     ("flag", "addExpiringTarget"): {
-        "variationId": VARIATION, "contextKey": "u1", "contextKind": "user", "value": LATER,
+        "variationId": VARIATION,
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": LATER,
     },
     ("flag", "updateExpiringTarget"): {
-        "variationId": VARIATION, "contextKey": "u1", "contextKind": "user", "value": LATER,
+        "variationId": VARIATION,
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": LATER,
     },
     ("flag", "removeExpiringTarget"): {
-        "variationId": VARIATION, "contextKey": "u1", "contextKind": "user",
+        "variationId": VARIATION,
+        "contextKey": "u1",
+        "contextKind": "user",
     },
     **{
         ("segment", f"{verb}{side}Targets"): {"contextKind": "org", "values": ["o1", "o2"]}

@@ -93,7 +93,9 @@ async def outcomes(settings: Settings, count: int, timeout: float = 30.0) -> lis
     return [Outcome.model_validate_json(r.value) for r in records]
 
 
-async def dead_letters(settings: Settings, count: int, timeout: float = 15.0) -> list[ConsumerRecord]:
+async def dead_letters(
+    settings: Settings, count: int, timeout: float = 15.0
+) -> list[ConsumerRecord]:
     return await kafka.read_topic(
         settings, settings.consumer_dlq_topic, until=lambda r: len(r) >= count, timeout=timeout
     )
@@ -108,7 +110,9 @@ async def committed(settings: Settings, tps: Sequence[TopicPartition]) -> dict[T
         )
     finally:
         await admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0}
+    return {
+        tp: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0
+    }
 
 
 @dataclass
@@ -176,7 +180,9 @@ def seed(
                     {"_id": VARIATION, "value": True},
                     {"_id": "6f0b5f5e-0c57-4d1a-9d3e-0000000000b2", "value": False},
                 ],
-                "targets": {ENV: [{"variationId": VARIATION, "contextKind": "user", "values": users}]},
+                "targets": {
+                    ENV: [{"variationId": VARIATION, "contextKind": "user", "values": users}]
+                },
             }
             for key, users in (flags or {}).items()
         ],

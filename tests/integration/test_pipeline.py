@@ -67,7 +67,9 @@ async def test_every_instruction_kind_reaches_its_url_with_its_body(
     await admin.seed(seed(segments={"beta": {"user": ["u1"]}}, flags={"beta": ["u1"]}))
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
     await create_topics(settings)
-    events = [_event(kind_resource, kind, comment=f"c-{kind}") for kind_resource, kind in sorted(ROUTES)]
+    events = [
+        _event(kind_resource, kind, comment=f"c-{kind}") for kind_resource, kind in sorted(ROUTES)
+    ]
     await produce(settings, [_message(e) for e in events])
     async with running(settings):
         results = await outcomes(settings, len(events))
@@ -92,7 +94,11 @@ async def test_every_instruction_kind_reaches_its_url_with_its_body(
             assert outcome.http.path == f"/api/v2/segments/{PROJECT}/{ENV}/{resource['key']}"
         else:
             base = "segments" if resource["kind"] == "segment" else "flags"
-            suffix = "expiring-user-targets" if "User" in event["instruction"]["kind"] else "expiring-targets"
+            suffix = (
+                "expiring-user-targets"
+                if "User" in event["instruction"]["kind"]
+                else "expiring-targets"
+            )
             assert outcome.http.path == f"/api/v2/{base}/{PROJECT}/{resource['key']}/{suffix}/{ENV}"
     for request in requests:
         assert request["auth"] == "ok"
@@ -118,8 +124,11 @@ async def test_batches_by_size_and_linger(
 ) -> None:
     await admin.seed(seed(segments={"a": {}, "b": {}}))
     settings = make_settings(
-        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu,
-        consumer_batch_max_size=5, consumer_batch_linger_ms=300,
+        kafka_bootstrap,
+        simulator.base_url,
+        on_tansu=on_tansu,
+        consumer_batch_max_size=5,
+        consumer_batch_linger_ms=300,
     )
     await create_topics(settings)
     first = [_event(key="a", values=[f"k{i}"]) for i in range(23)]
@@ -137,7 +146,10 @@ async def test_batches_by_size_and_linger(
     assert sizes[f"/api/v2/segments/{PROJECT}/{ENV}/b"] == [3]
     # Input order is kept: the keys come out in the order they were produced.
     sent_a = [
-        i["values"][0] for r in requests if r["path"].endswith("/a") for i in r["body"]["instructions"]
+        i["values"][0]
+        for r in requests
+        if r["path"].endswith("/a")
+        for i in r["body"]["instructions"]
     ]
     assert sent_a == [f"k{i}" for i in range(23)]
 
@@ -147,8 +159,11 @@ async def test_a_lone_event_waits_for_the_linger(
 ) -> None:
     await admin.seed(seed(segments={"a": {}}))
     settings = make_settings(
-        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu,
-        consumer_batch_max_size=50, consumer_batch_linger_ms=400,
+        kafka_bootstrap,
+        simulator.base_url,
+        on_tansu=on_tansu,
+        consumer_batch_max_size=50,
+        consumer_batch_linger_ms=400,
     )
     await create_topics(settings)
     async with running(settings):
@@ -162,7 +177,10 @@ async def test_a_lone_event_waits_for_the_linger(
 
 @pytest.mark.parametrize("batch_size", [1, 50])
 async def test_order_within_a_url(
-    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin,
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    simulator: RunningSimulator,
+    admin: SimulatorAdmin,
     batch_size: int,
 ) -> None:
     await admin.seed(seed(segments={"beta": {"user": ["u1"]}}))
@@ -199,7 +217,9 @@ async def test_per_instruction_errors_land_on_the_right_events(
         results = {o.eventId: o for o in await outcomes(settings, 6)}
         letters = await dead_letters(settings, 2)
     statuses = [results[e["eventId"]].status for e in events]
-    assert statuses == [Status.SUCCEEDED] * 2 + [Status.REJECTED] + [Status.SUCCEEDED] * 2 + [Status.REJECTED]
+    assert statuses == [Status.SUCCEEDED] * 2 + [Status.REJECTED] + [Status.SUCCEEDED] * 2 + [
+        Status.REJECTED
+    ]
     rejected = results[events[2]["eventId"]]
     assert rejected.error is not None and "u2" in rejected.error.message
     assert rejected.batch is not None and rejected.batch.index == 2 and rejected.batch.size == 6
@@ -265,7 +285,7 @@ async def test_invalid_records_are_dead_lettered_byte_for_byte_and_the_stream_mo
         await handle.shutdown()
     assert len(results) == len(messages)
     outcome_at = by_offset(results)
-    for offset, (key, value, headers) in enumerate(messages):
+    for offset in range(len(messages)):
         outcome = outcome_at[(0, offset)]
         if offset % 2 == 0:
             assert outcome.status is Status.INVALID, INVALID[offset // 2][0]
@@ -278,7 +298,7 @@ async def test_invalid_records_are_dead_lettered_byte_for_byte_and_the_stream_mo
         key, value, headers = messages[offset]
         assert letter.key == key and letter.value == value
         assert list(letter.headers[: len(headers)]) == headers  # originals first, unchanged
-        extra = dict(letter.headers[len(headers):])
+        extra = dict(letter.headers[len(headers) :])
         assert extra["ldc.status"] == b"invalid"
         assert extra["ldc.original.topic"] == settings.consumer_input_topic.encode()
         assert extra["ldc.original.partition"] == b"0"
@@ -334,6 +354,13 @@ async def test_all_or_nothing_batch_is_narrowed_down(
     assert statuses == [Status.SUCCEEDED] * 5 + [Status.REJECTED] + [Status.SUCCEEDED] * 4
     bad = results[events[5]["eventId"]]
     assert bad.error is not None and bad.error.code == "invalid_request"
-    assert bad.batch is not None and bad.batch.size == 1 and bad.http is not None and bad.http.status == 400
+    assert (
+        bad.batch is not None
+        and bad.batch.size == 1
+        and bad.http is not None
+        and bad.http.status == 400
+    )
     [segment] = (await admin.state())["segments"]
-    assert segment["includedContexts"] == [{"contextKind": "org", "values": [f"o{i}" for i in range(9)]}]
+    assert segment["includedContexts"] == [
+        {"contextKind": "org", "values": [f"o{i}" for i in range(9)]}
+    ]

@@ -5,7 +5,9 @@ from consumer.records import PendingEvent
 from tests.factories import event_dict, pending
 
 
-def seg(key: str = "beta", *, values: int = 1, comment: str | None = None, partition: int = 0) -> PendingEvent:
+def seg(
+    key: str = "beta", *, values: int = 1, comment: str | None = None, partition: int = 0
+) -> PendingEvent:
     return pending(
         event_dict(key=key, values=[f"k{i}" for i in range(values)], comment=comment),
         partition=partition,
@@ -127,7 +129,12 @@ def test_flush_makes_open_batches_due_at_once() -> None:
 
 def test_drop_partitions_takes_back_waiting_events_only() -> None:
     batcher = Batcher(max_size=2, linger=60.0)
-    keep, drop_1, drop_2, kept_2 = seg(partition=0), seg(partition=1), seg(partition=1), seg(partition=0)
+    keep, drop_1, drop_2, kept_2 = (
+        seg(partition=0),
+        seg(partition=1),
+        seg(partition=1),
+        seg(partition=0),
+    )
     for item in (keep, drop_1, drop_2, kept_2):
         batcher.add(item, now=0.0)
     in_flight = batcher.ready(now=0.0, limit=5)  # [keep, drop_1] goes out

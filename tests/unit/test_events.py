@@ -78,12 +78,28 @@ REJECTIONS: list[tuple[str, bytes | None, ErrorCode]] = [
     ("array", b"[1, 2]", ErrorCode.NOT_AN_OBJECT),
     ("string", b'"text"', ErrorCode.NOT_AN_OBJECT),
     ("null", b"null", ErrorCode.NOT_AN_OBJECT),
-    ("unknown instruction kind", _with("instruction.kind", "deleteAll"), ErrorCode.UNKNOWN_INSTRUCTION_KIND),
-    ("instruction kind missing", _with("instruction.kind", _DELETE), ErrorCode.UNKNOWN_INSTRUCTION_KIND),
-    ("unknown field in instruction", _with("instruction.contextkey", "u1"), ErrorCode.UNKNOWN_FIELD),
+    (
+        "unknown instruction kind",
+        _with("instruction.kind", "deleteAll"),
+        ErrorCode.UNKNOWN_INSTRUCTION_KIND,
+    ),
+    (
+        "instruction kind missing",
+        _with("instruction.kind", _DELETE),
+        ErrorCode.UNKNOWN_INSTRUCTION_KIND,
+    ),
+    (
+        "unknown field in instruction",
+        _with("instruction.contextkey", "u1"),
+        ErrorCode.UNKNOWN_FIELD,
+    ),
     ("unknown field in event", _with("extra", 1), ErrorCode.UNKNOWN_FIELD),
     ("unknown field in resource", _with("resource.name", "x"), ErrorCode.UNKNOWN_FIELD),
-    ("unknown resource kind", _with("resource.kind", "environment"), ErrorCode.INVALID_RESOURCE_KIND),
+    (
+        "unknown resource kind",
+        _with("resource.kind", "environment"),
+        ErrorCode.INVALID_RESOURCE_KIND,
+    ),
     ("value as string", _with("instruction.value", "1754092860000"), ErrorCode.INVALID_EVENT),
     ("value as float", _with("instruction.value", 1.5), ErrorCode.INVALID_EVENT),
     ("value as bool", _with("instruction.value", True), ErrorCode.INVALID_EVENT),
@@ -138,8 +154,13 @@ def test_resource_kind_must_match_instruction_kind() -> None:
 
 
 def test_values_limits() -> None:
-    assert isinstance(decode(_with("instruction", {"kind": "addIncludedUsers", "values": []})), Invalid)
-    too_many = {"kind": "addIncludedUsers", "values": [f"u{i}" for i in range(MAX_TARGET_VALUES + 1)]}
+    assert isinstance(
+        decode(_with("instruction", {"kind": "addIncludedUsers", "values": []})), Invalid
+    )
+    too_many = {
+        "kind": "addIncludedUsers",
+        "values": [f"u{i}" for i in range(MAX_TARGET_VALUES + 1)],
+    }
     assert isinstance(decode(_with("instruction", too_many)), Invalid)
     most = {"kind": "addIncludedUsers", "values": [f"u{i}" for i in range(MAX_TARGET_VALUES)]}
     assert not isinstance(decode(_with("instruction", most)), Invalid)
@@ -192,8 +213,16 @@ def test_outcome_serialises_every_field_with_nulls() -> None:
     outcome = Outcome.model_validate(_outcome())
     data = json.loads(outcome.to_bytes())
     assert set(data) == {
-        "eventId", "status", "source", "resource", "instructionKind", "batch", "http", "error",
-        "item", "completedAt",
+        "eventId",
+        "status",
+        "source",
+        "resource",
+        "instructionKind",
+        "batch",
+        "http",
+        "error",
+        "item",
+        "completedAt",
     }
     assert data["batch"] is None and data["status"] == Status.SUCCEEDED.value
     assert Source.model_validate(data["source"]).offset == 1

@@ -40,13 +40,19 @@ def test_results_from_a_200_with_errors_land_on_the_right_instructions() -> None
             {"contextKey": "u0", "contextKind": "user", "targetType": "included", "_version": 1},
             {"contextKey": "u3", "contextKind": "user", "targetType": "included", "_version": 1},
         ],
-        "errors": [{"instructionIndex": 1, "message": "nope"}, {"instructionIndex": 2, "message": "no"}],
+        "errors": [
+            {"instructionIndex": 1, "message": "nope"},
+            {"instructionIndex": 2, "message": "no"},
+        ],
     }
     results = results_from_body(
         "b1", items, body, http_status=200, attempts=[1, 1, 2, 1], per_instruction_errors=True
     )
     assert [r.status for r in results] == [
-        Status.SUCCEEDED, Status.REJECTED, Status.REJECTED, Status.SUCCEEDED,
+        Status.SUCCEEDED,
+        Status.REJECTED,
+        Status.REJECTED,
+        Status.SUCCEEDED,
     ]
     assert results[1].error is not None and results[1].error.message == "nope"
     assert results[1].error.code is ErrorCode.INSTRUCTION_ERROR
@@ -81,7 +87,10 @@ def test_match_item_needs_exactly_one_match() -> None:
 
 @pytest.mark.parametrize(
     ("error", "status"),
-    [(NotFound("HTTP 404", status=404), Status.REJECTED), (ServerError("HTTP 503", status=503), Status.FAILED)],
+    [
+        (NotFound("HTTP 404", status=404), Status.REJECTED),
+        (ServerError("HTTP 503", status=503), Status.FAILED),
+    ],
 )
 def test_errors_are_pinned_on_every_instruction(error: Exception, status: Status) -> None:
     items = [pending() for _ in range(3)]
@@ -95,14 +104,19 @@ def test_errors_are_pinned_on_every_instruction(error: Exception, status: Status
 
 def test_outcome_for_fills_every_field() -> None:
     item = pending(event_dict(comment="c"))
-    [result] = results_from_body("b", [item], {}, http_status=200, attempts=[2], per_instruction_errors=False)
+    [result] = results_from_body(
+        "b", [item], {}, http_status=200, attempts=[2], per_instruction_errors=False
+    )
     outcome = outcome_for(item, result)
     assert outcome.eventId == item.event.eventId
     assert outcome.resource is not None and outcome.resource.key == "beta"
     assert outcome.instructionKind == "addIncludedTargets"
     assert outcome.http is not None
     assert (outcome.http.method, outcome.http.path, outcome.http.status, outcome.http.attempts) == (
-        "PATCH", "/api/v2/segments/proj/production/beta", 200, 2,
+        "PATCH",
+        "/api/v2/segments/proj/production/beta",
+        200,
+        2,
     )
     assert outcome.source.offset == item.record.offset
     Outcome.model_validate_json(outcome.to_bytes())

@@ -68,4 +68,9 @@ def test_conflicts_are_bounded() -> None:
 
 def test_permanent_errors_are_not_retried() -> None:
     policy = RetryPolicy()
-    assert policy.delay(BadRequest("400", status=400), failures=1, conflicts=0, elapsed=0.0, rng=random.Random()) is None
+    assert (
+        policy.delay(
+            BadRequest("400", status=400), failures=1, conflicts=0, elapsed=0.0, rng=random.Random()
+        )
+        is None
+    )

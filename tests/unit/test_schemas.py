@@ -54,5 +54,7 @@ def test_schema_and_models_agree_on_the_samples() -> None:
             document = json.loads(sample.value)
         except ValueError:
             continue
-        assert validator.is_valid(document) == (not isinstance(decode(sample.value), Invalid)), sample.note
+        assert validator.is_valid(document) == (not isinstance(decode(sample.value), Invalid)), (
+            sample.note
+        )
     assert validator.is_valid(json.loads(encode(event_dict())))

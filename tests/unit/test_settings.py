@@ -43,7 +43,10 @@ def test_environment_variables_by_their_contract_names(monkeypatch: pytest.Monke
     assert settings.kafka_bootstrap_servers == "k1:9092,k2:9092"
     assert settings.consumer_batch_max_size == 7
     assert settings.kafka_producer_idempotence is False
-    assert settings.ld_api_token is not None and settings.ld_api_token.get_secret_value() == "api-secret"
+    assert (
+        settings.ld_api_token is not None
+        and settings.ld_api_token.get_secret_value() == "api-secret"
+    )
     assert settings.ld_base_url == "http://127.0.0.1:1234"
     assert "api-secret" not in repr(settings)
 

@@ -1,0 +1,155 @@
+"""Stopping, rebalancing and the process as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+import time
+from collections import Counter
+
+from consumer.demo import run_demo
+from consumer.events import Status
+from consumer.fake_api import RunningSimulator
+from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.samples import recommended_key
+from tests.conftest import TOKEN
+from tests.factories import encode, event_dict
+from tests.integration.harness import (
+    ENV,
+    PROJECT,
+    committed,
+    create_topics,
+    make_settings,
+    outcomes,
+    produce,
+    running,
+    seed,
+)
+
+
+def _events(count: int, keys: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    events = [
+        event_dict(key=f"s{i % keys}", project=PROJECT, env=ENV, values=[f"k{i}"])
+        for i in range(count)
+    ]
+    return [(recommended_key(e), encode(e), []) for e in events]
+
+
+async def test_sigterm_drains_commits_and_exits_0(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(8)}))
+    await admin.set_faults(latency_ms=[30, 80])
+    settings = make_settings(
+        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, consumer_batch_max_size=5
+    )
+    await create_topics(settings, partitions=4)
+    ends = await produce(settings, _events(200, 8))
+    env = {
+        **os.environ,
+        **{
+            name.upper(): str(value)
+            for name, value in settings.model_dump().items()
+            if value is not None
+        },
+        "LD_API_TOKEN": TOKEN,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "info",
+        "CONSUMER_HTTP_PORT": "0",
+    }
+    env = {k: ("true" if v == "True" else "false" if v == "False" else v) for k, v in env.items()}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await outcomes(settings, 30)
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+    log = stderr.decode()
+    assert process.returncode == 0, log[-3000:]
+    assert elapsed < 15
+    assert '"service.drained"' in log and '"service.stopped"' in log
+    assert TOKEN not in log
+    # Everything committed has an outcome, and what was taken was finished, not dropped.
+    positions = await committed(settings, list(ends))
+    assert positions, "nothing was committed"
+    done = {(o.source.partition, o.source.offset) for o in await outcomes(settings, 200, timeout=3)}
+    for tp, position in positions.items():
+        assert {(tp.partition, o) for o in range(position)} <= done
+
+
+async def test_two_members_split_the_partitions_and_a_rebalance_loses_nothing(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    keys = 12
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(keys)}))
+    await admin.set_faults(latency_ms=[20, 60])
+    settings = make_settings(
+        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, consumer_batch_max_size=4
+    )
+    await create_topics(settings, partitions=4)
+    first = _events(150, keys)
+    ends = await produce(settings, first)
+    async with running(settings) as one:
+        await outcomes(settings, 20)
+        async with running(settings, wait=False) as two:
+            await two.wait_assigned()
+            assert one.service.assigned and two.service.assigned
+            assert not one.service.assigned & two.service.assigned
+            assert len(one.service.assigned | two.service.assigned) == 4
+            second = _events(150, keys)
+            more = await produce(settings, second)
+            ends = {tp: max(ends.get(tp, 0), more.get(tp, 0)) for tp in set(ends) | set(more)}
+            results = await outcomes(settings, 300, timeout=60)
+            await two.shutdown()
+        await one.shutdown()
+    seen = Counter((o.source.partition, o.source.offset) for o in results)
+    expected = {(tp.partition, o) for tp, end in ends.items() for o in range(end)}
+    assert set(seen) == expected
+    assert all(o.status is Status.SUCCEEDED for o in results)
+    assert await committed(settings, list(ends)) == ends
+    # Each key's changes were applied in order: the segment lists its keys in production order.
+    state = await admin.state()
+    for segment in state["segments"]:
+        values = [v for c in segment["includedContexts"] for v in c["values"]]
+        numbers = [int(v[1:]) for v in values]
+        assert numbers == sorted(numbers), segment["key"]
+
+
+async def test_a_group_member_leaving_hands_its_work_over(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(6)}))
+    settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
+    await create_topics(settings, partitions=2)
+    async with running(settings) as one, running(settings, wait=False) as two:
+        await two.wait_assigned()
+        await two.shutdown()
+        ends = await produce(settings, _events(60, 6))
+        results = await outcomes(settings, 60)
+        assert len(one.service.assigned) == 2  # it took over the partitions of the leaver
+    assert {(o.source.partition, o.source.offset) for o in results} == {
+        (tp.partition, o) for tp, end in ends.items() for o in range(end)
+    }
+
+
+async def test_demo_runs_end_to_end(kafka_bootstrap: str) -> None:
+    out = io.StringIO()
+    assert await run_demo(out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "every event has the outcome it should" in text
+    assert "Requests sent to LaunchDarkly" in text

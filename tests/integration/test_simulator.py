@@ -1,0 +1,220 @@
+"""The LaunchDarkly simulator over HTTP, as the seed pages describe the API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from consumer.fake_api import RunningSimulator
+from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.routing import API_VERSION, CONTENT_TYPE
+from tests.conftest import TOKEN
+from tests.integration.harness import ENV, PROJECT, VARIATION, seed
+
+RATE_HEADERS = ("X-Ratelimit-Global-Remaining", "X-Ratelimit-Route-Remaining", "X-Ratelimit-Reset")
+EXPIRING = f"/api/v2/segments/{PROJECT}/beta/expiring-targets/{ENV}"
+USERS = f"/api/v2/segments/{PROJECT}/beta/expiring-user-targets/{ENV}"
+FLAG = f"/api/v2/flags/{PROJECT}/checkout/expiring-targets/{ENV}"
+PATCH = f"/api/v2/segments/{PROJECT}/{ENV}/beta"
+
+
+@pytest.fixture
+async def http(simulator: RunningSimulator, admin: SimulatorAdmin) -> AsyncIterator[Any]:
+    await admin.seed(
+        seed(
+            segments={"beta": {"user": ["u1", "u2"]}},
+            excluded={"beta": {"org": ["bad"]}},
+            flags={"checkout": ["u1"]},
+        )
+    )
+    async with aiohttp.ClientSession(simulator.base_url) as session:
+
+        async def call(
+            path: str, body: Any, token: str | None = TOKEN, content_type: str = CONTENT_TYPE
+        ) -> tuple[int, Any, Any]:
+            headers = {"Content-Type": content_type, "LD-API-Version": API_VERSION}
+            if token is not None:
+                headers["Authorization"] = token
+            async with session.patch(path, json=body, headers=headers) as response:
+                return response.status, await response.json(), response.headers
+
+        yield call
+
+
+def _add(key: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": "addExpiringTarget",
+        "targetType": "included",
+        "contextKey": key,
+        "contextKind": "user",
+        "value": 1,
+        **extra,
+    }
+
+
+async def test_per_instruction_errors_in_a_200(http: Any) -> None:
+    status, body, headers = await http(
+        EXPIRING, {"instructions": [_add("u1"), _add("nobody"), _add("u2")]}
+    )
+    assert status == 200
+    assert body["errors"] == [{"instructionIndex": 1, "message": body["errors"][0]["message"]}]
+    assert "not an individual" in body["errors"][0]["message"]
+    assert [i["contextKey"] for i in body["items"]] == ["u1", "u2"]
+    assert (
+        body["totalInstructions"],
+        body["successfulInstructions"],
+        body["failedInstructions"],
+    ) == (3, 2, 1)
+    assert all(name in headers for name in RATE_HEADERS)
+
+
+async def test_version_mismatch_fails_the_instruction(http: Any) -> None:
+    await http(EXPIRING, {"instructions": [_add("u1")]})
+    update = {
+        "kind": "updateExpiringTarget",
+        "targetType": "included",
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": 5,
+    }
+    status, body, _ = await http(
+        EXPIRING, {"instructions": [{**update, "version": 1}, {**update, "version": 1}]}
+    )
+    assert status == 200
+    assert [e["instructionIndex"] for e in body["errors"]] == [1]
+    assert "version" in body["errors"][0]["message"]
+    status, body, _ = await http(EXPIRING, {"instructions": [update]})  # no version: no check
+    assert status == 200 and body["errors"] == []
+
+
+async def test_user_form_checks_the_segment_version(http: Any) -> None:
+    add = {"kind": "addExpireUserTargetDate", "targetType": "included", "userKey": "u1", "value": 1}
+    update = {
+        "kind": "updateExpireUserTargetDate",
+        "targetType": "included",
+        "userKey": "u1",
+        "value": 2,
+    }
+    status, body, _ = await http(
+        USERS, {"instructions": [add, {**update, "version": 1}, {**update, "version": 9}]}
+    )
+    assert status == 200
+    assert [e["instructionIndex"] for e in body["errors"]] == [2]
+    assert body["items"][0]["userKey"] == "u1"
+
+
+async def test_flag_expiring_targets(http: Any) -> None:
+    add = {
+        "kind": "addExpiringTarget",
+        "variationId": VARIATION,
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": 1,
+    }
+    status, body, _ = await http(
+        FLAG,
+        {
+            "instructions": [
+                add,
+                {**add, "contextKey": "u9"},
+                {**add, "variationId": "nope"},
+                {**add, "kind": "removeExpiringTarget", "value": None},
+            ]
+        },
+    )
+    assert status == 400  # value: null is not an integer: the request is malformed
+    del add["value"]
+    remove = {**add, "kind": "removeExpiringTarget"}
+    add["value"] = 1
+    status, body, _ = await http(
+        FLAG,
+        {
+            "instructions": [
+                add,
+                {**add, "contextKey": "u9"},
+                {**add, "variationId": "nope"},
+                remove,
+            ]
+        },
+    )
+    assert status == 200
+    assert [e["instructionIndex"] for e in body["errors"]] == [1, 2]
+    assert body["items"][0]["variationId"] == VARIATION
+
+
+async def test_segment_patch_is_all_or_nothing(http: Any, admin: SimulatorAdmin) -> None:
+    good = {"kind": "addIncludedTargets", "contextKind": "org", "values": ["good"]}
+    bad = {"kind": "addIncludedTargets", "contextKind": "org", "values": ["bad"]}
+    status, body, headers = await http(PATCH, {"environmentKey": ENV, "instructions": [good, bad]})
+    assert status == 400 and body["code"] == "invalid_request"
+    assert "both included and excluded" in body["message"]
+    assert all(name in headers for name in RATE_HEADERS)
+    [segment] = (await admin.state())["segments"]
+    assert segment["includedContexts"] == [] and segment["version"] == 1
+    status, body, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [good]})
+    assert status == 200 and body["version"] == 2
+    assert body["includedContexts"] == [{"contextKind": "org", "values": ["good"]}]
+
+
+async def test_segment_patch_limits(http: Any) -> None:
+    many = {"kind": "addIncludedUsers", "values": [f"u{i}" for i in range(1501)]}
+    status, body, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [many]})
+    assert status == 400 and "1500" in body["message"].replace(",", "")
+    status, _, _ = await http(
+        PATCH, {"instructions": [{"kind": "addIncludedUsers", "values": ["a"]}]}
+    )
+    assert status == 400  # environmentKey missing from the body
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        (f"/api/v2/segments/{PROJECT}/nope/expiring-targets/{ENV}", 404, "not_found"),
+        (f"/api/v2/segments/{PROJECT}/beta/expiring-targets/qa", 404, "not_found"),
+        (f"/api/v2/flags/other/checkout/expiring-targets/{ENV}", 404, "not_found"),
+        (f"/api/v2/segments/{PROJECT}/{ENV}/nope", 404, "not_found"),
+    ],
+)
+async def test_unknown_resources_are_404(http: Any, path: str, status: int, code: str) -> None:
+    got, body, headers = await http(path, {"environmentKey": ENV, "instructions": [_add("u1")]})
+    assert (got, body["code"]) == (status, code)
+    assert all(name in headers for name in RATE_HEADERS)
+
+
+async def test_token_and_content_type(http: Any, admin: SimulatorAdmin) -> None:
+    status, body, headers = await http(EXPIRING, {"instructions": [_add("u1")]}, token="wrong")
+    assert status == 401 and body["code"] == "unauthorized"
+    assert "X-Ratelimit-Reset" in headers
+    status, _, _ = await http(EXPIRING, {"instructions": [_add("u1")]}, token=None)
+    assert status == 401
+    status, _, _ = await http(
+        EXPIRING, {"instructions": [_add("u1")]}, content_type="application/json"
+    )
+    assert status == 400
+    log = await admin.requests()
+    assert [r["auth"] for r in log] == ["invalid", "missing", "ok"]
+    assert all(TOKEN not in str(r) for r in log)
+
+
+async def test_malformed_instructions_fail_the_request(http: Any) -> None:
+    for instruction in (
+        {"kind": "nope"},
+        {**_add("u1"), "extra": 1},
+        {"kind": "addExpiringTarget"},
+    ):
+        status, _, _ = await http(EXPIRING, {"instructions": [instruction]})
+        assert status == 400
+
+
+async def test_real_rate_limit_and_reset_header(http: Any, admin: SimulatorAdmin) -> None:
+    await admin.set_limits(window_ms=60_000, route_limit=3, global_limit=100)
+    remaining = []
+    for _ in range(4):
+        status, _, headers = await http(EXPIRING, {"instructions": [_add("u1")]})
+        remaining.append((status, headers["X-Ratelimit-Route-Remaining"]))
+    assert remaining == [(200, "2"), (200, "1"), (200, "0"), (429, "0")]
+    assert int(headers["X-Ratelimit-Reset"]) > 0
+    assert (await admin.stats())["rate_limited"] == 1
