@@ -43,6 +43,7 @@ from consumer.offsets import OffsetTracker
 from consumer.outcomes import InstructionResult, invalid_outcome, outcome_for, results_from_error
 from consumer.publisher import Publisher
 from consumer.records import ConsumedRecord, PendingEvent
+from consumer.recovery import Recovery
 from consumer.retry import RetryPolicy
 from consumer.routing import UnroutableEvent, route
 from consumer.sender import BatchSender
@@ -71,7 +72,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._service.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._service.on_assigned(assigned)
+        await self._service.on_assigned(assigned)
 
 
 class Service:
@@ -86,6 +87,13 @@ class Service:
         )
         self.assigned: set[TopicPartition] = set()
         self.stopping = False
+        self.recovery = Recovery(settings)
+        # Offsets past the committed position that already have an outcome (crash recovery).
+        self._already_done: dict[TopicPartition, set[int]] = {}
+        # Bumped by every rebalance: records fetched under an older assignment are dropped,
+        # since the consumer fetches them again from the committed position.
+        self._generation = 0
+        self._settled = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._publisher: Publisher | None = None
@@ -95,6 +103,9 @@ class Service:
         self._batches_in_flight = 0
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
+        self._fatal = asyncio.Event()
+        self._failure: BaseException | None = None
+        self.skipped_already_done = 0
         self._commit_lock = asyncio.Lock()
         self._rng = random.Random()
 
@@ -144,13 +155,15 @@ class Service:
             asyncio.create_task(self._commit_loop(), name="commit"),
         ]
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        failure: BaseException | None = None
+        fatal = asyncio.create_task(self._fatal.wait(), name="fatal")
         try:
-            await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([stopper, fatal, *loops], return_when=asyncio.FIRST_COMPLETED)
             for loop in loops:
                 if loop.done() and not loop.cancelled() and loop.exception() is not None:
-                    failure = loop.exception()
-                    log.error("service.loop_failed", loop=loop.get_name(), error=repr(failure))
+                    self._failure = loop.exception()
+                    log.error(
+                        "service.loop_failed", loop=loop.get_name(), error=repr(self._failure)
+                    )
             self.stopping = True
             log.info(
                 "service.stopping", waiting=self.batcher.waiting, pending=self.tracker.pending()
@@ -159,14 +172,13 @@ class Service:
             await asyncio.gather(loops[0], return_exceptions=True)
             await self._drain(self.settings.consumer_shutdown_timeout_ms / 1000)  # 2., 3.
         finally:
-            stopper.cancel()
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(stopper, *loops, return_exceptions=True)
+            for task in (stopper, fatal, *loops):
+                task.cancel()
+            await asyncio.gather(stopper, fatal, *loops, return_exceptions=True)
             await self._cancel_tasks()
             await asyncio.shield(self._commit())  # 4.
-        if failure is not None:
-            raise failure
+        if self._failure is not None:
+            raise self._failure
 
     async def _drain(self, timeout: float) -> None:
         self.batcher.flush()
@@ -209,15 +221,20 @@ class Service:
         assert consumer is not None
         timeout_ms = max(50, min(500, self.settings.kafka_fetch_max_wait_ms))
         while True:
+            await self._settled.wait()
+            generation = self._generation
             self._apply_backpressure(consumer)
             batches = await consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self.settings.kafka_max_poll_records
             )
+            await self._settled.wait()
+            if generation != self._generation:
+                # A rebalance happened meanwhile: these records belong to the old assignment.
+                log.info("fetch.dropped_after_rebalance", records=sum(map(len, batches.values())))
+                continue
             now = time.monotonic()
             for tp, records in batches.items():
                 if tp not in self.assigned:
-                    # Between a new assignment and its callback; the consumer re-reads these
-                    # from the committed offset, so nothing is lost by leaving them.
                     log.warning(
                         "fetch.unassigned_records", partition=tp.partition, count=len(records)
                     )
@@ -247,6 +264,15 @@ class Service:
         if ticket is None:
             log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
             return
+        done = self._already_done.get(tp)
+        if done is not None and raw.offset in done:
+            done.discard(raw.offset)
+            if not done:
+                del self._already_done[tp]
+            self.tracker.done(ticket)
+            self.skipped_already_done += 1
+            log.info("record.already_done", partition=tp.partition, offset=raw.offset)
+            return
         record = ConsumedRecord.from_kafka(raw, ticket)
         decoded = decode(record.value)
         if isinstance(decoded, Invalid):
@@ -269,7 +295,10 @@ class Service:
         self._tasks.discard(task)
         self._progress.set()
         if not task.cancelled() and task.exception() is not None:
-            log.error("task.failed", error=repr(task.exception()))
+            # Its records keep their offsets uncommitted; stop rather than block in silence.
+            self._failure = task.exception()
+            log.error("service.task_failed", error=repr(self._failure))
+            self._fatal.set()
 
     async def _publish_invalid(self, record: ConsumedRecord, invalid: Invalid) -> None:
         outcome = invalid_outcome(record, invalid)
@@ -382,11 +411,25 @@ class Service:
 
     # -- rebalancing ----------------------------------------------------------------------------
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.assigned = set(assigned)
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Find what already has an outcome, then let fetching go on (never raises)."""
+        self._generation += 1
+        try:
+            if assigned and self.settings.consumer_recovery_lookback_ms >= 0:
+                assert self._consumer is not None
+                positions = {tp: await self._consumer.position(tp) for tp in assigned}
+                self._already_done = await self.recovery.already_done(positions)
+        except Exception:  # recovery is an optimisation of at-least-once, never a blocker
+            log.exception("recovery.failed")
+            self._already_done = {}
+        finally:
+            self.assigned = set(assigned)
+            self._settled.set()
         log.info("partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._settled.clear()
+        self._generation += 1
         if not revoked:
             return
         started = time.monotonic()
@@ -402,6 +445,8 @@ class Service:
         dropped = self.batcher.drop_partitions(revoked)
         self.tracker.revoke(revoked)
         self.assigned -= revoked
+        for tp in revoked:
+            self._already_done.pop(tp, None)
         log.info(
             "partitions.revoked",
             partitions=sorted(tp.partition for tp in revoked),

@@ -84,6 +84,25 @@ async def ensure_topics(
         await admin.close()
 
 
+async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    """The partitions of a topic (empty when it does not exist), from the admin API.
+
+    Not `consumer.topics()`: on Tansu a consumer that listed every topic stalls in `stop()`.
+    """
+    admin = AIOKafkaAdminClient(**common_config(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(topic, p["partition"])
+        for entry in described
+        if entry.get("error_code") == 0
+        for p in sorted(entry["partitions"], key=lambda p: int(p["partition"]))
+    ]
+
+
 async def read_topic(
     settings: Settings,
     topic: str,
@@ -96,6 +115,11 @@ async def read_topic(
     Reading until a condition rather than to the end offsets: Tansu's ListOffsets(latest) is
     wrong, and callers know what they wait for.
     """
+    deadline = time.monotonic() + timeout
+    partitions = await topic_partitions(settings, topic)
+    while not partitions and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        partitions = await topic_partitions(settings, topic)
     consumer = AIOKafkaConsumer(
         **common_config(settings),
         group_id=None,
@@ -107,14 +131,7 @@ async def read_topic(
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
-        deadline = time.monotonic() + timeout
-        partitions: set[int] = set()
-        while not partitions and time.monotonic() < deadline:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                await asyncio.sleep(0.1)
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.assign(partitions)
         await consumer.seek_to_beginning()
         while not until(records) and time.monotonic() < deadline:
             fetched = await consumer.getmany(timeout_ms=200)

@@ -176,12 +176,16 @@ def _json_or_none(text: str) -> Any:
 
 
 def error_for(
-    response: ApiResponse, *, now_ms: float, rate_limit_default: float
+    response: ApiResponse, *, now_ms: float, rate_limit_default: float, needs_body: bool = True
 ) -> ApiError | None:
-    """The error an answer stands for, or None for a 2xx whose body can be read."""
+    """The error an answer stands for, or None for a success.
+
+    `needs_body`: a 2xx means something only with a readable body (per-instruction errors);
+    for an all-or-nothing request the status alone says everything was applied.
+    """
     status = response.status
     if response.ok:
-        if not isinstance(response.body, dict):
+        if needs_body and not isinstance(response.body, dict):
             return InvalidResponse(
                 f"HTTP {status} with a body that is not a JSON object", status=status
             )

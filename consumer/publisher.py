@@ -1,8 +1,10 @@
 """Publishes outcomes and dead-letter copies, and returns only once the broker has them all.
 
 The producer runs with acks=all; an offset is marked done by the caller only after `publish`
-returns. A send that fails is sent again (alone: the ones that went through are not repeated)
-with capped backoff until it succeeds or the task is cancelled at the end of a drain.
+returns. A send that fails for a passing reason is sent again (alone: the ones that went through
+are not repeated) with capped backoff until it succeeds or the task is cancelled at the end of a
+drain. Any other failure (a record too large for the topic, no authorization) is raised: the
+service stops rather than block a partition in silence.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from consumer.dlq import dead_letter_headers, needs_dead_letter
 from consumer.events import Outcome
 from consumer.records import ConsumedRecord
+from consumer.recovery import source_headers
 
 log = structlog.get_logger(__name__)
 
@@ -38,19 +41,34 @@ class Publisher:
         self._dlq_topic = dlq_topic
         self.dead_letters = 0
 
-    def _messages(self, record: ConsumedRecord, outcome: Outcome) -> list[_Message]:
-        messages = [_Message(self._results_topic, record.key, outcome.to_bytes(), [])]
-        if needs_dead_letter(outcome):
-            messages.append(
-                _Message(
-                    self._dlq_topic, record.key, record.value, dead_letter_headers(record, outcome)
-                )
-            )
-        return messages
-
     async def publish(self, pairs: Sequence[tuple[ConsumedRecord, Outcome]]) -> None:
-        """Send every outcome (and dead-letter copy) and wait for all acknowledgements."""
-        pending = [m for record, outcome in pairs for m in self._messages(record, outcome)]
+        """Send every dead-letter copy, then every outcome, and wait for all acknowledgements.
+
+        Dead letters go first: an outcome on the results topic then proves its copy is there
+        too, which crash recovery relies on when it skips records that have an outcome.
+        """
+        letters = [
+            _Message(
+                self._dlq_topic, record.key, record.value, dead_letter_headers(record, outcome)
+            )
+            for record, outcome in pairs
+            if needs_dead_letter(outcome)
+        ]
+        await self._send_all(letters)
+        self.dead_letters += len(letters)
+        await self._send_all(
+            [
+                _Message(
+                    self._results_topic,
+                    record.key,
+                    outcome.to_bytes(),
+                    source_headers(record.topic, record.partition, record.offset),
+                )
+                for record, outcome in pairs
+            ]
+        )
+
+    async def _send_all(self, pending: list[_Message]) -> None:
         failures = 0
         while pending:
             futures = [await self._send(message) for message in pending]
@@ -58,12 +76,10 @@ class Publisher:
             retry = []
             for message, result in zip(pending, results, strict=True):
                 if isinstance(result, BaseException):
-                    if not isinstance(result, KafkaError):
+                    if not _passing(result):
                         raise result
                     retry.append(message)
                     log.warning("publish.failed", topic=message.topic, error=type(result).__name__)
-                elif message.topic == self._dlq_topic:
-                    self.dead_letters += 1
             pending = retry
             if pending:
                 failures += 1
@@ -79,3 +95,10 @@ class Publisher:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
         return future
+
+
+def _passing(error: BaseException) -> bool:
+    # aiokafka marks a delivery timeout as not retriable; for us it is a broker away for a while.
+    return isinstance(error, KafkaError) and (
+        error.retriable or isinstance(error, KafkaTimeoutError)
+    )

@@ -97,11 +97,11 @@ class BatchSender:
                 self._gate.accepted()
             probing = False
             if error is None:
-                assert response is not None and isinstance(response.body, dict)
+                assert response is not None
                 return results_from_body(
                     batch.id,
                     batch.items,
-                    response.body,
+                    response.body if isinstance(response.body, dict) else {},
                     http_status=response.status,
                     attempts=attempts,
                     per_instruction_errors=batch.route.spec.per_instruction_errors,
@@ -146,6 +146,7 @@ class BatchSender:
             response,
             now_ms=time.time() * 1000,
             rate_limit_default=self._policy.rate_limit_default,
+            needs_body=batch.route.spec.per_instruction_errors,
         )
         return response, error
 

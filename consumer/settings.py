@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     consumer_commit_interval_ms: int = Field(1_000, ge=10)
     consumer_shutdown_timeout_ms: int = Field(10_000, ge=0)
     consumer_revoke_timeout_ms: int = Field(5_000, ge=0)
+    # Crash recovery (see recovery.py): how far before the waiting record's timestamp to look
+    # for outcomes already published; negative turns recovery off.
+    consumer_recovery_lookback_ms: int = Field(120_000)
+    consumer_recovery_timeout_ms: int = Field(60_000, ge=100)
 
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"

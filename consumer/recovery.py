@@ -1,0 +1,166 @@
+"""Which records of newly assigned partitions already have an outcome: crash recovery.
+
+The results topic is the record of what was done. A record past its partition's committed
+offset whose outcome was published (by a member that crashed before committing, or that gave
+the partition up mid-batch) must not be applied again. On assignment, for each partition with
+records waiting at its position:
+
+1. read the record at the position: every outcome for it or a later record was published after
+   it was consumed, so after its timestamp (or after now, for a timestamp in the future), less
+   CONSUMER_RECOVERY_LOOKBACK_MS for clock skew and records that waited long;
+2. look the results topic up from that time (`offsets_for_times`; a broker that cannot answer
+   gives offset 0, which is only slower) up to its high watermark;
+3. collect the source offsets at or past each position.
+
+Outcomes carry `ldc.source.*` headers so the scan needs no JSON parsing; it falls back to the
+value for records without them. The scan is bounded by CONSUMER_RECOVERY_TIMEOUT_MS; if it
+runs out, the records found so far are skipped and the rest are processed again (at least once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.structs import TopicPartition
+
+from consumer import kafka
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SOURCE_TOPIC = "ldc.source.topic"
+SOURCE_PARTITION = "ldc.source.partition"
+SOURCE_OFFSET = "ldc.source.offset"
+
+
+def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        (SOURCE_TOPIC, topic.encode()),
+        (SOURCE_PARTITION, str(partition).encode()),
+        (SOURCE_OFFSET, str(offset).encode()),
+    ]
+
+
+def source_of(record: ConsumerRecord) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the input record an outcome record is about."""
+    headers = dict(record.headers or ())
+    try:
+        if SOURCE_OFFSET in headers:
+            return (
+                headers[SOURCE_TOPIC].decode(),
+                int(headers[SOURCE_PARTITION]),
+                int(headers[SOURCE_OFFSET]),
+            )
+        source = json.loads(record.value)["source"]
+        return str(source["topic"]), int(source["partition"]), int(source["offset"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+class Recovery:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lookback_ms = settings.consumer_recovery_lookback_ms
+        self._timeout = settings.consumer_recovery_timeout_ms / 1000
+
+    async def already_done(
+        self, positions: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, set[int]]:
+        """Offsets at or past each position whose outcome is already on the results topic."""
+        if not positions:
+            return {}
+        started = time.monotonic()
+        consumer = AIOKafkaConsumer(
+            **kafka.common_config(self._settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            isolation_level=self._settings.kafka_isolation_level,
+        )
+        await consumer.start()
+        try:
+            deadline = started + self._timeout
+            stamps = await self._first_timestamps(consumer, positions, deadline)
+            if not stamps:
+                return {}
+            now_ms = time.time() * 1000
+            since_ms = int(min(min(ts, now_ms) for ts in stamps.values()) - self._lookback_ms)
+            waiting = {tp: positions[tp] for tp in stamps}
+            done, scanned = await self._scan(consumer, waiting, since_ms, deadline)
+        finally:
+            await consumer.stop()
+        log.info(
+            "recovery.scanned",
+            partitions=len(waiting),
+            outcomes_scanned=scanned,
+            already_done=sum(len(v) for v in done.values()),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return done
+
+    async def _first_timestamps(
+        self, consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int], deadline: float
+    ) -> dict[TopicPartition, int]:
+        """The timestamp of the record at each position; partitions with none are left out."""
+        consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        stamps: dict[TopicPartition, int] = {}
+        open_ = set(positions)
+        while open_ and time.monotonic() < deadline:
+            fetched = await consumer.getmany(*open_, timeout_ms=200, max_records=len(open_) * 10)
+            for tp, records in fetched.items():
+                if records and tp in open_:
+                    stamps[tp] = records[0].timestamp
+                    open_.discard(tp)
+            for tp in list(open_):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and highwater <= positions[tp]:
+                    open_.discard(tp)  # nothing waits there: nothing to recover
+        if open_:
+            log.warning("recovery.timestamps_incomplete", partitions=len(open_))
+            stamps.update(dict.fromkeys(open_, 0))  # unknown: scan from the start
+        return stamps
+
+    async def _scan(
+        self,
+        consumer: AIOKafkaConsumer,
+        positions: Mapping[TopicPartition, int],
+        since_ms: int,
+        deadline: float,
+    ) -> tuple[dict[TopicPartition, set[int]], int]:
+        tps = await kafka.topic_partitions(self._settings, self._settings.consumer_results_topic)
+        consumer.assign(tps)
+        starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+        remaining = set()
+        for tp in tps:
+            found = starts.get(tp)
+            if found is not None:
+                consumer.seek(tp, found.offset)
+                remaining.add(tp)
+        by_partition = {tp.partition: (tp, offset) for tp, offset in positions.items()}
+        input_topic = self._settings.consumer_input_topic
+        done: dict[TopicPartition, set[int]] = {}
+        scanned = 0
+        while remaining and time.monotonic() < deadline:
+            fetched = await consumer.getmany(*remaining, timeout_ms=100, max_records=5_000)
+            for records in fetched.values():
+                scanned += len(records)
+                for record in records:
+                    source = source_of(record)
+                    if source is None or source[0] != input_topic:
+                        continue
+                    wanted = by_partition.get(source[1])
+                    if wanted is not None and source[2] >= wanted[1]:
+                        done.setdefault(wanted[0], set()).add(source[2])
+            for tp in list(remaining):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    remaining.discard(tp)
+        if remaining:
+            log.warning("recovery.timeout", partitions_unscanned=len(remaining))
+        return done, scanned
