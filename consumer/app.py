@@ -464,6 +464,9 @@ class Service:
     def auth_ok(self) -> bool:
         return self._gate is None or self._gate.is_open
 
+    def paused(self) -> set[TopicPartition]:
+        return set(self._consumer.paused()) if self._consumer is not None else set()
+
 
 def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
     error = ApiError(f"internal error: {type(exc).__name__}: {exc}")

@@ -59,6 +59,7 @@ class AuthGate:
                 return
             self._probes += 1
             delay = min(self._max_delay, self._base_delay * 2 ** (self._probes - 1))
+            log.info("ld.auth_probe", probe=self._probes, delay_s=round(delay, 2))
             await asyncio.sleep(random.uniform(delay / 2, delay))
             if self._token.refresh():
                 log.info("ld.token_reloaded")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Protocol
 
 import structlog
 
@@ -35,19 +34,10 @@ from consumer.events import Status, instruction_body
 from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.outcomes import InstructionResult, results_from_body, results_from_error
 from consumer.retry import RetryPolicy
-from consumer.routing import Route, request_body
+from consumer.routing import request_body
+from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
-
-
-class Throttle(Protocol):
-    """Holds requests back before the rate limit is hit (see `throttle.py`)."""
-
-    async def acquire(self, route: Route) -> None: ...
-
-    def observe(
-        self, route: Route, response: ApiResponse | None, error: ApiError | None
-    ) -> None: ...
 
 
 class BatchSender:
@@ -57,13 +47,13 @@ class BatchSender:
         policy: RetryPolicy,
         gate: AuthGate,
         *,
-        throttle: Throttle | None = None,
+        throttle: RateLimiter | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._client = client
         self._policy = policy
         self._gate = gate
-        self._throttle = throttle
+        self._throttle = throttle or RateLimiter()
         self._rng = rng or random.Random()
         self.requests = 0
         self.narrowing_requests = 0
@@ -83,12 +73,8 @@ class BatchSender:
         while True:
             if not probing:
                 await self._gate.wait_open()
-            if self._throttle is not None:
-                await self._throttle.acquire(batch.route)
             response, error = await self._attempt(batch, body)
             attempts[:] = [n + 1 for n in attempts]
-            if self._throttle is not None:
-                self._throttle.observe(batch.route, response, error)
             if isinstance(error, Unauthorized):
                 await self._gate.unauthorized()
                 probing = True
@@ -135,6 +121,20 @@ class BatchSender:
             await asyncio.sleep(delay)
 
     async def _attempt(
+        self, batch: Batch, body: dict[str, object]
+    ) -> tuple[ApiResponse | None, ApiError | None]:
+        """One request, within the rate limits; every acquired unit is given back."""
+        route = batch.route.endpoint.value
+        await self._throttle.acquire(route)
+        response: ApiResponse | None = None
+        error: ApiError | None = None
+        try:
+            response, error = await self._request(batch, body)
+        finally:
+            self._throttle.observe(route, response.headers if response else None, error)
+        return response, error
+
+    async def _request(
         self, batch: Batch, body: dict[str, object]
     ) -> tuple[ApiResponse | None, ApiError | None]:
         self.requests += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -91,6 +92,27 @@ async def outcomes(settings: Settings, count: int, timeout: float = 30.0) -> lis
         settings, settings.consumer_results_topic, until=lambda r: len(r) >= count, timeout=timeout
     )
     return [Outcome.model_validate_json(r.value) for r in records]
+
+
+async def outcomes_covering(
+    settings: Settings, ends: dict[TopicPartition, int], timeout: float = 60.0
+) -> list[Outcome]:
+    """Read outcomes until every offset below `ends` has at least one."""
+    wanted = sum(ends.values())
+
+    def covered(records: list[ConsumerRecord]) -> bool:
+        seen = {(o["partition"], o["offset"]) for o in (_source(r) for r in records)}
+        return len(seen) >= wanted
+
+    records = await kafka.read_topic(
+        settings, settings.consumer_results_topic, until=covered, timeout=timeout
+    )
+    return [Outcome.model_validate_json(r.value) for r in records]
+
+
+def _source(record: ConsumerRecord) -> dict[str, Any]:
+    source: dict[str, Any] = json.loads(record.value)["source"]
+    return source
 
 
 async def dead_letters(

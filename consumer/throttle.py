@@ -1,0 +1,110 @@
+"""Holding requests back before LaunchDarkly's rate limits answer 429.
+
+Two budgets are read from every response: the account's (`X-Ratelimit-Global-Remaining`) and
+the route's (`X-Ratelimit-Route-Remaining`, one per endpoint), each until `X-Ratelimit-Reset`
+(epoch milliseconds). They are shared with every other client of the account, so the server's
+numbers win over any local count:
+
+- a request takes one unit of each known budget before it goes (`acquire`); when a budget is
+  spent, `acquire` waits until its reset (plus a small guard and jitter), so the requests of all
+  in-flight batches together never run past it;
+- a response sets the budget to what the server says, less the other requests already in
+  flight that it may not have counted yet;
+- a 429 blocks every request until its reset: the answer does not say which budget ran out.
+
+`delay` and `observe` are pure (time is passed in); `acquire` adds the sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from consumer.errors import ApiError, RateLimited
+
+GUARD_MS = 100.0  # lands just after the reset even with a little clock skew
+JITTER_MS = 100.0
+
+
+@dataclass(slots=True)
+class Budget:
+    remaining: int | None = None
+    reset_at_ms: float | None = None
+    blocked_until_ms: float = 0.0
+    in_flight: int = 0
+
+    def delay_ms(self, now_ms: float) -> float:
+        if self.blocked_until_ms > now_ms:
+            return self.blocked_until_ms - now_ms
+        if self.remaining is not None and self.remaining <= 0:
+            if self.reset_at_ms is not None and self.reset_at_ms + GUARD_MS > now_ms:
+                return self.reset_at_ms + GUARD_MS - now_ms
+            self.remaining = None  # a new window: unknown until the next answer
+        return 0.0
+
+    def take(self) -> None:
+        self.in_flight += 1
+        if self.remaining is not None:
+            self.remaining -= 1
+
+    def update(self, remaining: str | None, reset: str | None) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        if remaining is None:
+            return
+        try:
+            self.remaining = int(remaining) - self.in_flight
+            self.reset_at_ms = float(reset) if reset is not None else None
+        except ValueError:
+            return
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        *,
+        clock_ms: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock_ms = clock_ms or (lambda: time.time() * 1000)
+        self._rng = rng or random.Random()
+        self._global = Budget()
+        self._routes: dict[str, Budget] = {}
+        self.waits = 0
+        self.waited_seconds = 0.0
+
+    def _route(self, route: str) -> Budget:
+        return self._routes.setdefault(route, Budget())
+
+    def delay(self, route: str, now_ms: float) -> float:
+        """Milliseconds to wait before a request on `route` may go (0: now)."""
+        return max(self._global.delay_ms(now_ms), self._route(route).delay_ms(now_ms))
+
+    def take(self, route: str) -> None:
+        self._global.take()
+        self._route(route).take()
+
+    async def acquire(self, route: str) -> None:
+        while True:
+            wait_ms = self.delay(route, self._clock_ms())
+            if wait_ms <= 0:
+                self.take(route)
+                return
+            wait = (wait_ms + self._rng.uniform(0, JITTER_MS)) / 1000
+            self.waits += 1
+            self.waited_seconds += wait
+            await asyncio.sleep(wait)
+
+    def observe(
+        self, route: str, headers: Mapping[str, str] | None, error: ApiError | None
+    ) -> None:
+        """Account for the answer to a request that went through `acquire` (None: no answer)."""
+        headers = headers or {}
+        reset = headers.get("X-Ratelimit-Reset")
+        self._global.update(headers.get("X-Ratelimit-Global-Remaining"), reset)
+        self._route(route).update(headers.get("X-Ratelimit-Route-Remaining"), reset)
+        if isinstance(error, RateLimited):
+            until = self._clock_ms() + error.retry_after * 1000 + GUARD_MS
+            self._global.blocked_until_ms = max(self._global.blocked_until_ms, until)

@@ -1,0 +1,82 @@
+import asyncio
+
+import pytest
+
+from consumer.errors import RateLimited, ServerError
+from consumer.throttle import GUARD_MS, RateLimiter
+
+ROUTE, OTHER = "segment-targets", "flag-expiring-targets"
+NOW = 1_000_000.0
+
+
+def headers(global_left: int | None, route_left: int | None, reset: float) -> dict[str, str]:
+    found = {"X-Ratelimit-Reset": str(reset)}
+    if global_left is not None:
+        found["X-Ratelimit-Global-Remaining"] = str(global_left)
+    if route_left is not None:
+        found["X-Ratelimit-Route-Remaining"] = str(route_left)
+    return found
+
+
+def test_unknown_budgets_do_not_hold_back() -> None:
+    limiter = RateLimiter()
+    assert limiter.delay(ROUTE, NOW) == 0
+
+
+def test_a_spent_route_budget_waits_for_its_reset_only_on_that_route() -> None:
+    limiter = RateLimiter()
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(100, 1, NOW + 5_000), None)
+    assert limiter.delay(ROUTE, NOW) == 0  # one left
+    limiter.take(ROUTE)
+    assert limiter.delay(ROUTE, NOW) == pytest.approx(5_000 + GUARD_MS)
+    assert limiter.delay(OTHER, NOW) == 0
+    assert limiter.delay(ROUTE, NOW + 5_000 + GUARD_MS) == 0  # a new window
+
+
+def test_the_global_budget_holds_back_every_route() -> None:
+    limiter = RateLimiter()
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(0, 50, NOW + 2_000), None)
+    assert limiter.delay(OTHER, NOW) == pytest.approx(2_000 + GUARD_MS)
+
+
+def test_requests_in_flight_count_against_what_the_server_says() -> None:
+    limiter = RateLimiter()
+    for _ in range(3):
+        limiter.take(ROUTE)
+    # The server counted the first one; the other two may not be in its number yet.
+    limiter.observe(ROUTE, headers(None, 2, NOW + 1_000), None)
+    assert limiter.delay(ROUTE, NOW) > 0
+
+
+def test_a_429_blocks_everything_until_its_reset() -> None:
+    clock = [NOW]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(5, 5, NOW + 9_000), RateLimited("429", retry_after=3.0))
+    assert limiter.delay(OTHER, NOW) == pytest.approx(3_000 + GUARD_MS)
+    assert limiter.delay(ROUTE, NOW + 3_000 + GUARD_MS) == 0
+
+
+def test_no_answer_gives_the_unit_back() -> None:
+    limiter = RateLimiter()
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, None, ServerError("dropped"))
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(None, 1, NOW + 1_000), None)
+    assert limiter.delay(ROUTE, NOW) == 0  # 1 left and nothing else in flight
+
+
+async def test_acquire_sleeps_until_the_reset() -> None:
+    start = asyncio.get_running_loop().time()
+    clock = [NOW]
+    limiter = RateLimiter(
+        clock_ms=lambda: clock[0] + (asyncio.get_running_loop().time() - start) * 1000
+    )
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(None, 0, NOW + 150), None)
+    await limiter.acquire(ROUTE)
+    waited = asyncio.get_running_loop().time() - start
+    assert waited >= 0.15 + GUARD_MS / 1000 - 0.01
+    assert limiter.waits == 1
