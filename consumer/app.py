@@ -36,9 +36,12 @@ from aiokafka.structs import TopicPartition
 from consumer import kafka
 from consumer.auth import AuthGate
 from consumer.batcher import Batch, Batcher
+from consumer.dlq import needs_dead_letter
 from consumer.errors import ApiError, ErrorCode
 from consumer.events import Invalid, Outcome, Status, decode, target_operations
+from consumer.health import HealthServer
 from consumer.ld_client import LdClient, TokenSource
+from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.outcomes import InstructionResult, invalid_outcome, outcome_for, results_from_error
 from consumer.publisher import Publisher
@@ -48,8 +51,13 @@ from consumer.retry import RetryPolicy
 from consumer.routing import UnroutableEvent, route
 from consumer.sender import BatchSender
 from consumer.settings import Settings
+from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
+
+BROKER_PROBE_AFTER = 5.0  # seconds without broker contact before the commit loop checks it
+BROKER_STALE_AFTER = 30.0  # ... and before /readyz says the broker is unreachable
+LOOP_STALL_AFTER = 300.0  # seconds without a fetch-loop turn before /healthz fails
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -88,6 +96,12 @@ class Service:
         self.assigned: set[TopicPartition] = set()
         self.stopping = False
         self.recovery = Recovery(settings)
+        self.metrics = Metrics()
+        self.registry = self.metrics.registry
+        self.throttle = RateLimiter()
+        self.health: HealthServer | None = None
+        self._last_broker_contact = time.monotonic()
+        self._loop_beat = time.monotonic()
         # Offsets past the committed position that already have an outcome (crash recovery).
         self._already_done: dict[TopicPartition, set[int]] = {}
         # Bumped by every rebalance: records fetched under an older assignment are dropped,
@@ -127,12 +141,23 @@ class Service:
             max_delay=settings.ld_auth_probe_max_delay_ms / 1000,
             on_change=self._on_auth,
         )
-        self._sender = BatchSender(client, retry_policy(settings), self._gate, rng=self._rng)
+        self._sender = BatchSender(
+            client,
+            retry_policy(settings),
+            self._gate,
+            throttle=self.throttle,
+            metrics=self.metrics,
+            rng=self._rng,
+        )
         self._publisher = Publisher(
             self._producer,
             results_topic=settings.consumer_results_topic,
             dlq_topic=settings.consumer_dlq_topic,
         )
+        if settings.consumer_http_port:
+            self.health = HealthServer(self, port=settings.consumer_http_port)
+            await self.health.start()
+            log.info("health.listening", port=self.health.port)
         await self._producer.start()
         try:
             await client.start()
@@ -212,6 +237,8 @@ class Service:
             with contextlib.suppress(KafkaError):
                 await self._producer.stop()
         await client.stop()
+        if self.health is not None:
+            await self.health.stop()
         log.info("service.stopped")
 
     # -- fetching -------------------------------------------------------------------------------
@@ -227,6 +254,9 @@ class Service:
             batches = await consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self.settings.kafka_max_poll_records
             )
+            self._loop_beat = time.monotonic()
+            if batches:
+                self._last_broker_contact = self._loop_beat
             await self._settled.wait()
             if generation != self._generation:
                 # A rebalance happened meanwhile: these records belong to the old assignment.
@@ -261,6 +291,7 @@ class Service:
 
     def _accept(self, tp: TopicPartition, raw: Any, now: float) -> None:
         ticket = self.tracker.track(tp, raw.offset)
+        self.metrics.records_consumed.inc()
         if ticket is None:
             log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
             return
@@ -271,6 +302,7 @@ class Service:
                 del self._already_done[tp]
             self.tracker.done(ticket)
             self.skipped_already_done += 1
+            self.metrics.records_skipped.inc()
             log.info("record.already_done", partition=tp.partition, offset=raw.offset)
             return
         record = ConsumedRecord.from_kafka(raw, ticket)
@@ -302,8 +334,7 @@ class Service:
 
     async def _publish_invalid(self, record: ConsumedRecord, invalid: Invalid) -> None:
         outcome = invalid_outcome(record, invalid)
-        assert self._publisher is not None
-        await self._publisher.publish([(record, outcome)])
+        await self._publish([(record, outcome)])
         self.tracker.done(record.ticket)
         log.info(
             "record.invalid",
@@ -330,7 +361,7 @@ class Service:
                 await asyncio.wait_for(self._wake.wait(), due)
 
     async def _process(self, batch: Batch) -> None:
-        assert self._sender is not None and self._publisher is not None
+        assert self._sender is not None
         started = time.monotonic()
         structlog.contextvars.bind_contextvars(batch_id=batch.id, path=batch.path)
         try:
@@ -345,14 +376,26 @@ class Service:
                 (item.record, outcome_for(item, result))
                 for item, result in zip(batch.items, results, strict=True)
             ]
-            await self._publisher.publish(pairs)
+            await self._publish(pairs)
             for item in batch.items:
                 self.tracker.done(item.record.ticket)
+            endpoint = batch.route.endpoint.value
+            self.metrics.batches.labels(endpoint=endpoint).inc()
+            self.metrics.batch_size.labels(endpoint=endpoint).observe(len(batch))
             self._log_batch(batch, pairs, time.monotonic() - started)
         finally:
             self._batches_in_flight -= 1
             self.batcher.done(batch.path)
             self._wake.set()
+
+    async def _publish(self, pairs: list[tuple[ConsumedRecord, Outcome]]) -> None:
+        assert self._publisher is not None
+        await self._publisher.publish(pairs)
+        self._last_broker_contact = time.monotonic()
+        for _, outcome in pairs:
+            self.metrics.outcomes.labels(status=outcome.status.value).inc()
+            if needs_dead_letter(outcome):
+                self.metrics.dead_letters.labels(status=outcome.status.value).inc()
 
     def _log_batch(
         self, batch: Batch, pairs: list[tuple[ConsumedRecord, Outcome]], elapsed: float
@@ -385,6 +428,32 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             await self._commit()
+            await self._observe()
+
+    async def _observe(self) -> None:
+        """Refresh the gauges; check the broker when nothing else did lately."""
+        consumer = self._consumer
+        assert consumer is not None
+        m = self.metrics
+        m.events_waiting.set(self.batcher.waiting)
+        m.records_pending.set(self.tracker.pending())
+        m.in_flight.set(self._batches_in_flight)
+        m.paused.set(len(consumer.paused()))
+        m.assigned.set(len(self.assigned))
+        for tp in self.assigned:
+            highwater = consumer.highwater(tp)
+            position = self.tracker.position(tp)
+            if position is None:
+                with contextlib.suppress(KafkaError, AssertionError):
+                    position = await consumer.position(tp)
+            if highwater is not None and position is not None:
+                m.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(highwater - position)
+        if self.assigned and time.monotonic() - self._last_broker_contact > BROKER_PROBE_AFTER:
+            try:
+                await consumer.committed(next(iter(self.assigned)))
+                self._last_broker_contact = time.monotonic()
+            except KafkaError as exc:
+                log.warning("broker.unreachable", error=repr(exc))
 
     async def _commit(self, tps: Iterable[TopicPartition] | None = None) -> None:
         consumer = self._consumer
@@ -398,11 +467,16 @@ class Service:
             }
             if not positions:
                 return
+            started = time.monotonic()
             try:
                 await consumer.commit(positions)
             except KafkaError as exc:
+                self.metrics.commits.labels(result="failed").inc()
                 log.warning("commit.failed", error=repr(exc), partitions=len(positions))
                 return
+            self._last_broker_contact = time.monotonic()
+            self.metrics.commit_latency.observe(self._last_broker_contact - started)
+            self.metrics.commits.labels(result="ok").inc()
             self.tracker.committed(positions)
             log.debug(
                 "commit.done",
@@ -458,7 +532,19 @@ class Service:
     # -- health ---------------------------------------------------------------------------------
 
     def _on_auth(self, ok: bool) -> None:
-        self._wake.set()
+        self.metrics.auth_ok.set(1 if ok else 0)
+
+    def liveness(self) -> dict[str, bool]:
+        """The process loop runs: the fetch loop came round lately (or has not started)."""
+        return {"loop": time.monotonic() - self._loop_beat < LOOP_STALL_AFTER}
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "partitions_assigned": bool(self.assigned),
+            "broker_reachable": time.monotonic() - self._last_broker_contact < BROKER_STALE_AFTER,
+            "api_token_accepted": self.auth_ok,
+            "running": not self.stopping,
+        }
 
     @property
     def auth_ok(self) -> bool:

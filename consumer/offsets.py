@@ -91,6 +91,11 @@ class OffsetTracker:
                 result[tp] = position
         return result
 
+    def position(self, tp: TopicPartition) -> int | None:
+        """The commit position now (whether or not it was committed yet)."""
+        state = self._partitions.get(tp)
+        return state.position() if state is not None else None
+
     def committed(self, positions: dict[TopicPartition, int]) -> None:
         for tp, position in positions.items():
             state = self._partitions.get(tp)

@@ -3,6 +3,7 @@
 - retryable errors wait as `retry.py` says and send the same request again: a retried batch is
   never reordered, and since the batcher hands out one batch per path at a time, no later
   batch for the path can overtake it;
+- every request goes through the rate limiter (`throttle.py`), shared by all batches;
 - 401 waits at the auth gate and probes; it never becomes an outcome;
 - 400/422 on a request of several instructions is narrowed down: the batch is split in halves
   sent in order, recursively, so only instructions that fail alone are rejected and all the
@@ -32,6 +33,7 @@ from consumer.errors import (
 )
 from consumer.events import Status, instruction_body
 from consumer.ld_client import ApiResponse, LdClient, error_for
+from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, results_from_body, results_from_error
 from consumer.retry import RetryPolicy
 from consumer.routing import request_body
@@ -48,22 +50,22 @@ class BatchSender:
         gate: AuthGate,
         *,
         throttle: RateLimiter | None = None,
+        metrics: Metrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._client = client
         self._policy = policy
         self._gate = gate
         self._throttle = throttle or RateLimiter()
+        self._metrics = metrics or Metrics()
         self._rng = rng or random.Random()
-        self.requests = 0
-        self.narrowing_requests = 0
 
     async def send(self, batch: Batch) -> list[InstructionResult]:
         """One result per instruction, in the batch's order."""
-        return await self._send(batch, [0] * len(batch), time.monotonic())
+        return await self._send(batch, [0] * len(batch), time.monotonic(), narrowing=False)
 
     async def _send(
-        self, batch: Batch, attempts: list[int], started: float
+        self, batch: Batch, attempts: list[int], started: float, *, narrowing: bool
     ) -> list[InstructionResult]:
         body = request_body(
             batch.route, [instruction_body(p.event) for p in batch.items], batch.comment
@@ -73,7 +75,7 @@ class BatchSender:
         while True:
             if not probing:
                 await self._gate.wait_open()
-            response, error = await self._attempt(batch, body)
+            response, error = await self._attempt(batch, body, narrowing=narrowing)
             attempts[:] = [n + 1 for n in attempts]
             if isinstance(error, Unauthorized):
                 await self._gate.unauthorized()
@@ -109,6 +111,7 @@ class BatchSender:
                 return results_from_error(
                     batch.id, batch.items, error, status=_final_status(error), attempts=attempts
                 )
+            self._metrics.retries.labels(reason=error.code.value).inc()
             log.info(
                 "ld.retry",
                 batch_id=batch.id,
@@ -121,23 +124,37 @@ class BatchSender:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, batch: Batch, body: dict[str, object]
+        self, batch: Batch, body: dict[str, object], *, narrowing: bool
     ) -> tuple[ApiResponse | None, ApiError | None]:
         """One request, within the rate limits; every acquired unit is given back."""
-        route = batch.route.endpoint.value
-        await self._throttle.acquire(route)
+        endpoint = batch.route.endpoint.value
+        waited = await self._throttle.acquire(endpoint)
+        if waited:
+            self._metrics.rate_limit_wait.inc(waited)
+        if narrowing:
+            self._metrics.narrowing.inc()
         response: ApiResponse | None = None
         error: ApiError | None = None
+        started = time.monotonic()
         try:
             response, error = await self._request(batch, body)
         finally:
-            self._throttle.observe(route, response.headers if response else None, error)
+            self._throttle.observe(endpoint, response.headers if response else None, error)
+        self._metrics.request_latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
+        status = (
+            str(response.status) if response is not None else (error.code.value if error else "")
+        )
+        self._metrics.requests.labels(endpoint=endpoint, status=status).inc()
+        if isinstance(error, RateLimited):
+            self._metrics.rate_limited.inc()
+            log.warning(
+                "ld.rate_limited", path=batch.path, retry_after_s=round(error.retry_after, 3)
+            )
         return response, error
 
     async def _request(
         self, batch: Batch, body: dict[str, object]
     ) -> tuple[ApiResponse | None, ApiError | None]:
-        self.requests += 1
         try:
             response = await self._client.patch(batch.path, body)
         except (RequestTimeout, ConnectionFailed) as exc:
@@ -167,8 +184,7 @@ class BatchSender:
             (batch.items[:middle], attempts[:middle]),
             (batch.items[middle:], attempts[middle:]),
         ):
-            self.narrowing_requests += 1
-            results.extend(await self._send(batch.sub(part), counts, started))
+            results.extend(await self._send(batch.sub(part), counts, started, narrowing=True))
         return results
 
 

@@ -73,7 +73,6 @@ class RateLimiter:
         self._global = Budget()
         self._routes: dict[str, Budget] = {}
         self.waits = 0
-        self.waited_seconds = 0.0
 
     def _route(self, route: str) -> Budget:
         return self._routes.setdefault(route, Budget())
@@ -86,15 +85,17 @@ class RateLimiter:
         self._global.take()
         self._route(route).take()
 
-    async def acquire(self, route: str) -> None:
+    async def acquire(self, route: str) -> float:
+        """Wait until a request on `route` may go and take its unit; returns seconds waited."""
+        waited = 0.0
         while True:
             wait_ms = self.delay(route, self._clock_ms())
             if wait_ms <= 0:
                 self.take(route)
-                return
+                return waited
             wait = (wait_ms + self._rng.uniform(0, JITTER_MS)) / 1000
             self.waits += 1
-            self.waited_seconds += wait
+            waited += wait
             await asyncio.sleep(wait)
 
     def observe(

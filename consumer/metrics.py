@@ -1,0 +1,94 @@
+"""Prometheus metrics of one service instance (its own registry, so instances never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from consumer import __version__
+
+BATCH_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 1500)
+LATENCIES = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        Info("ldc_build", "Build information", registry=r).info({"version": __version__})
+        self.records_consumed = Counter(
+            "ldc_records_consumed", "Input records taken from Kafka", registry=r
+        )
+        self.records_skipped = Counter(
+            "ldc_records_already_done",
+            "Records consumed again whose outcome was already published (crash recovery)",
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "ldc_outcomes", "Outcomes published, by status", ["status"], registry=r
+        )
+        self.dead_letters = Counter(
+            "ldc_dead_letters", "Dead-letter copies published, by status", ["status"], registry=r
+        )
+        self.batches = Counter(
+            "ldc_batches_sent", "Batches sent (one or more requests each)", ["endpoint"], registry=r
+        )
+        self.batch_size = Histogram(
+            "ldc_batch_size",
+            "Instructions per batch",
+            ["endpoint"],
+            buckets=BATCH_SIZES,
+            registry=r,
+        )
+        self.requests = Counter(
+            "ldc_api_requests",
+            "LaunchDarkly API requests, by endpoint and status (or timeout, connection_error)",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "ldc_api_request_duration_seconds",
+            "LaunchDarkly API request latency",
+            ["endpoint"],
+            buckets=LATENCIES,
+            registry=r,
+        )
+        self.retries = Counter(
+            "ldc_api_retries", "Requests sent again, by reason", ["reason"], registry=r
+        )
+        self.narrowing = Counter(
+            "ldc_api_narrowing_requests",
+            "Extra requests made to narrow down a failed all-or-nothing batch",
+            registry=r,
+        )
+        self.rate_limited = Counter("ldc_api_rate_limited", "429 answers received", registry=r)
+        self.rate_limit_wait = Counter(
+            "ldc_rate_limit_wait_seconds",
+            "Time requests were held back by the rate-limit budget or a 429",
+            registry=r,
+        )
+        self.events_waiting = Gauge(
+            "ldc_events_waiting", "Valid events waiting for a request", registry=r
+        )
+        self.records_pending = Gauge(
+            "ldc_records_pending", "Records taken and not finished (outcome not acked)", registry=r
+        )
+        self.in_flight = Gauge("ldc_api_requests_in_flight", "Batches being sent now", registry=r)
+        self.lag = Gauge(
+            "ldc_consumer_lag",
+            "Records behind the high watermark, by partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commit_latency = Histogram(
+            "ldc_commit_duration_seconds", "Offset commit latency", buckets=LATENCIES, registry=r
+        )
+        self.commits = Counter("ldc_commits", "Offset commits, by result", ["result"], registry=r)
+        self.auth_ok = Gauge(
+            "ldc_api_token_accepted",
+            "1 while LaunchDarkly accepts the token, 0 during a 401 outage",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "ldc_partitions_paused", "Partitions paused (backpressure or auth outage)", registry=r
+        )
+        self.assigned = Gauge("ldc_partitions_assigned", "Partitions assigned", registry=r)
+        self.auth_ok.set(1)
