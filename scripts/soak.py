@@ -32,7 +32,7 @@ from consumer.samples import recommended_key
 from consumer.settings import Settings
 from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
-TOKEN = "api-soak-token"  # noqa: S105 - the simulator's token
+TOKEN = "api-soak-token"
 
 
 def _args() -> argparse.Namespace:
