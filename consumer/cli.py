@@ -48,6 +48,30 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.2, "latency_ms": [5, 50]}')
     fake.add_argument("--limits", help='JSON, e.g. {"route_limit": 50, "window_ms": 10000}')
 
+    replay = commands.add_parser("replay", help="copy dead-letter records back to the input topic")
+    replay.add_argument("--status", action="append", choices=["rejected", "invalid", "failed"])
+    replay.add_argument("--error-code", action="append", help="e.g. not_found (repeatable)")
+    replay.add_argument("--event-id", action="append", help="repeatable")
+    replay.add_argument(
+        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
+    )
+    replay.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
+    replay.add_argument("--until", help="RFC 3339 time or a duration ago")
+    replay.add_argument("--limit", type=int, help="replay at most this many records")
+    replay.add_argument("--to", help="target topic (default: CONSUMER_INPUT_TOPIC)")
+    replay.add_argument(
+        "--max-replays", type=int, help="refuse records replayed this often (default 3)"
+    )
+    replay.add_argument("--again", action="store_true", help="also replay records replayed before")
+    replay.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+    replay.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+
+    produce = commands.add_parser("produce", help="publish events from a JSON/JSONL file or stdin")
+    produce.add_argument("file", help="a .json or .jsonl file, or - for stdin")
+    produce.add_argument("--topic", help="default: CONSUMER_INPUT_TOPIC")
+    produce.add_argument("--allow-invalid", action="store_true", help="send invalid events too")
+    produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     return parser
@@ -64,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fake_api(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "replay":
+            return _replay(args)
+        if args.command == "produce":
+            return _produce(args)
     except SettingsError as exc:
         print(f"ld-targeting-consumer: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -139,3 +167,55 @@ def _demo(args: argparse.Namespace) -> int:
 
     logs.configure("info" if args.verbose else "error", "auto")
     return asyncio.run(run_demo())
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from consumer import replay
+
+    settings = _settings(args)
+    logs.configure("warning", settings.log_format)
+    try:
+        selection = replay.Selection(
+            statuses=frozenset(args.status or ()),
+            error_codes=frozenset(args.error_code or ()),
+            event_ids=frozenset(args.event_id or ()),
+            resource=args.resource,
+            since_ms=replay.parse_when(args.since) if args.since else None,
+            until_ms=replay.parse_when(args.until) if args.until else None,
+            limit=args.limit,
+        )
+    except ValueError as exc:
+        raise SettingsError(f"replay: {exc}") from None
+    replayer = replay.Replayer(
+        settings,
+        selection,
+        target_topic=args.to,
+        max_replays=args.max_replays
+        if args.max_replays is not None
+        else settings.consumer_replay_max_count,
+        again=args.again,
+        dry_run=args.dry_run,
+    )
+    report = asyncio.run(replayer.run())
+    replay.print_report(report, sys.stdout, dry_run=args.dry_run)
+    return EXIT_OK
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from consumer import produce
+
+    settings = _settings(args)
+    logs.configure("warning", settings.log_format)
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise SettingsError(f"produce: {exc}") from None
+    topic = args.topic or settings.consumer_input_topic
+    total = sum(1 for _ in produce.read_lines(text))
+    report = asyncio.run(
+        produce.produce(settings, text, topic=topic, allow_invalid=args.allow_invalid)
+    )
+    produce.print_report(
+        report, sys.stdout, total=total, topic=topic, allow_invalid=args.allow_invalid
+    )
+    return EXIT_OK if not report.invalid or args.allow_invalid else EXIT_FAILURE

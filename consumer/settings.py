@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     # for outcomes already published; negative turns recovery off.
     consumer_recovery_lookback_ms: int = Field(120_000)
     consumer_recovery_timeout_ms: int = Field(60_000, ge=100)
+    consumer_replay_max_count: int = Field(3, ge=1)
 
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"
