@@ -111,7 +111,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
         if value is not None
     }
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    for secret in settings.secrets():
+        logs.REDACTOR.add(secret)
+    return settings
 
 
 def _run(args: argparse.Namespace) -> int:

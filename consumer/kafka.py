@@ -11,6 +11,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import TopicPartition
 
 from consumer.settings import Settings
@@ -19,10 +20,26 @@ log = structlog.get_logger(__name__)
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
-    return {
+    """Connection and security settings shared by every client (consumer, producer, admin)."""
+    config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": settings.kafka_client_id,
+        "security_protocol": settings.kafka_security_protocol,
     }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        key_password = settings.kafka_ssl_key_password
+        config["ssl_context"] = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            password=key_password.get_secret_value() if key_password else None,
+        )
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return config
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

@@ -17,7 +17,7 @@ log = structlog.get_logger(__name__)
 
 async def run_service(settings: Settings) -> int:
     token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
-    REDACTOR.watch(token.value)
+    REDACTOR.watch(token.value)  # a token file may change while running
     stop = asyncio.Event()
     on_stop(stop)
     service = Service(settings, token)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from consumer import __version__
 from consumer.events import EVENT_ADAPTER, DeadLetterHeaders, Outcome
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -37,6 +38,7 @@ def generate() -> dict[str, dict[str, Any]]:
             "Outcome",
             "A record value of the results topic: exactly one per input record processed.",
         ),
+        "asyncapi.json": asyncapi(),
         "dead-letter-headers.schema.json": _decorate(
             DeadLetterHeaders.model_json_schema(by_alias=True),
             "dead-letter-headers.schema.json",
@@ -44,6 +46,105 @@ def generate() -> dict[str, dict[str, Any]]:
             "The ldc.* headers added to the original key, value and headers of a dead-letter"
             " record (Kafka header name -> UTF-8 value).",
         ),
+    }
+
+
+def asyncapi() -> dict[str, Any]:
+    """The AsyncAPI 3 document of the three topics; payloads refer to the JSON Schema files."""
+
+    def schema(ref: str) -> dict[str, Any]:
+        return {
+            "schemaFormat": "application/schema+json;version=draft-2020-12",
+            "schema": {"$ref": ref},
+        }
+
+    string = {"type": "string"}
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "ld-targeting-consumer",
+            "version": __version__,
+            "description": (
+                "Targeting-change events in, one outcome per input record out, failures copied"
+                " byte for byte to a dead-letter topic. Topic names are the defaults; each is a"
+                " setting (CONSUMER_INPUT_TOPIC, CONSUMER_RESULTS_TOPIC, CONSUMER_DLQ_TOPIC)."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": {
+            "targetingChanges": {
+                "address": "ld.targeting-changes",
+                "description": "One record = one LaunchDarkly semantic-patch instruction.",
+                "messages": {"targetingChange": {"$ref": "#/components/messages/TargetingChange"}},
+            },
+            "targetingResults": {
+                "address": "ld.targeting-results",
+                "description": "Exactly one outcome per input record processed.",
+                "messages": {"outcome": {"$ref": "#/components/messages/Outcome"}},
+            },
+            "deadLetters": {
+                "address": "ld.targeting-changes.dlq",
+                "description": "Rejected, invalid and failed records, byte for byte,"
+                " with ldc.* headers.",
+                "messages": {"deadLetter": {"$ref": "#/components/messages/DeadLetter"}},
+            },
+        },
+        "operations": {
+            "consumeTargetingChanges": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/targetingChanges"},
+            },
+            "publishOutcomes": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/targetingResults"},
+            },
+            "publishDeadLetters": {"action": "send", "channel": {"$ref": "#/channels/deadLetters"}},
+        },
+        "components": {
+            "messages": {
+                "TargetingChange": {
+                    "name": "TargetingChange",
+                    "title": "Targeting-change event",
+                    "payload": schema("event.schema.json"),
+                    "bindings": {
+                        "kafka": {
+                            "key": {
+                                **string,
+                                "description": "Recommended: {projectKey}/{environmentKey}/"
+                                "{resource.kind}/{resource.key}; other keys are processed too.",
+                            },
+                            "bindingVersion": "0.5.0",
+                        }
+                    },
+                },
+                "Outcome": {
+                    "name": "Outcome",
+                    "title": "Outcome of one input record",
+                    "payload": schema("outcome.schema.json"),
+                    "headers": {
+                        "type": "object",
+                        "properties": {
+                            "ldc.source.topic": string,
+                            "ldc.source.partition": {**string, "pattern": "^[0-9]+$"},
+                            "ldc.source.offset": {**string, "pattern": "^[0-9]+$"},
+                        },
+                    },
+                    "bindings": {
+                        "kafka": {
+                            "key": {**string, "description": "The input record's key."},
+                            "bindingVersion": "0.5.0",
+                        }
+                    },
+                },
+                "DeadLetter": {
+                    "name": "DeadLetter",
+                    "title": "Dead-letter copy",
+                    "contentType": "application/octet-stream",
+                    "payload": {"description": "The original record value, byte for byte."},
+                    "headers": schema("dead-letter-headers.schema.json"),
+                },
+            }
+        },
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     # Off on brokers without InitProducerId v3 (Tansu); on for Apache Kafka.
     kafka_producer_idempotence: bool = True
     kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: FilePath | None = None
+    kafka_ssl_certfile: FilePath | None = None
+    kafka_ssl_keyfile: FilePath | None = None
+    kafka_ssl_key_password: SecretStr | None = None
 
     # LaunchDarkly
     ld_api_token: SecretStr | None = None
@@ -84,12 +92,28 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
+    def _sasl_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            for name in ("kafka_sasl_username", "kafka_sasl_password"):
+                if getattr(self, name) is None:
+                    raise ValueError(
+                        f"{name.upper()} is required with KAFKA_SECURITY_PROTOCOL="
+                        f"{self.kafka_security_protocol}"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_below_session(self) -> Settings:
         if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
             raise ValueError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS"
             )
         return self
+
+    def secrets(self) -> list[str]:
+        """Values never to be printed (the redactor's list)."""
+        found = [self.kafka_sasl_password, self.kafka_ssl_key_password, self.ld_api_token]
+        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
     def token_source_configured(self) -> bool:
         return self.ld_api_token is not None or self.ld_api_token_file is not None

@@ -36,7 +36,9 @@ def use_environment(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None
     for name, value in settings.model_dump().items():
         if value is None or name == "ld_api_token":
             continue
-        monkeypatch.setenv(name.upper(), str(value).lower() if isinstance(value, bool) else str(value))
+        monkeypatch.setenv(
+            name.upper(), str(value).lower() if isinstance(value, bool) else str(value)
+        )
 
 
 async def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -45,19 +47,27 @@ async def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 async def count(settings: Settings, topic: str, at_least: int, timeout: float = 3) -> int:
-    records = await kafka.read_topic(settings, topic, until=lambda r: len(r) >= at_least, timeout=timeout)
+    records = await kafka.read_topic(
+        settings, topic, until=lambda r: len(r) >= at_least, timeout=timeout
+    )
     return len(records)
 
 
 async def test_replay_after_fixing_the_cause_gives_new_outcomes_once(
-    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    simulator: RunningSimulator,
+    admin: SimulatorAdmin,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     await admin.seed(seed(segments={"live": {}}))
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
     use_environment(monkeypatch, settings)
     await create_topics(settings)
-    missing = [event_dict(key="later", project=PROJECT, env=ENV, values=[f"k{i}"]) for i in range(2)]
+    missing = [
+        event_dict(key="later", project=PROJECT, env=ENV, values=[f"k{i}"]) for i in range(2)
+    ]
     good = event_dict(key="live", project=PROJECT, env=ENV)
     messages = [(recommended_key(e), encode(e), [("trace", b"abc")]) for e in [*missing, good]]
     messages.append((b"bad", b"{not json", []))
@@ -65,7 +75,12 @@ async def test_replay_after_fixing_the_cause_gives_new_outcomes_once(
     async with running(settings):
         first = await outcomes(settings, 4)
         await dead_letters(settings, 3)
-        assert sorted(o.status.value for o in first) == ["invalid", "rejected", "rejected", "succeeded"]
+        assert sorted(o.status.value for o in first) == [
+            "invalid",
+            "rejected",
+            "rejected",
+            "succeeded",
+        ]
         await admin.seed(seed(segments={"later": {}}))  # the operator fixes the cause
 
         code, text = await cli("replay", "--status", "rejected", "--dry-run", capsys=capsys)
@@ -75,18 +90,24 @@ async def test_replay_after_fixing_the_cause_gives_new_outcomes_once(
 
         code, text = await cli("replay", "--status", "rejected", capsys=capsys)
         assert code == 0
-        assert [line.split()[-1] for line in text.splitlines() if line.startswith("replayed")] == ["2"]
+        assert [line.split()[-1] for line in text.splitlines() if line.startswith("replayed")] == [
+            "2"
+        ]
         after = await outcomes(settings, 6)
         code, text = await cli("replay", "--status", "rejected", capsys=capsys)
         assert "replayed before (use --again)" in text
-        assert [line.split()[-1] for line in text.splitlines() if line.startswith("replayed ")] == ["0"]
+        assert [line.split()[-1] for line in text.splitlines() if line.startswith("replayed ")] == [
+            "0"
+        ]
         await asyncio.sleep(1)
         assert len(await outcomes(settings, 7, timeout=1.5)) == 6
     originals = {(o.source.partition, o.source.offset) for o in first}
     fixed = [o for o in after if (o.source.partition, o.source.offset) not in originals]
     assert sorted(o.eventId for o in fixed) == sorted(e["eventId"] for e in missing)
     assert {o.status for o in fixed} == {Status.SUCCEEDED}
-    records = await kafka.read_topic(settings, settings.consumer_input_topic, until=lambda r: len(r) >= 6, timeout=5)
+    records = await kafka.read_topic(
+        settings, settings.consumer_input_topic, until=lambda r: len(r) >= 6, timeout=5
+    )
     copies = [r for r in records if dict(r.headers).get(REPLAY_COUNT)]
     assert len(copies) == 2
     for copy in copies:
@@ -97,7 +118,9 @@ async def test_replay_after_fixing_the_cause_gives_new_outcomes_once(
         assert copy.value in {encode(e) for e in missing}
 
 
-def _letter(event_id: str, status: str, *, count: int | None = None) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+def _letter(
+    event_id: str, status: str, *, count: int | None = None
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     event = event_dict(key="s", project=PROJECT, env=ENV, event_id=event_id)
     headers = [("app", b"x"), ("ldc.status", status.encode()), ("ldc.error.code", b"not_found")]
     if count is not None:
@@ -105,18 +128,26 @@ def _letter(event_id: str, status: str, *, count: int | None = None) -> tuple[by
     return recommended_key(event), encode(event), headers
 
 
-async def _write_letters(settings: Settings, letters: list[tuple[bytes, bytes, list[tuple[str, bytes]]]], timestamps: list[int]) -> None:
+async def _write_letters(
+    settings: Settings,
+    letters: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+    timestamps: list[int],
+) -> None:
     producer = kafka.make_producer(settings)
     await producer.start()
     try:
         for (key, value, headers), stamp in zip(letters, timestamps, strict=True):
-            await producer.send_and_wait(settings.consumer_dlq_topic, value, key=key, headers=headers, timestamp_ms=stamp)
+            await producer.send_and_wait(
+                settings.consumer_dlq_topic, value, key=key, headers=headers, timestamp_ms=stamp
+            )
     finally:
         await producer.stop()
 
 
 async def test_replay_selects_by_event_id_status_and_time_and_caps_replays(
-    kafka_bootstrap: str, on_tansu: bool, monkeypatch: pytest.MonkeyPatch,
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = make_settings(kafka_bootstrap, "http://127.0.0.1:9", on_tansu=on_tansu)
@@ -131,23 +162,35 @@ async def test_replay_selects_by_event_id_status_and_time_and_caps_replays(
         _letter("capped", "rejected", count=3),
         _letter("c", "invalid"),
     ]
-    await _write_letters(settings, letters, [now - 5 * hour, now - hour, now - hour, now - hour, now])
+    await _write_letters(
+        settings, letters, [now - 5 * hour, now - hour, now - hour, now - hour, now]
+    )
 
-    code, text = await cli("replay", "--event-id", "a", "--event-id", "c", "--dry-run", capsys=capsys)
+    code, text = await cli(
+        "replay", "--event-id", "a", "--event-id", "c", "--dry-run", capsys=capsys
+    )
     assert code == 0 and _count(text, "would replay") == 2
 
     code, text = await cli("replay", "--since", "3h", "--until", "30m", "--dry-run", capsys=capsys)
-    assert _count(text, "would replay") == 2  # a and b; capped is refused, c too recent, old too old
-    assert _count(text, "skipped: before --since") == 1 and _count(text, "skipped: after --until") == 1
+    assert (
+        _count(text, "would replay") == 2
+    )  # a and b; capped is refused, c too recent, old too old
+    assert (
+        _count(text, "skipped: before --since") == 1 and _count(text, "skipped: after --until") == 1
+    )
     assert _count(text, "skipped: replay count at the cap (3)") == 1
 
     code, text = await cli("replay", "--status", "rejected", "--max-replays", "5", capsys=capsys)
     assert code == 0 and _count(text, "replayed") == 3
-    records = await kafka.read_topic(settings, settings.consumer_input_topic, until=lambda r: len(r) >= 3, timeout=5)
+    records = await kafka.read_topic(
+        settings, settings.consumer_input_topic, until=lambda r: len(r) >= 3, timeout=5
+    )
     counts = {json.loads(r.value)["eventId"]: dict(r.headers)[REPLAY_COUNT] for r in records}
     assert counts == {"old": b"1", "a": b"1", "capped": b"4"}
 
-    code, text = await cli("replay", "--status", "rejected", "--again", "--limit", "1", capsys=capsys)
+    code, text = await cli(
+        "replay", "--status", "rejected", "--again", "--limit", "1", capsys=capsys
+    )
     assert _count(text, "replayed") == 1
 
 
@@ -159,21 +202,33 @@ def _count(text: str, label: str) -> int:
 
 
 async def test_produce_validates_keys_and_reports_invalid_lines(
-    kafka_bootstrap: str, on_tansu: bool, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     settings = make_settings(kafka_bootstrap, "http://127.0.0.1:9", on_tansu=on_tansu)
     use_environment(monkeypatch, settings)
     await create_topics(settings)
     good = [event_dict(key=f"s{i}", project=PROJECT, env=ENV) for i in range(3)]
-    lines = [json.dumps(good[0]), json.dumps(good[1]), "{oops", "", json.dumps({**good[2], "extra": 1}), json.dumps(good[2])]
+    lines = [
+        json.dumps(good[0]),
+        json.dumps(good[1]),
+        "{oops",
+        "",
+        json.dumps({**good[2], "extra": 1}),
+        json.dumps(good[2]),
+    ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
     code, text = await cli("produce", str(path), capsys=capsys)
     assert code == 1
     assert "line 3: invalid: not_json" in text and "line 5: invalid: unknown_field" in text
     assert "sent 3 of 5 events" in text
-    records = await kafka.read_topic(settings, settings.consumer_input_topic, until=lambda r: len(r) >= 3, timeout=5)
+    records = await kafka.read_topic(
+        settings, settings.consumer_input_topic, until=lambda r: len(r) >= 3, timeout=5
+    )
     assert sorted(r.key for r in records) == sorted(recommended_key(e) for e in good)
     assert await count(settings, settings.consumer_input_topic, 4, timeout=1) == 3
 

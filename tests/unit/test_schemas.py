@@ -58,3 +58,38 @@ def test_schema_and_models_agree_on_the_samples() -> None:
             sample.note
         )
     assert validator.is_valid(json.loads(encode(event_dict())))
+
+
+def test_asyncapi_describes_the_three_topics_with_the_schema_files() -> None:
+    document = json.loads((ROOT / "schemas" / "asyncapi.json").read_text())
+    assert document["asyncapi"].startswith("3.")
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {"ld.targeting-changes", "ld.targeting-results", "ld.targeting-changes.dlq"}
+    refs = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref" and isinstance(value, str):
+                    refs.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+    for ref in refs:
+        if ref.startswith("#/"):
+            target: object = document
+            for part in ref[2:].split("/"):
+                assert isinstance(target, dict) and part in target, ref
+                target = target[part]
+        else:
+            assert (ROOT / "schemas" / ref).exists(), ref
+    assert {r for r in refs if not r.startswith("#")} == {
+        "event.schema.json",
+        "outcome.schema.json",
+        "dead-letter-headers.schema.json",
+    }
+    for operation in document["operations"].values():
+        assert operation["action"] in ("send", "receive")
