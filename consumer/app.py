@@ -363,7 +363,9 @@ class Service:
     async def _process(self, batch: Batch) -> None:
         assert self._sender is not None
         started = time.monotonic()
-        structlog.contextvars.bind_contextvars(batch_id=batch.id, path=batch.path)
+        structlog.contextvars.bind_contextvars(
+            batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
+        )
         try:
             try:
                 results = await self._sender.send(batch)
@@ -403,12 +405,6 @@ class Service:
         statuses: dict[str, int] = {}
         for _, outcome in pairs:
             statuses[outcome.status.value] = statuses.get(outcome.status.value, 0) + 1
-        ranges: dict[str, list[int]] = {}
-        for item in batch.items:
-            key = f"{item.record.topic}[{item.record.partition}]"
-            first_last = ranges.setdefault(key, [item.record.offset, item.record.offset])
-            first_last[0] = min(first_last[0], item.record.offset)
-            first_last[1] = max(first_last[1], item.record.offset)
         http = pairs[-1][1].http if pairs else None
         log.info(
             "batch.sent",
@@ -417,7 +413,6 @@ class Service:
             http_status=http.status if http else None,
             attempts=http.attempts if http else None,
             outcomes=statuses,
-            offsets={k: f"{a}-{b}" for k, (a, b) in ranges.items()},
             duration_ms=round(elapsed * 1000, 1),
         )
 

@@ -63,6 +63,15 @@ class Batch:
     def partitions(self) -> set[TopicPartition]:
         return {item.record.tp for item in self.items}
 
+    def offset_ranges(self) -> dict[str, str]:
+        """`topic[partition]` -> `first-last` offsets of the events in this batch."""
+        ranges: dict[str, tuple[int, int]] = {}
+        for item in self.items:
+            key = f"{item.record.topic}[{item.record.partition}]"
+            first, last = ranges.get(key, (item.record.offset, item.record.offset))
+            ranges[key] = (min(first, item.record.offset), max(last, item.record.offset))
+        return {key: f"{first}-{last}" for key, (first, last) in ranges.items()}
+
     def sub(self, items: list[PendingEvent]) -> Batch:
         """A new request made of some of this batch's items (narrowing down a failure)."""
         batch = Batch(self.route, self.created_at)

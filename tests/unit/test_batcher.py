@@ -165,3 +165,15 @@ def test_sub_batches_get_their_own_id() -> None:
     [batch] = batcher.ready(now=0.0, limit=1)
     half = batch.sub(batch.items[:2])
     assert half.id != batch.id and half.items == items[:2] and half.route == batch.route
+
+
+def test_offset_ranges_per_partition() -> None:
+    batcher = Batcher(max_size=10, linger=0.0)
+    items = [seg(partition=p) for p in (0, 1, 0, 0)]
+    for item in items:
+        batcher.add(item, now=0.0)
+    [batch] = batcher.ready(now=0.0, limit=1)
+    ranges = batch.offset_ranges()
+    zero = [i.record.offset for i in items if i.record.partition == 0]
+    assert ranges["in[0]"] == f"{min(zero)}-{max(zero)}"
+    assert ranges["in[1]"] == f"{items[1].record.offset}-{items[1].record.offset}"
