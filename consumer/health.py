@@ -7,6 +7,8 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from consumer.web import start_site
+
 
 class Observable(Protocol):
     registry: CollectorRegistry
@@ -33,14 +35,7 @@ class HealthServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await start_site(self.app(), self.host, self.port)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

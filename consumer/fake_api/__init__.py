@@ -10,6 +10,7 @@ from aiohttp import web
 
 from consumer.fake_api.server import Faults, Limits, Simulator
 from consumer.fake_api.state import SeedIn
+from consumer.web import start_site
 
 __all__ = ["Faults", "Limits", "RunningSimulator", "Simulator", "load_seed", "sample_seed"]
 
@@ -37,14 +38,7 @@ class RunningSimulator:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> RunningSimulator:
-        self._runner = web.AppRunner(self.simulator.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await start_site(self.simulator.app(), self.host, self.port)
         return self
 
     async def stop(self) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,11 @@ from aiokafka.structs import TopicPartition
 from consumer import kafka
 from consumer.app import Service
 from consumer.events import Outcome
+from consumer.samples import recommended_key
 from consumer.settings import Settings
 from consumer.tansu import TANSU_SETTINGS
 from tests.conftest import TOKEN
+from tests.factories import encode, event_dict
 
 PROJECT, ENV = "proj", "production"
 VARIATION = "6f0b5f5e-0c57-4d1a-9d3e-0000000000a1"
@@ -209,3 +212,31 @@ def seed(
             for key, users in (flags or {}).items()
         ],
     }
+
+
+def events(count: int, keys: int) -> list[Message]:
+    """`count` segment-target events over `keys` segments s0..s{keys-1}, each adding key k{i}."""
+    found = [
+        event_dict(key=f"s{i % keys}", project=PROJECT, env=ENV, values=[f"k{i}"])
+        for i in range(count)
+    ]
+    return [(recommended_key(e), encode(e), []) for e in found]
+
+
+def environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The settings as the environment variables `run` reads."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is None or name == "ld_api_token":
+            continue
+        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update({"LD_API_TOKEN": TOKEN, "LOG_FORMAT": "json", **extra})
+    return env
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.05)

@@ -14,28 +14,17 @@ from consumer.demo import run_demo
 from consumer.events import Status
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from tests.conftest import TOKEN
-from tests.factories import encode, event_dict
 from tests.integration.harness import (
-    ENV,
-    PROJECT,
     committed,
     create_topics,
+    events,
     make_settings,
     outcomes,
     produce,
     running,
     seed,
 )
-
-
-def _events(count: int, keys: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
-    events = [
-        event_dict(key=f"s{i % keys}", project=PROJECT, env=ENV, values=[f"k{i}"])
-        for i in range(count)
-    ]
-    return [(recommended_key(e), encode(e), []) for e in events]
 
 
 async def test_sigterm_drains_commits_and_exits_0(
@@ -47,7 +36,7 @@ async def test_sigterm_drains_commits_and_exits_0(
         kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, consumer_batch_max_size=5
     )
     await create_topics(settings, partitions=4)
-    ends = await produce(settings, _events(200, 8))
+    ends = await produce(settings, events(200, 8))
     env = {
         **os.environ,
         **{
@@ -102,7 +91,7 @@ async def test_two_members_split_the_partitions_and_a_rebalance_loses_nothing(
         kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, consumer_batch_max_size=4
     )
     await create_topics(settings, partitions=4)
-    first = _events(150, keys)
+    first = events(150, keys)
     ends = await produce(settings, first)
     async with running(settings) as one:
         await outcomes(settings, 20)
@@ -111,7 +100,7 @@ async def test_two_members_split_the_partitions_and_a_rebalance_loses_nothing(
             assert one.service.assigned and two.service.assigned
             assert not one.service.assigned & two.service.assigned
             assert len(one.service.assigned | two.service.assigned) == 4
-            second = _events(150, keys)
+            second = events(150, keys)
             more = await produce(settings, second)
             ends = {tp: max(ends.get(tp, 0), more.get(tp, 0)) for tp in set(ends) | set(more)}
             results = await outcomes(settings, 300, timeout=60)
@@ -139,7 +128,7 @@ async def test_a_group_member_leaving_hands_its_work_over(
     async with running(settings) as one, running(settings, wait=False) as two:
         await two.wait_assigned()
         await two.shutdown()
-        ends = await produce(settings, _events(60, 6))
+        ends = await produce(settings, events(60, 6))
         results = await outcomes(settings, 60)
         assert len(one.service.assigned) == 2  # it took over the partitions of the leaver
     assert {(o.source.partition, o.source.offset) for o in results} == {

@@ -4,7 +4,6 @@ what was in flight at the kill is applied twice."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections import Counter
@@ -14,13 +13,13 @@ from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.samples import recommended_key
 from consumer.settings import Settings
-from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
     PROJECT,
     committed,
     create_topics,
+    environment,
     make_settings,
     outcomes,
     outcomes_covering,
@@ -28,17 +27,6 @@ from tests.integration.harness import (
     running,
     seed,
 )
-
-
-def environment(settings: Settings, **extra: str) -> dict[str, str]:
-    """The settings as the environment variables `run` reads."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None or name == "ld_api_token":
-            continue
-        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update({"LD_API_TOKEN": TOKEN, "LOG_FORMAT": "json", **extra})
-    return env
 
 
 async def start_process(settings: Settings, **extra: str) -> asyncio.subprocess.Process:

@@ -19,20 +19,14 @@ from tests.integration.harness import (
     committed,
     create_topics,
     dead_letters,
+    events,
     make_settings,
     outcomes,
     produce,
     running,
     seed,
+    wait_until,
 )
-
-
-def _events(count: int, keys: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
-    events = [
-        event_dict(key=f"s{i % keys}", project=PROJECT, env=ENV, values=[f"k{i}"])
-        for i in range(count)
-    ]
-    return [(recommended_key(e), encode(e), []) for e in events]
 
 
 async def test_a_run_under_faults_ends_with_every_record_succeeded(
@@ -55,7 +49,7 @@ async def test_a_run_under_faults_ends_with_every_record_succeeded(
         ld_rate_limit_jitter_ms=50,
     )
     await create_topics(settings, partitions=3)
-    ends = await produce(settings, _events(150, 10))
+    ends = await produce(settings, events(150, 10))
     async with running(settings):
         results = await outcomes(settings, 150, timeout=90)
     assert Counter(o.status for o in results) == {Status.SUCCEEDED: 150}
@@ -83,7 +77,7 @@ async def test_no_request_is_sent_before_a_429_reset(
         ld_rate_limit_jitter_ms=20,
     )
     await create_topics(settings)
-    await produce(settings, _events(60, 8))
+    await produce(settings, events(60, 8))
     async with running(settings):
         results = await outcomes(settings, 60, timeout=60)
     assert {o.status for o in results} == {Status.SUCCEEDED}
@@ -111,7 +105,7 @@ async def test_a_real_route_limit_is_approached_without_a_storm_of_429s(
         consumer_batch_linger_ms=0,
     )
     await create_topics(settings)
-    await produce(settings, _events(120, 20))
+    await produce(settings, events(120, 20))
     started = time.monotonic()
     async with running(settings):
         results = await outcomes(settings, 120, timeout=90)
@@ -169,12 +163,9 @@ async def test_401_pauses_without_rejecting_and_recovers_when_the_token_file_is_
         ld_auth_probe_max_delay_ms=300,
     )
     await create_topics(settings)
-    ends = await produce(settings, _events(40, 4))
+    ends = await produce(settings, events(40, 4))
     async with running(settings) as handle:
-        deadline = time.monotonic() + 10
-        while handle.service.auth_ok and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not handle.service.auth_ok
+        await wait_until(lambda: not handle.service.auth_ok)
         await asyncio.sleep(1.5)
         assert handle.service.paused()
         assert await outcomes(settings, 1, timeout=1) == []
@@ -200,7 +191,7 @@ async def test_retry_budget_spent_means_failed_and_dead_lettered(
         kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, ld_retry_max_attempts=3
     )
     await create_topics(settings)
-    await produce(settings, _events(3, 1))
+    await produce(settings, events(3, 1))
     async with running(settings):
         results = await outcomes(settings, 3)
         letters = await dead_letters(settings, 3)
@@ -222,7 +213,7 @@ async def test_conflicts_are_retried_then_rejected(
         kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, ld_conflict_max_retries=2
     )
     await create_topics(settings)
-    await produce(settings, _events(2, 1))
+    await produce(settings, events(2, 1))
     async with running(settings):
         results = await outcomes(settings, 2)
     assert {o.status for o in results} == {Status.REJECTED}
