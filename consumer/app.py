@@ -115,6 +115,7 @@ class Service:
         self._gate: AuthGate | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._batches_in_flight = 0
+        self._flights: dict[str, tuple[asyncio.Task[None], Batch]] = {}
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._fatal = asyncio.Event()
@@ -156,8 +157,12 @@ class Service:
         )
         if settings.consumer_http_port:
             self.health = HealthServer(self, port=settings.consumer_http_port)
-            await self.health.start()
-            log.info("health.listening", port=self.health.port)
+            try:
+                await self.health.start()
+                log.info("health.listening", port=self.health.port)
+            except OSError as exc:  # a member without probes beats a member that does not run
+                log.error("health.bind_failed", port=settings.consumer_http_port, error=str(exc))
+                self.health = None
         await self._producer.start()
         try:
             await client.start()
@@ -318,10 +323,11 @@ class Service:
             return
         self.batcher.add(PendingEvent(record, decoded, where, target_operations(decoded)), now)
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -355,7 +361,7 @@ class Service:
             free = limit - self._batches_in_flight
             for batch in self.batcher.ready(now, free):
                 self._batches_in_flight += 1
-                self._spawn(self._process(batch))
+                self._flights[batch.id] = (self._spawn(self._process(batch)), batch)
             due = self.batcher.next_due(time.monotonic()) if free > 0 else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due)
@@ -374,6 +380,7 @@ class Service:
             except Exception as exc:  # a bug must not block the partition: fail and dead-letter
                 log.exception("batch.internal_error")
                 results = _internal_failure(batch, exc)
+            self._flights.pop(batch.id, None)  # answered: never cancelled from here on
             pairs: list[tuple[ConsumedRecord, Outcome]] = [
                 (item.record, outcome_for(item, result))
                 for item, result in zip(batch.items, results, strict=True)
@@ -387,6 +394,7 @@ class Service:
             self._log_batch(batch, pairs, time.monotonic() - started)
         finally:
             self._batches_in_flight -= 1
+            self._flights.pop(batch.id, None)
             self.batcher.done(batch.path)
             self._wake.set()
 
@@ -511,6 +519,7 @@ class Service:
                 await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
         await self._commit(revoked)
         unfinished = self.tracker.pending(revoked)
+        cancelled = self._cancel_waiting(revoked)
         dropped = self.batcher.drop_partitions(revoked)
         self.tracker.revoke(revoked)
         self.assigned -= revoked
@@ -521,8 +530,23 @@ class Service:
             partitions=sorted(tp.partition for tp in revoked),
             unfinished=unfinished,
             given_up=len(dropped),
+            cancelled_batches=cancelled,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+
+    def _cancel_waiting(self, revoked: set[TopicPartition]) -> int:
+        """Stop the batches of given-up partitions that wait (backoff, rate limit, 401 gate).
+
+        The new owner sends those events again; a batch left waiting here would send them a
+        second time when its wait ends. One with a request on the wire is left to finish.
+        """
+        assert self._sender is not None
+        cancelled = 0
+        for batch_id, (task, batch) in list(self._flights.items()):
+            if batch.partitions() <= revoked and not self._sender.requesting(batch_id):
+                task.cancel()
+                cancelled += 1
+        return cancelled
 
     # -- health ---------------------------------------------------------------------------------
 

@@ -59,13 +59,21 @@ class BatchSender:
         self._throttle = throttle or RateLimiter()
         self._metrics = metrics or Metrics()
         self._rng = rng or random.Random()
+        # Batches (by the id given to `send`) with a request on the wire right now: cancelling
+        # one of those would leave unknown what LaunchDarkly applied.
+        self._requesting: set[str] = set()
+
+    def requesting(self, batch_id: str) -> bool:
+        return batch_id in self._requesting
 
     async def send(self, batch: Batch) -> list[InstructionResult]:
         """One result per instruction, in the batch's order."""
-        return await self._send(batch, [0] * len(batch), time.monotonic(), narrowing=False)
+        return await self._send(
+            batch, [0] * len(batch), time.monotonic(), narrowing=False, top=batch.id
+        )
 
     async def _send(
-        self, batch: Batch, attempts: list[int], started: float, *, narrowing: bool
+        self, batch: Batch, attempts: list[int], started: float, *, narrowing: bool, top: str
     ) -> list[InstructionResult]:
         body = request_body(
             batch.route, [instruction_body(p.event) for p in batch.items], batch.comment
@@ -75,7 +83,7 @@ class BatchSender:
         while True:
             if not probing:
                 await self._gate.wait_open()
-            response, error = await self._attempt(batch, body, narrowing=narrowing)
+            response, error = await self._attempt(batch, body, narrowing=narrowing, top=top)
             attempts[:] = [n + 1 for n in attempts]
             if isinstance(error, Unauthorized):
                 await self._gate.unauthorized()
@@ -95,7 +103,7 @@ class BatchSender:
                     per_instruction_errors=batch.route.spec.per_instruction_errors,
                 )
             if isinstance(error, BadRequest) and len(batch) > 1:
-                return await self._narrow(batch, attempts, started, error)
+                return await self._narrow(batch, attempts, started, error, top)
             if isinstance(error, Conflict):
                 conflicts += 1
             elif not isinstance(error, RateLimited):
@@ -124,7 +132,7 @@ class BatchSender:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, batch: Batch, body: dict[str, object], *, narrowing: bool
+        self, batch: Batch, body: dict[str, object], *, narrowing: bool, top: str
     ) -> tuple[ApiResponse | None, ApiError | None]:
         """One request, within the rate limits; every acquired unit is given back."""
         endpoint = batch.route.endpoint.value
@@ -136,9 +144,11 @@ class BatchSender:
         response: ApiResponse | None = None
         error: ApiError | None = None
         started = time.monotonic()
+        self._requesting.add(top)
         try:
             response, error = await self._request(batch, body)
         finally:
+            self._requesting.discard(top)
             self._throttle.observe(endpoint, response.headers if response else None, error)
         self._metrics.request_latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
         status = (
@@ -168,7 +178,7 @@ class BatchSender:
         return response, error
 
     async def _narrow(
-        self, batch: Batch, attempts: list[int], started: float, error: ApiError
+        self, batch: Batch, attempts: list[int], started: float, error: ApiError, top: str
     ) -> list[InstructionResult]:
         middle = len(batch) // 2
         log.info(
@@ -184,7 +194,9 @@ class BatchSender:
             (batch.items[:middle], attempts[:middle]),
             (batch.items[middle:], attempts[middle:]),
         ):
-            results.extend(await self._send(batch.sub(part), counts, started, narrowing=True))
+            results.extend(
+                await self._send(batch.sub(part), counts, started, narrowing=True, top=top)
+            )
         return results
 
 

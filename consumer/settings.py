@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     ld_conflict_max_retries: int = Field(3, ge=0)
     ld_rate_limit_default_wait_ms: int = Field(10_000, ge=0)
     ld_rate_limit_jitter_ms: int = Field(1_000, ge=0)
-    ld_auth_probe_max_delay_ms: int = Field(60_000, ge=100)
+    ld_auth_probe_max_delay_ms: int = Field(30_000, ge=100)
 
     # The consumer
     consumer_group_id: str = "ld-targeting-consumer"

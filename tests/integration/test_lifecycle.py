@@ -21,9 +21,11 @@ from tests.integration.harness import (
     events,
     make_settings,
     outcomes,
+    outcomes_covering,
     produce,
     running,
     seed,
+    wait_until,
 )
 
 
@@ -142,3 +144,32 @@ async def test_demo_runs_end_to_end(kafka_bootstrap: str) -> None:
     text = out.getvalue()
     assert "every event has the outcome it should" in text
     assert "Requests sent to LaunchDarkly" in text
+
+
+async def test_a_rebalance_during_a_rate_limit_wait_does_not_send_twice(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    keys = 6
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(keys)}))
+    await admin.set_faults(rate_limit_rate=1.0, rate_limit_reset_ms=4_000)
+    settings = make_settings(
+        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, ld_rate_limit_jitter_ms=10
+    )
+    await create_topics(settings, partitions=4)
+    ends = await produce(settings, events(60, keys))
+    async with running(settings) as one:
+        await wait_until(lambda: one.service.metrics.rate_limited._value.get() > 0)
+        async with running(settings, wait=False) as two:
+            await two.wait_assigned()  # one gave its waiting batches up in the rebalance
+            await admin.set_faults()
+            results = await outcomes_covering(settings, ends)
+            await asyncio.sleep(5)  # past the 429's reset: a stray batch would have gone by now
+            await two.shutdown()
+        await one.shutdown()
+    applied: Counter[str] = Counter()
+    for request in await admin.requests():
+        if request["method"] == "PATCH" and request["status"] == 200:
+            for instruction in request["body"]["instructions"]:
+                applied.update(instruction["values"])
+    assert applied == Counter({f"k{i}": 1 for i in range(60)})
+    assert {o.status for o in results} == {Status.SUCCEEDED}
