@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("file", help="a .json or .jsonl file, or - for stdin")
     produce.add_argument("--topic", help="default: CONSUMER_INPUT_TOPIC")
     produce.add_argument("--allow-invalid", action="store_true", help="send invalid events too")
+    produce.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=60.0,
+        metavar="SECONDS",
+        help="then wait for each event's outcome and show them (default 60 s)",
+    )
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
@@ -215,10 +224,18 @@ def _produce(args: argparse.Namespace) -> int:
         raise SettingsError(f"produce: {exc}") from None
     topic = args.topic or settings.consumer_input_topic
     total = sum(1 for _ in produce.read_lines(text))
+    started_ms = int(time.time() * 1000) - 60_000
     report = asyncio.run(
         produce.produce(settings, text, topic=topic, allow_invalid=args.allow_invalid)
     )
     produce.print_report(
         report, sys.stdout, total=total, topic=topic, allow_invalid=args.allow_invalid
     )
-    return EXIT_OK if not report.invalid or args.allow_invalid else EXIT_FAILURE
+    missing = 0
+    if args.wait is not None and report.sent:
+        missing = asyncio.run(
+            produce.wait_for_outcomes(
+                settings, report, since_ms=started_ms, timeout=args.wait, out=sys.stdout
+            )
+        )
+    return EXIT_OK if (not report.invalid or args.allow_invalid) and not missing else EXIT_FAILURE

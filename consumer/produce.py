@@ -9,13 +9,17 @@ resource's changes in one partition, in order.
 from __future__ import annotations
 
 import json
-import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from aiokafka import AIOKafkaConsumer
+
 from consumer import kafka
 from consumer.events import Invalid, TargetingEvent, decode
+from consumer.recovery import source_of
 from consumer.settings import Settings
 
 
@@ -30,6 +34,8 @@ class ProduceReport:
     sent: int = 0
     invalid: list[tuple[int, str]] = field(default_factory=list)
     sent_invalid: int = 0
+    # (topic, partition, offset) -> line number of every record sent
+    placed: dict[tuple[str, int, int], int] = field(default_factory=dict)
 
 
 def recommended_key(event: TargetingEvent) -> bytes:
@@ -69,7 +75,6 @@ async def produce(
     *,
     topic: str | None = None,
     allow_invalid: bool = False,
-    out: TextIO = sys.stdout,
 ) -> ProduceReport:
     report = ProduceReport()
     lines = list(read_lines(text))
@@ -91,8 +96,9 @@ async def produce(
             futures.append(
                 await producer.send(topic or settings.consumer_input_topic, line.value, key=key)
             )
-        for (_, decoded), future in zip(to_send, futures, strict=True):
-            await future
+        for (line, decoded), future in zip(to_send, futures, strict=True):
+            metadata = await future
+            report.placed[(metadata.topic, metadata.partition, metadata.offset)] = line.number
             report.sent += 1
             report.sent_invalid += isinstance(decoded, Invalid)
     finally:
@@ -110,3 +116,54 @@ def print_report(
         how = f"{report.sent_invalid} of them invalid" if allow_invalid else "invalid ones not sent"
         sent += f" ({len(report.invalid)} invalid: {how})"
     print(sent, file=out)
+
+
+async def wait_for_outcomes(
+    settings: Settings, report: ProduceReport, *, since_ms: int, timeout: float, out: TextIO
+) -> int:
+    """Follow the results topic until every sent record has an outcome; print them by line.
+
+    Returns how many records got none within `timeout`.
+    """
+    wanted = dict(report.placed)
+    found: dict[int, dict[str, Any]] = {}
+    partitions = await kafka.topic_partitions(settings, settings.consumer_results_topic)
+    consumer = AIOKafkaConsumer(
+        **kafka.common_config(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        isolation_level=settings.kafka_isolation_level,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        starts = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
+        for tp, start in starts.items():
+            if start is not None:
+                consumer.seek(tp, start.offset)
+        deadline = time.monotonic() + timeout
+        while wanted and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    source = source_of(record)
+                    if source is not None and source in wanted:
+                        found[wanted.pop(source)] = json.loads(record.value)
+    finally:
+        await consumer.stop()
+    print(f"{'line':>6}  {'status':<10} {'event':<24} error", file=out)
+    for number in sorted(found):
+        outcome = found[number]
+        error = outcome.get("error") or {}
+        detail = f"{error.get('code')}: {error.get('message')}" if error else ""
+        print(
+            f"{number:>6}  {outcome['status']:<10} {outcome.get('eventId')!s:<24} {detail[:80]}",
+            file=out,
+        )
+    counts = Counter(outcome["status"] for outcome in found.values())
+    summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+    print(f"outcomes: {summary or 'none'}", file=out)
+    if wanted:
+        print(f"{len(wanted)} records had no outcome within {timeout:g} s", file=out)
+    return len(wanted)

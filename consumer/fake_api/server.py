@@ -170,14 +170,13 @@ class Simulator:
     async def _answer(
         self, request: web.Request, entry: dict[str, Any], now_ms: float
     ) -> web.StreamResponse:
-        if entry["auth"] != "ok":
-            return self._error(401, "unauthorized", "Invalid access token", now_ms)
         resource = request.match_info.route.resource
         route = f"{request.method} {resource.canonical if resource else request.path}"
         limits = self.limits
         self._window.roll(now_ms, limits.window_ms)
-        self._window.counts["*"] += 1
-        self._window.counts[route] += 1
+        if entry["auth"] == "ok":  # only authenticated requests count against the limits
+            self._window.counts["*"] += 1
+            self._window.counts[route] += 1
         reset_ms = self._window.start_ms + limits.window_ms
         global_left = limits.global_limit - self._window.counts["*"]
         route_left = limits.route_limit - self._window.counts[route]
@@ -186,6 +185,8 @@ class Simulator:
             "X-Ratelimit-Route-Remaining": str(max(0, route_left)),
             "X-Ratelimit-Reset": str(int(reset_ms)),
         }
+        if entry["auth"] != "ok":
+            return self._error(401, "unauthorized", "Invalid access token", now_ms, headers)
         if global_left < 0 or route_left < 0:
             entry["fault"] = "limit"
             return self._rate_limited(reset_ms, now_ms, headers, retry_after=False)
@@ -269,17 +270,10 @@ class Simulator:
         code: str,
         message: str,
         now_ms: float,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str],
     ) -> web.Response:
         body = {"code": code, "message": message, "id": f"{int(now_ms):x}"}
         response = web.json_response(body, status=status)
-        if headers is None:
-            headers = {
-                "X-Ratelimit-Global-Remaining": str(
-                    max(0, self.limits.global_limit - self._window.counts["*"])
-                ),
-                "X-Ratelimit-Reset": str(int(self._window.start_ms + self.limits.window_ms)),
-            }
         response.headers.update(headers)
         return response
 

@@ -237,3 +237,24 @@ async def test_produce_validates_keys_and_reports_invalid_lines(
     code, text = await cli("produce", str(array), "--allow-invalid", capsys=capsys)
     assert code == 0 and "line 2: invalid" in text and "sent 2 of 2 events" in text
     assert await count(settings, settings.consumer_input_topic, 5) == 5
+
+
+async def test_produce_wait_shows_the_outcomes(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    await admin.seed(seed(segments={"s0": {}}))
+    settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
+    use_environment(monkeypatch, settings)
+    await create_topics(settings)
+    ok = event_dict(key="s0", project=PROJECT, env=ENV, event_id="fine")
+    missing = event_dict(key="gone", project=PROJECT, env=ENV, event_id="nowhere")
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(ok) + "\n" + json.dumps(missing) + "\n")
+    async with running(settings):
+        code, text = await cli("produce", str(path), "--wait", "30", capsys=capsys)
+    assert code == 0, text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
+    assert "succeeded" in lines["1"] and "fine" in lines["1"]
+    assert "rejected" in lines["2"] and "not_found" in lines["2"]
+    assert "outcomes: rejected 1, succeeded 1" in text
