@@ -37,7 +37,7 @@ from consumer import kafka
 from consumer.auth import AuthGate
 from consumer.batcher import Batch, Batcher
 from consumer.dlq import needs_dead_letter
-from consumer.errors import ApiError, ErrorCode
+from consumer.errors import ErrorCode, InternalError
 from consumer.events import Invalid, Outcome, Status, decode, target_operations
 from consumer.health import HealthServer
 from consumer.ld_client import LdClient, TokenSource
@@ -375,8 +375,6 @@ class Service:
         try:
             try:
                 results = await self._sender.send(batch)
-            except (asyncio.CancelledError, KafkaError):
-                raise
             except Exception as exc:  # a bug must not block the partition: fail and dead-letter
                 log.exception("batch.internal_error")
                 results = _internal_failure(batch, exc)
@@ -431,7 +429,10 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             await self._commit()
-            await self._observe()
+            try:
+                await self._observe()
+            except Exception:  # gauges must never take the commit loop down
+                log.exception("metrics.observe_failed")
 
     async def _observe(self) -> None:
         """Refresh the gauges; check the broker when nothing else did lately."""
@@ -574,8 +575,7 @@ class Service:
 
 
 def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
-    error = ApiError(f"internal error: {type(exc).__name__}: {exc}")
-    error.code = ErrorCode.INTERNAL_ERROR
+    error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
     return results_from_error(
         batch.id, batch.items, error, status=Status.FAILED, attempts=[0] * len(batch)
     )

@@ -136,3 +136,9 @@ class InvalidResponse(PermanentApiError):
     """A 2xx whose body could not be read: what was applied is unknown, so nothing is resent."""
 
     code = ErrorCode.INVALID_RESPONSE
+
+
+class InternalError(ApiError):
+    """Sending a batch failed inside the consumer itself."""
+
+    code = ErrorCode.INTERNAL_ERROR

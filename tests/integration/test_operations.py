@@ -240,8 +240,13 @@ async def test_produce_validates_keys_and_reports_invalid_lines(
 
 
 async def test_produce_wait_shows_the_outcomes(
-    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    simulator: RunningSimulator,
+    admin: SimulatorAdmin,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     await admin.seed(seed(segments={"s0": {}}))
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)

@@ -6,6 +6,9 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from consumer.events import Status
 from consumer.fake_api import RunningSimulator
@@ -219,3 +222,35 @@ async def test_conflicts_are_retried_then_rejected(
     assert {o.status for o in results} == {Status.REJECTED}
     assert {o.error.code for o in results if o.error} == {"conflict"}
     assert {o.http.attempts for o in results if o.http} == {3}
+
+
+async def test_a_bug_while_sending_fails_and_dead_letters_instead_of_blocking(
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    simulator: RunningSimulator,
+    admin: SimulatorAdmin,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consumer.sender import BatchSender
+
+    await admin.seed(seed(segments={"s0": {}, "s1": {}}))
+    original = BatchSender.send
+
+    async def flaky(self: BatchSender, batch: Any) -> Any:
+        if batch.path.endswith("/s1"):
+            raise RuntimeError("injected bug")
+        return await original(self, batch)
+
+    monkeypatch.setattr(BatchSender, "send", flaky)
+    settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
+    await create_topics(settings)
+    ends = await produce(settings, events(6, 2))
+    async with running(settings) as handle:
+        results = await outcomes(settings, 6)
+        letters = await dead_letters(settings, 3)
+        await handle.shutdown()
+    by_key = Counter((o.resource.key if o.resource else None, o.status) for o in results)
+    assert by_key == {("s0", Status.SUCCEEDED): 3, ("s1", Status.FAILED): 3}
+    assert {o.error.code for o in results if o.error} == {"internal_error"}
+    assert len(letters) == 3
+    assert await committed(settings, list(ends)) == ends
