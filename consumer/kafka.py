@@ -42,9 +42,30 @@ def common_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+class _NullValue:
+    """Stands for a null record value: aiokafka's `send()` refuses None for both key and value,
+    yet such records exist, and their dead-letter copies must be the same."""
+
+    def __repr__(self) -> str:
+        return "NULL_VALUE"
+
+
+NULL_VALUE: Any = _NullValue()
+
+
+def _value_bytes(value: bytes | _NullValue | None) -> bytes | None:
+    return None if isinstance(value, _NullValue) else value
+
+
+def value_for_send(key: bytes | None, value: bytes | None) -> Any:
+    """The value argument that makes `send()` write exactly `value` (None included)."""
+    return NULL_VALUE if key is None and value is None else value
+
+
 def producer_config(settings: Settings) -> dict[str, Any]:
     return {
         **common_config(settings),
+        "value_serializer": _value_bytes,
         "acks": "all",
         "enable_idempotence": settings.kafka_producer_idempotence,
         "linger_ms": 5,

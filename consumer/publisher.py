@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from consumer.dlq import dead_letter_headers, needs_dead_letter
 from consumer.events import Outcome
+from consumer.kafka import value_for_send
 from consumer.records import ConsumedRecord
 from consumer.recovery import source_headers
 
@@ -89,7 +90,10 @@ class Publisher:
         future: asyncio.Future[Any]
         try:
             future = await self._producer.send(
-                message.topic, value=message.value, key=message.key, headers=message.headers
+                message.topic,
+                value=value_for_send(message.key, message.value),
+                key=message.key,
+                headers=message.headers,
             )
         except KafkaError as exc:  # raised before the record was queued
             future = asyncio.get_running_loop().create_future()

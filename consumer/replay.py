@@ -222,7 +222,10 @@ class Replayer:
         )
         if producer is not None:
             await producer.send_and_wait(
-                self.target, record.value, key=record.key, headers=new_headers
+                self.target,
+                kafka.value_for_send(record.key, record.value),
+                key=record.key,
+                headers=new_headers,
             )
             marker_value = json.dumps(
                 {

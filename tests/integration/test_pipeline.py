@@ -364,3 +364,33 @@ async def test_all_or_nothing_batch_is_narrowed_down(
     assert segment["includedContexts"] == [
         {"contextKind": "org", "values": [f"o{i}" for i in range(9)]}
     ]
+
+
+async def test_a_record_without_key_or_value_is_dead_lettered_as_it_was(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    from consumer import kafka
+
+    await admin.seed(seed(segments={"beta": {}}))
+    settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
+    await create_topics(settings, partitions=1)
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        # Other clients can write these; aiokafka's send() needs the NULL_VALUE stand-in.
+        await producer.send_and_wait(
+            settings.consumer_input_topic, kafka.NULL_VALUE, key=None, headers=[("h", None)]
+        )
+    finally:
+        await producer.stop()
+    after = _event(key="beta")
+    ends = await produce(settings, [_message(after)], partition=0)
+    async with running(settings) as handle:
+        results = by_offset(await outcomes(settings, 2))
+        [letter] = await dead_letters(settings, 1)
+        await handle.shutdown()
+    assert results[(0, 0)].status is Status.INVALID and results[(0, 0)].eventId is None
+    assert results[(0, 1)].status is Status.SUCCEEDED
+    assert letter.key is None and letter.value is None
+    assert letter.headers[0] == ("h", None)
+    assert await committed(settings, list(ends)) == ends
