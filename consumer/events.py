@@ -489,6 +489,12 @@ class DeadLetterHeaders(BaseModel):
     replay_count: str | None = Field(
         None, alias="ldc.replay.count", pattern=r"^[0-9]+$", description="added by replay"
     )
+    value_omitted: str | None = Field(
+        None,
+        alias="ldc.value-omitted",
+        description="only when the original value was too large for the dead-letter topic:"
+        " its size and why it is missing",
+    )
 
     def to_kafka(self) -> list[tuple[str, bytes]]:
         fields = self.model_dump(by_alias=True, exclude_none=True)

@@ -70,6 +70,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "enable_idempotence": settings.kafka_producer_idempotence,
         "linger_ms": 5,
         "request_timeout_ms": 30_000,
+        "max_request_size": settings.kafka_producer_max_request_size,
     }
 
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from consumer.dlq import dead_letter_headers, needs_dead_letter
 from consumer.events import Outcome
@@ -77,6 +83,10 @@ class Publisher:
             retry = []
             for message, result in zip(pending, results, strict=True):
                 if isinstance(result, BaseException):
+                    if isinstance(result, TOO_LARGE) and message.topic == self._dlq_topic:
+                        retry.append(_without_value(message))
+                        log.error("dlq.value_omitted", reason=type(result).__name__)
+                        continue
                     if not _passing(result):
                         raise result
                     retry.append(message)
@@ -99,6 +109,21 @@ class Publisher:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
         return future
+
+
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+VALUE_OMITTED = "ldc.value-omitted"
+
+
+def _without_value(message: _Message) -> _Message:
+    """A dead-letter copy the topic cannot take: keep key and headers, say why the value is gone.
+
+    Better than a poison pill that stops the service on every restart; the original stays on
+    the input topic until retention, at the offset the headers name.
+    """
+    size = len(message.value or b"")
+    note = f"{size} bytes: too large for the dead-letter topic".encode()
+    return _Message(message.topic, message.key, None, [*message.headers, (VALUE_OMITTED, note)])
 
 
 def _passing(error: BaseException) -> bool:

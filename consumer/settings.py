@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     kafka_max_poll_records: int = Field(500, ge=1)
     # Off on brokers without InitProducerId v3 (Tansu); on for Apache Kafka.
     kafka_producer_idempotence: bool = True
+    # A dead-letter copy is its original plus a few hundred bytes of headers: leave room above
+    # the input topic's limit; the broker's own limit is the one that counts.
+    kafka_producer_max_request_size: int = Field(16 * 1024 * 1024, ge=1_024)
     kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
