@@ -123,6 +123,17 @@ async def ensure_topics(
         await admin.close()
 
 
+def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """Where reading `tp` ends for now, from the last fetch response (None before one came).
+
+    The last stable offset under read_committed (records past it are not returned yet), the
+    high watermark otherwise.
+    """
+    stable: int | None = consumer.last_stable_offset(tp)
+    highwater: int | None = consumer.highwater(tp)
+    return stable if stable is not None else highwater
+
+
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
     """The partitions of a topic (empty when it does not exist), from the admin API.
 

@@ -118,8 +118,8 @@ class Recovery:
                     stamps[tp] = records[0].timestamp
                     open_.discard(tp)
             for tp in list(open_):
-                highwater = consumer.highwater(tp)
-                if highwater is not None and highwater <= positions[tp]:
+                end = kafka.readable_end(consumer, tp)
+                if end is not None and end <= positions[tp]:
                     open_.discard(tp)  # nothing waits there: nothing to recover
         if open_:
             log.warning("recovery.timestamps_incomplete", partitions=len(open_))
@@ -158,8 +158,8 @@ class Recovery:
                     if wanted is not None and source[2] >= wanted[1]:
                         done.setdefault(wanted[0], set()).add(source[2])
             for tp in list(remaining):
-                highwater = consumer.highwater(tp)
-                if highwater is not None and await consumer.position(tp) >= highwater:
+                end = kafka.readable_end(consumer, tp)
+                if end is not None and await consumer.position(tp) >= end:
                     remaining.discard(tp)
         if remaining:
             log.warning("recovery.timeout", partitions_unscanned=len(remaining))

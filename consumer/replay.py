@@ -296,9 +296,11 @@ async def _ends(
     listed = await consumer.end_offsets(partitions)
     await consumer.seek_to_beginning(*partitions)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(consumer.highwater(tp) is None for tp in partitions):
+    while time.monotonic() < deadline and any(
+        kafka.readable_end(consumer, tp) is None for tp in partitions
+    ):
         await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
-    return {tp: max(listed.get(tp, 0), consumer.highwater(tp) or 0) for tp in partitions}
+    return {tp: max(listed.get(tp, 0), kafka.readable_end(consumer, tp) or 0) for tp in partitions}
 
 
 def print_report(report: Report, out: TextIO, *, dry_run: bool) -> None:

@@ -48,7 +48,6 @@ def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides:
         "consumer_revoke_timeout_ms": 1_500,
         "ld_retry_base_delay_ms": 20,
         "ld_retry_max_delay_ms": 200,
-        "kafka_isolation_level": "read_uncommitted",
         "log_level": "debug",
     }
     if on_tansu:

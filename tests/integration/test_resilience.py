@@ -58,7 +58,11 @@ async def test_a_run_under_faults_ends_with_every_record_succeeded(
     assert Counter(o.status for o in results) == {Status.SUCCEEDED: 150}
     assert max(o.http.attempts for o in results if o.http) > 1  # the faults did happen
     stats = await admin.stats()
-    assert stats["status_429"] > 0 and stats.get("dropped", 0) > 0
+    faults = sum(
+        stats.get(k, 0)
+        for k in ("status_429", "status_500", "status_502", "status_503", "status_409", "dropped")
+    )
+    assert faults >= 5  # the faults did happen (each kind is drawn at random)
     assert stats.get("early_requests", 0) == 0, "a request went before a 429's reset"
     assert await committed(settings, list(ends)) == ends
     # Per resource, the keys were applied in production order despite the retries.
