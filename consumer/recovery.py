@@ -145,6 +145,7 @@ class Recovery:
         by_partition = {tp.partition: (tp, offset) for tp, offset in positions.items()}
         input_topic = self._settings.consumer_input_topic
         done: dict[TopicPartition, set[int]] = {}
+        ends: dict[TopicPartition, int | None] = {}
         scanned = 0
         while remaining and time.monotonic() < deadline:
             fetched = await consumer.getmany(*remaining, timeout_ms=100, max_records=5_000)
@@ -158,8 +159,12 @@ class Recovery:
                     if wanted is not None and source[2] >= wanted[1]:
                         done.setdefault(wanted[0], set()).add(source[2])
             for tp in list(remaining):
-                end = kafka.readable_end(consumer, tp)
-                if end is not None and await consumer.position(tp) >= end:
+                # The end is fixed when first seen: the previous owners stopped before this
+                # assignment, so what other members publish meanwhile is not about our records.
+                end = ends.setdefault(tp, kafka.readable_end(consumer, tp))
+                if end is None:
+                    del ends[tp]
+                elif await consumer.position(tp) >= end:
                     remaining.discard(tp)
         if remaining:
             log.warning("recovery.timeout", partitions_unscanned=len(remaining))
