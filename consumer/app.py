@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import structlog
@@ -95,6 +95,7 @@ class Service:
         )
         self.assigned: set[TopicPartition] = set()
         self.stopping = False
+        self._stopping = asyncio.Event()
         self.recovery = Recovery(settings)
         self.metrics = Metrics()
         self.registry = self.metrics.registry
@@ -195,6 +196,7 @@ class Service:
                         "service.loop_failed", loop=loop.get_name(), error=repr(self._failure)
                     )
             self.stopping = True
+            self._stopping.set()
             log.info(
                 "service.stopping", waiting=self.batcher.waiting, pending=self.tracker.pending()
             )
@@ -496,7 +498,9 @@ class Service:
             if assigned and self.settings.consumer_recovery_lookback_ms >= 0:
                 assert self._consumer is not None
                 positions = {tp: await self._consumer.position(tp) for tp in assigned}
-                self._already_done = await self.recovery.already_done(positions)
+                self._already_done = await self._unless_stopping(
+                    self.recovery.already_done(positions), {}
+                )
         except Exception:  # recovery is an optimisation of at-least-once, never a blocker
             log.exception("recovery.failed")
             self._already_done = {}
@@ -504,6 +508,28 @@ class Service:
             self.assigned = set(assigned)
             self._settled.set()
         log.info("partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    async def _unless_stopping(
+        self,
+        work: Coroutine[Any, Any, dict[TopicPartition, set[int]]],
+        fallback: dict[TopicPartition, set[int]],
+    ) -> dict[TopicPartition, set[int]]:
+        """Run `work`, but give up at once when the service starts stopping.
+
+        Rebalance callbacks hold up `consumer.stop()`, and a stop must end within its bound.
+        """
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        log.info("recovery.abandoned", reason="stopping")
+        return fallback
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._settled.clear()

@@ -218,3 +218,55 @@ async def test_real_rate_limit_and_reset_header(http: Any, admin: SimulatorAdmin
     assert remaining == [(200, "2"), (200, "1"), (200, "0"), (429, "0")]
     assert int(headers["X-Ratelimit-Reset"]) > 0
     assert (await admin.stats())["rate_limited"] == 1
+
+
+async def test_fake_api_command_serves_until_sigterm(tmp_path: Any) -> None:
+    import asyncio
+    import json
+    import signal
+    import sys
+
+    from consumer.tansu import free_port
+
+    port = free_port()
+    seed_file = tmp_path / "seed.json"
+    seed_file.write_text(json.dumps(seed(segments={"beta": {"user": ["u1"]}})))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "fake-api",
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+        "--seed",
+        str(seed_file),
+        "--faults",
+        '{"latency_ms": [1, 2]}',
+        "--limits",
+        '{"route_limit": 5}',
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+            for _ in range(100):
+                try:
+                    async with session.get("/admin/faults") as response:
+                        settings = await response.json()
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            assert settings["faults"]["latency_ms"] == [1, 2]
+            assert settings["limits"]["route_limit"] == 5
+            headers = {"Authorization": TOKEN, "Content-Type": CONTENT_TYPE}
+            async with session.patch(
+                EXPIRING, json={"instructions": [_add("u1")]}, headers=headers
+            ) as response:
+                assert response.status == 200
+                assert response.headers["X-Ratelimit-Route-Remaining"] == "4"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
