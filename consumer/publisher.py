@@ -46,7 +46,6 @@ class Publisher:
         self._producer = producer
         self._results_topic = results_topic
         self._dlq_topic = dlq_topic
-        self.dead_letters = 0
 
     async def publish(self, pairs: Sequence[tuple[ConsumedRecord, Outcome]]) -> None:
         """Send every dead-letter copy, then every outcome, and wait for all acknowledgements.
@@ -62,7 +61,6 @@ class Publisher:
             if needs_dead_letter(outcome)
         ]
         await self._send_all(letters)
-        self.dead_letters += len(letters)
         await self._send_all(
             [
                 _Message(

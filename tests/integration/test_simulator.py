@@ -270,3 +270,14 @@ async def test_fake_api_command_serves_until_sigterm(tmp_path: Any) -> None:
     finally:
         if process.returncode is None:
             process.kill()
+
+
+async def test_admin_can_rotate_tokens_and_clear_the_log(http: Any, admin: SimulatorAdmin) -> None:
+    await admin.set_tokens("api-rotated")
+    status, _, _ = await http(EXPIRING, {"instructions": [_add("u1")]})
+    assert status == 401
+    status, _, _ = await http(EXPIRING, {"instructions": [_add("u1")]}, token="api-rotated")
+    assert status == 200
+    assert len(await admin.requests()) == 2
+    await admin.clear_requests()
+    assert await admin.requests() == []
