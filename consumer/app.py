@@ -36,14 +36,21 @@ from aiokafka.structs import TopicPartition
 from consumer import kafka
 from consumer.auth import AuthGate
 from consumer.batcher import Batch, Batcher
-from consumer.dlq import needs_dead_letter
+from consumer.dlq import DEAD_LETTER_STATUSES
 from consumer.errors import ErrorCode, InternalError
-from consumer.events import Invalid, Outcome, Status, decode, target_operations
+from consumer.events import Invalid, Status, decode, target_operations
 from consumer.health import HealthServer
 from consumer.ld_client import LdClient, TokenSource
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
-from consumer.outcomes import InstructionResult, invalid_outcome, outcome_for, results_from_error
+from consumer.outcomes import (
+    InstructionResult,
+    OutcomeMessage,
+    invalid_outcome,
+    now,
+    outcome_for,
+    results_from_error,
+)
 from consumer.publisher import Publisher
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.recovery import Recovery
@@ -118,6 +125,9 @@ class Service:
         self._batches_in_flight = 0
         self._flights: dict[str, tuple[asyncio.Task[None], Batch]] = {}
         self._wake = asyncio.Event()
+        # Per partition, the offset after the last record fetched; and whether more waited.
+        self._fetched: dict[TopicPartition, int] = {}
+        self._behind = False
         self._progress = asyncio.Event()
         self._fatal = asyncio.Event()
         self._failure: BaseException | None = None
@@ -270,16 +280,44 @@ class Service:
                 log.info("fetch.dropped_after_rebalance", records=sum(map(len, batches.values())))
                 continue
             now = time.monotonic()
+            consumed = 0
             for tp, records in batches.items():
                 if tp not in self.assigned:
                     log.warning(
                         "fetch.unassigned_records", partition=tp.partition, count=len(records)
                     )
                     continue
+                consumed += len(records)
                 for record in records:
                     self._accept(tp, record, now)
-            if batches:
+                self._fetched[tp] = records[-1].offset + 1
+            self.metrics.records_consumed.inc(consumed)
+            behind = self._backlog(consumer)
+            if batches or behind != self._behind:
+                self._behind = behind
                 self._wake.set()
+
+    def _backlog(self, consumer: AIOKafkaConsumer) -> bool:
+        """More records are on the broker (or in the fetch buffer) than were handed to us."""
+        for tp, fetched in self._fetched.items():
+            end = kafka.readable_end(consumer, tp)
+            if end is not None and end > fetched:
+                return True
+        return False
+
+    def _hold_open(self) -> bool:
+        """Keep batches that are not full open past their linger, while that costs nothing.
+
+        Under a backlog the events that would fill them are already on the broker: sending
+        now would spend a request (of a rate-limited budget) on a few events. Not once the
+        pending limit is reached (fetching has paused, nothing more would come), nor when
+        stopping or when partitions are being given up (those flush anyway).
+        """
+        return (
+            self._behind
+            and not self.stopping
+            and self.tracker.pending() < self.settings.consumer_max_pending_events
+        )
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
         """Pause every partition while too much waits for the API or the token is refused."""
@@ -291,14 +329,13 @@ class Service:
         if pending >= limit or not auth_ok:
             if assigned - paused:
                 consumer.pause(*assigned)
-                log.info("fetch.paused", pending=pending, auth_ok=auth_ok)
+                log.debug("fetch.paused", pending=pending, auth_ok=auth_ok)
         elif paused and pending < max(1, limit // 2):
             consumer.resume(*paused)
-            log.info("fetch.resumed", pending=pending)
+            log.debug("fetch.resumed", pending=pending)
 
     def _accept(self, tp: TopicPartition, raw: Any, now: float) -> None:
         ticket = self.tracker.track(tp, raw.offset)
-        self.metrics.records_consumed.inc()
         if ticket is None:
             log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
             return
@@ -361,10 +398,13 @@ class Service:
             self._wake.clear()
             now = time.monotonic()
             free = limit - self._batches_in_flight
-            for batch in self.batcher.ready(now, free):
+            hold = self._hold_open()
+            for batch in self.batcher.ready(now, free, hold_open=hold):
                 self._batches_in_flight += 1
                 self._flights[batch.id] = (self._spawn(self._process(batch)), batch)
-            due = self.batcher.next_due(time.monotonic()) if free > 0 else None
+            due = self.batcher.next_due(time.monotonic(), hold_open=hold) if free > 0 else None
+            if hold:  # look again now and then: the backlog may end between two fetches
+                due = min(due, self.batcher.linger) if due is not None else self.batcher.linger
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due)
 
@@ -381,8 +421,9 @@ class Service:
                 log.exception("batch.internal_error")
                 results = _internal_failure(batch, exc)
             self._flights.pop(batch.id, None)  # answered: never cancelled from here on
-            pairs: list[tuple[ConsumedRecord, Outcome]] = [
-                (item.record, outcome_for(item, result))
+            completed_at = now()
+            pairs: list[tuple[ConsumedRecord, OutcomeMessage]] = [
+                (item.record, outcome_for(item, result, completed_at))
                 for item, result in zip(batch.items, results, strict=True)
             ]
             await self._publish(pairs)
@@ -398,29 +439,26 @@ class Service:
             self.batcher.done(batch.path)
             self._wake.set()
 
-    async def _publish(self, pairs: list[tuple[ConsumedRecord, Outcome]]) -> None:
+    async def _publish(self, pairs: list[tuple[ConsumedRecord, OutcomeMessage]]) -> None:
         assert self._publisher is not None
         await self._publisher.publish(pairs)
         self._last_broker_contact = time.monotonic()
-        for _, outcome in pairs:
-            self.metrics.outcomes.labels(status=outcome.status.value).inc()
-            if needs_dead_letter(outcome):
-                self.metrics.dead_letters.labels(status=outcome.status.value).inc()
+        for status, count in _statuses(pairs).items():
+            self.metrics.outcomes.labels(status=status.value).inc(count)
+            if status in DEAD_LETTER_STATUSES:
+                self.metrics.dead_letters.labels(status=status.value).inc(count)
 
     def _log_batch(
-        self, batch: Batch, pairs: list[tuple[ConsumedRecord, Outcome]], elapsed: float
+        self, batch: Batch, pairs: list[tuple[ConsumedRecord, OutcomeMessage]], elapsed: float
     ) -> None:
-        statuses: dict[str, int] = {}
-        for _, outcome in pairs:
-            statuses[outcome.status.value] = statuses.get(outcome.status.value, 0) + 1
-        http = pairs[-1][1].http if pairs else None
+        last = pairs[-1][1] if pairs else None
         log.info(
             "batch.sent",
             size=len(batch),
             endpoint=batch.route.endpoint.value,
-            http_status=http.status if http else None,
-            attempts=http.attempts if http else None,
-            outcomes=statuses,
+            http_status=last.http_status if last else None,
+            attempts=last.attempts if last else None,
+            outcomes={status.value: n for status, n in _statuses(pairs).items()},
             duration_ms=round(elapsed * 1000, 1),
         )
 
@@ -551,6 +589,8 @@ class Service:
         self.tracker.revoke(revoked)
         self.assigned -= revoked
         for tp in revoked:
+            self._fetched.pop(tp, None)
+        for tp in revoked:
             self._already_done.pop(tp, None)
         log.info(
             "partitions.revoked",
@@ -598,6 +638,13 @@ class Service:
 
     def paused(self) -> set[TopicPartition]:
         return set(self._consumer.paused()) if self._consumer is not None else set()
+
+
+def _statuses(pairs: list[tuple[ConsumedRecord, OutcomeMessage]]) -> dict[Status, int]:
+    counts: dict[Status, int] = {}
+    for _, outcome in pairs:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return counts
 
 
 def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:

@@ -145,15 +145,23 @@ class Batcher:
 
     # -- handing out ------------------------------------------------------------------------
 
-    def ready(self, now: float, limit: int) -> list[Batch]:
-        """Up to `limit` due batches, oldest first, each on a path with nothing in flight."""
+    def ready(self, now: float, limit: int, *, hold_open: bool = False) -> list[Batch]:
+        """Up to `limit` due batches, oldest first, each on a path with nothing in flight.
+
+        `hold_open`: batches that are not full stay open past their linger (the caller knows
+        more events are already on their way, so waiting fills them).
+        """
         if limit <= 0:
             return []
         due: list[tuple[float, str]] = []
         for path, lane in self._lanes.items():
             if lane.in_flight:
                 continue
-            if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
+            if lane.closed or (
+                not hold_open
+                and lane.open is not None
+                and now >= lane.open.created_at + self.linger
+            ):
                 due.append((lane.head_created_at(), path))
         due.sort()
         batches: list[Batch] = []
@@ -176,7 +184,7 @@ class Batcher:
         if lane.empty():
             del self._lanes[path]
 
-    def next_due(self, now: float) -> float | None:
+    def next_due(self, now: float, *, hold_open: bool = False) -> float | None:
         """Seconds until some batch becomes due (0 when one is due now); None when none waits."""
         soonest: float | None = None
         for lane in self._lanes.values():
@@ -184,7 +192,7 @@ class Batcher:
                 continue
             if lane.closed:
                 return 0.0
-            if lane.open is not None:
+            if lane.open is not None and not hold_open:
                 wait = max(0.0, lane.open.created_at + self.linger - now)
                 soonest = wait if soonest is None else min(soonest, wait)
         return soonest

@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--sample-seed", action="store_true", help="load the demo's sample data")
     fake.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.2, "latency_ms": [5, 50]}')
     fake.add_argument("--limits", help='JSON, e.g. {"route_limit": 50, "window_ms": 10000}')
+    fake.add_argument(
+        "--request-log",
+        type=int,
+        default=100_000,
+        help="requests kept for GET /admin/requests (0: none; counts in /admin/stats go on)",
+    )
 
     replay = commands.add_parser("replay", help="copy dead-letter records back to the input topic")
     replay.add_argument("--status", action="append", choices=["rejected", "invalid", "failed"])
@@ -171,6 +177,7 @@ def _fake_api(args: argparse.Namespace) -> int:
         sample=args.sample_seed,
         faults_json=args.faults,
         limits_json=args.limits,
+        request_log=max(0, args.request_log),
     )
 
 

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
 from consumer.settings import Settings
@@ -60,6 +61,25 @@ def _value_bytes(value: bytes | _NullValue | None) -> bytes | None:
 def value_for_send(key: bytes | None, value: bytes | None) -> Any:
     """The value argument that makes `send()` write exactly `value` (None included)."""
     return NULL_VALUE if key is None and value is None else value
+
+
+class KeyPartitioner:
+    """The partition Kafka's default partitioner gives a key (murmur2, as the Java client),
+    memoised; None for a record without a key, which the producer then places itself."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self._max_keys = max_keys
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(self, key: bytes | None, partitions: int) -> int | None:
+        if key is None or partitions <= 0:
+            return None
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self._max_keys:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return hashed % partitions
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:

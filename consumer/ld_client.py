@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import orjson
 from pydantic import SecretStr
 
 from consumer import __version__
@@ -82,13 +83,24 @@ class TokenSource:
         return self._current
 
 
-@dataclass(frozen=True, slots=True)
+_UNPARSED: Any = object()
+
+
+@dataclass(slots=True)
 class ApiResponse:
     status: int
     headers: Mapping[str, str]
-    body: Any
     text: str
     elapsed: float
+    _body: Any = _UNPARSED
+
+    @property
+    def body(self) -> Any:
+        """The parsed JSON body (None when absent or not JSON), parsed on first use: the
+        segment PATCH answers with the whole segment, which nobody reads on success."""
+        if self._body is _UNPARSED:
+            self._body = _json_or_none(self.text)
+        return self._body
 
     @property
     def ok(self) -> bool:
@@ -148,7 +160,7 @@ class LdClient:
             "LD-API-Version": API_VERSION,
             "Accept": "application/json",
         }
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = orjson.dumps(body)
         started = time.monotonic()
         try:
             async with self._session.request(
@@ -165,7 +177,7 @@ class LdClient:
             raise RequestTimeout(f"no response within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise ConnectionFailed(f"connection failed: {type(exc).__name__}") from None
-        return ApiResponse(status, kept, _json_or_none(text), text, time.monotonic() - started)
+        return ApiResponse(status, kept, text, time.monotonic() - started)
 
 
 def _json_or_none(text: str) -> Any:

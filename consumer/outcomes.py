@@ -2,28 +2,29 @@
 
 The single assumption about `errors[].instructionIndex` (it counts from 0, the position in
 `instructions`) lives in `failed_positions`; see the README's assumptions section.
+
+Outcomes are written straight to bytes (`encode`): they are the hot path's output, one per
+event, and building a pydantic model for each costs more than everything else an event
+needs. `events.Outcome` is the schema they follow; the tests read every one back with it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 
 from consumer.errors import ApiError, ErrorCode
 from consumer.events import (
     AddExpireUserTargetDate,
-    BatchRef,
     FlagAddExpiringTarget,
     FlagUpdateExpiringTarget,
-    HttpRef,
     Instruction,
     Invalid,
-    Outcome,
-    OutcomeError,
-    OutcomeResource,
     SegmentAddExpiringTarget,
     SegmentUpdateExpiringTarget,
     Status,
@@ -39,6 +40,21 @@ _MAX_MESSAGE = 1_000
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRef:
+    id: str
+    size: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The outcome's `error`: a code from the contract's list and a one-line message."""
+
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class InstructionResult:
     """What became of one instruction in the last request it went in."""
 
@@ -46,8 +62,20 @@ class InstructionResult:
     batch: BatchRef
     http_status: int | None
     attempts: int
-    error: OutcomeError | None = None
+    error: Failure | None = None
     item: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeMessage:
+    """An outcome ready to publish: the serialised record value plus what the publisher,
+    the dead-letter copy and the metrics need to know about it."""
+
+    status: Status
+    error: Failure | None
+    http_status: int | None
+    attempts: int
+    value: bytes
 
 
 def failed_positions(body: dict[str, Any], size: int) -> dict[int, str]:
@@ -88,21 +116,43 @@ def _item_fields(instruction: Instruction) -> dict[str, Any] | None:
     return None
 
 
-def match_item(event: TargetingEvent, items: list[Any]) -> dict[str, Any] | None:
-    """The response item describing this instruction's target, when exactly one does.
+_SIGNATURES = (
+    ("userKey", "targetType"),
+    ("contextKey", "contextKind", "targetType"),
+    ("contextKey", "contextKind", "variationId"),
+)
 
-    Matched by content, not position: the API lists items for the applied instructions only,
-    and removals have none.
-    """
-    wanted = _item_fields(event.instruction)
-    if wanted is None:
-        return None
-    found = [
-        item
-        for item in items
-        if isinstance(item, dict) and all(item.get(k) == v for k, v in wanted.items())
-    ]
-    return found[0] if len(found) == 1 else None
+
+class ItemIndex:
+    """A response's items by the fields that name their target, built once per response."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            for signature in _SIGNATURES:
+                key = (signature, *(item.get(name) for name in signature))
+                try:
+                    self._items.setdefault(key, []).append(item)
+                except TypeError:  # an unhashable value cannot equal a string from an event
+                    continue
+
+    def match(self, event: TargetingEvent) -> dict[str, Any] | None:
+        """The item describing this instruction's target, when exactly one does.
+
+        Matched by content, not position: the API lists items for the applied instructions
+        only, and removals have none.
+        """
+        wanted = _item_fields(event.instruction)
+        if wanted is None:
+            return None
+        found = self._items.get((tuple(wanted), *wanted.values()), [])
+        return found[0] if len(found) == 1 else None
+
+
+def match_item(event: TargetingEvent, items: list[Any]) -> dict[str, Any] | None:
+    return ItemIndex(items).match(event)
 
 
 def results_from_body(
@@ -118,17 +168,17 @@ def results_from_body(
     size = len(items)
     failed = failed_positions(body, size) if per_instruction_errors else {}
     response_items = body.get("items") if per_instruction_errors else None
-    response_items = response_items if isinstance(response_items, list) else []
+    index_of_items = ItemIndex(response_items if isinstance(response_items, list) else [])
     results = []
     for index, pending in enumerate(items):
-        ref = BatchRef(id=batch_id, size=size, index=index)
+        ref = BatchRef(batch_id, size, index)
         if index in failed:
-            error = OutcomeError(code=ErrorCode.INSTRUCTION_ERROR, message=_clip(failed[index]))
+            error = Failure(ErrorCode.INSTRUCTION_ERROR, _clip(failed[index]))
             results.append(
                 InstructionResult(Status.REJECTED, ref, http_status, attempts[index], error)
             )
         else:
-            item = match_item(pending.event, response_items)
+            item = index_of_items.match(pending.event)
             results.append(
                 InstructionResult(Status.SUCCEEDED, ref, http_status, attempts[index], item=item)
             )
@@ -145,11 +195,11 @@ def results_from_error(
 ) -> list[InstructionResult]:
     """The same error pinned on every instruction of a request."""
     size = len(items)
-    outcome_error = OutcomeError(code=error.code, message=_clip(error.message))
+    outcome_error = Failure(error.code, _clip(error.message))
     return [
         InstructionResult(
             status,
-            BatchRef(id=batch_id, size=size, index=i),
+            BatchRef(batch_id, size, i),
             error.status,
             attempts[i],
             outcome_error,
@@ -158,53 +208,81 @@ def results_from_error(
     ]
 
 
-def outcome_for(pending: PendingEvent, result: InstructionResult) -> Outcome:
+def outcome_for(
+    pending: PendingEvent, result: InstructionResult, completed_at: str
+) -> OutcomeMessage:
     event = pending.event
-    return Outcome(
-        eventId=event.eventId,
-        status=result.status,
-        source=pending.record.source,
-        resource=resource_of(event),
-        instructionKind=event.instruction.kind,
-        batch=result.batch,
-        http=HttpRef(
-            method=METHOD,
-            path=pending.route.path,
-            status=result.http_status,
-            attempts=result.attempts,
-        ),
-        error=result.error,
-        item=result.item,
-        completedAt=now(),
+    record = pending.record
+    batch = result.batch
+    error = result.error
+    value = encode(
+        {
+            "eventId": event.eventId,
+            "status": result.status.value,
+            "source": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+            "resource": {
+                "projectKey": event.projectKey,
+                "environmentKey": event.environmentKey,
+                "kind": event.resource.kind,
+                "key": event.resource.key,
+            },
+            "instructionKind": event.instruction.kind,
+            "batch": {"id": batch.id, "size": batch.size, "index": batch.index},
+            "http": {
+                "method": METHOD,
+                "path": pending.route.path,
+                "status": result.http_status,
+                "attempts": result.attempts,
+            },
+            "error": None
+            if error is None
+            else {"code": error.code.value, "message": error.message},
+            "item": result.item,
+            "completedAt": completed_at,
+        }
     )
+    return OutcomeMessage(result.status, error, result.http_status, result.attempts, value)
 
 
-def invalid_outcome(record: ConsumedRecord, invalid: Invalid) -> Outcome:
-    return Outcome(
-        eventId=invalid.event_id,
-        status=Status.INVALID,
-        source=record.source,
-        resource=None,
-        instructionKind=None,
-        batch=None,
-        http=None,
-        error=OutcomeError(code=invalid.code, message=_clip(invalid.message)),
-        item=None,
-        completedAt=now(),
+def invalid_outcome(
+    record: ConsumedRecord, invalid: Invalid, completed_at: str | None = None
+) -> OutcomeMessage:
+    error = Failure(invalid.code, _clip(invalid.message))
+    value = encode(
+        {
+            "eventId": invalid.event_id,
+            "status": Status.INVALID.value,
+            "source": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+            "resource": None,
+            "instructionKind": None,
+            "batch": None,
+            "http": None,
+            "error": {"code": error.code.value, "message": error.message},
+            "item": None,
+            "completedAt": completed_at or now(),
+        }
     )
+    return OutcomeMessage(Status.INVALID, error, None, 0, value)
 
 
-def resource_of(event: TargetingEvent) -> OutcomeResource:
-    return OutcomeResource(
-        projectKey=event.projectKey,
-        environmentKey=event.environmentKey,
-        kind=event.resource.kind,
-        key=event.resource.key,
-    )
+def encode(outcome: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(outcome)
+    except TypeError:  # an integer past 64 bits in an API item: exact, just slower
+        return json.dumps(outcome, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+def now() -> str:
+    """The time for `completedAt`, as pydantic writes a UTC datetime (RFC 3339, `Z`)."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _clip(message: str) -> str:

@@ -25,8 +25,8 @@ from aiokafka.errors import (
 )
 
 from consumer.dlq import dead_letter_headers, needs_dead_letter
-from consumer.events import Outcome
-from consumer.kafka import value_for_send
+from consumer.kafka import KeyPartitioner, value_for_send
+from consumer.outcomes import OutcomeMessage
 from consumer.records import ConsumedRecord
 from consumer.recovery import source_headers
 
@@ -39,6 +39,7 @@ class _Message:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    partition: int | None = None
 
 
 class Publisher:
@@ -46,8 +47,9 @@ class Publisher:
         self._producer = producer
         self._results_topic = results_topic
         self._dlq_topic = dlq_topic
+        self._partitioner = KeyPartitioner()
 
-    async def publish(self, pairs: Sequence[tuple[ConsumedRecord, Outcome]]) -> None:
+    async def publish(self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]) -> None:
         """Send every dead-letter copy, then every outcome, and wait for all acknowledgements.
 
         Dead letters go first: an outcome on the results topic then proves its copy is there
@@ -61,13 +63,19 @@ class Publisher:
             if needs_dead_letter(outcome)
         ]
         await self._send_all(letters)
+        # Partitioned here, not by the producer: the default partitioner hashes every key
+        # again, and a backlog repeats the same few keys.
+        count = len(await self._producer.partitions_for(self._results_topic))
+        partition_of = self._partitioner.partition
+        topic = self._results_topic
         await self._send_all(
             [
                 _Message(
-                    self._results_topic,
+                    topic,
                     record.key,
-                    outcome.to_bytes(),
+                    outcome.value,
                     source_headers(record.topic, record.partition, record.offset),
+                    partition_of(record.key, count),
                 )
                 for record, outcome in pairs
             ]
@@ -102,6 +110,7 @@ class Publisher:
                 value=value_for_send(message.key, message.value),
                 key=message.key,
                 headers=message.headers,
+                partition=message.partition,
             )
         except KafkaError as exc:  # raised before the record was queued
             future = asyncio.get_running_loop().create_future()
@@ -121,7 +130,13 @@ def _without_value(message: _Message) -> _Message:
     """
     size = len(message.value or b"")
     note = f"{size} bytes: too large for the dead-letter topic".encode()
-    return _Message(message.topic, message.key, None, [*message.headers, (VALUE_OMITTED, note)])
+    return _Message(
+        message.topic,
+        message.key,
+        None,
+        [*message.headers, (VALUE_OMITTED, note)],
+        message.partition,
+    )
 
 
 def _passing(error: BaseException) -> bool:

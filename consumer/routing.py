@@ -102,18 +102,38 @@ def _segment(key: str) -> str:
     return quoted
 
 
+_CACHE_SIZE = 10_000
+_cache: dict[tuple[str, str, str, str, str], Route] = {}
+
+
 def route(event: TargetingEvent) -> Route:
-    endpoint = ROUTES.get((event.resource.kind, event.instruction.kind))
-    if endpoint is None:
-        raise UnroutableEvent(
-            f"{event.instruction.kind} is not an instruction for a {event.resource.kind}"
-        )
-    path = SPECS[endpoint].template.format(
-        project=_segment(event.projectKey),
-        environment=_segment(event.environmentKey),
-        resource=_segment(event.resource.key),
+    # Memoised: a backlog names the same few resources over and over, and quoting is not free.
+    key = (
+        event.resource.kind,
+        event.instruction.kind,
+        event.projectKey,
+        event.environmentKey,
+        event.resource.key,
     )
-    return Route(endpoint, path, event.projectKey, event.environmentKey)
+    found = _cache.get(key)
+    if found is None:
+        found = _route(*key)
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()
+        _cache[key] = found
+    return found
+
+
+def _route(
+    resource_kind: str, instruction_kind: str, project: str, environment: str, key: str
+) -> Route:
+    endpoint = ROUTES.get((resource_kind, instruction_kind))
+    if endpoint is None:
+        raise UnroutableEvent(f"{instruction_kind} is not an instruction for a {resource_kind}")
+    path = SPECS[endpoint].template.format(
+        project=_segment(project), environment=_segment(environment), resource=_segment(key)
+    )
+    return Route(endpoint, path, project, environment)
 
 
 def request_body(

@@ -24,6 +24,7 @@ def serve(
     sample: bool,
     faults_json: str | None,
     limits_json: str | None,
+    request_log: int = 100_000,
 ) -> int:
     try:
         seed = load_seed(seed_path) if seed_path else sample_seed() if sample else None
@@ -31,7 +32,7 @@ def serve(
         limits = Limits.model_validate_json(limits_json) if limits_json else Limits()
     except (OSError, ValueError) as exc:
         raise SettingsError(f"fake-api: {exc}") from None
-    simulator = Simulator(tokens, faults=faults, limits=limits, seed=seed)
+    simulator = Simulator(tokens, faults=faults, limits=limits, seed=seed, max_log=request_log)
     return asyncio.run(_serve(simulator, host, port))
 
 

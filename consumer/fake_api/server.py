@@ -31,6 +31,7 @@ from consumer.fake_api.state import (
 )
 
 SEMANTIC_PATCH = "domain-model=launchdarkly.semanticpatch"
+PARSED_BODY = "ldsim.body"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -243,6 +244,7 @@ class Simulator:
                 )
             if not isinstance(entry["body"], dict):
                 raise RequestRejected("request body is not a JSON object")
+            request[PARSED_BODY] = entry["body"]  # parsed once, in the middleware
         return await handler(request)
 
     def _auth(self, request: web.Request) -> str:
@@ -282,7 +284,7 @@ class Simulator:
     async def _instructions(
         self, request: web.Request, allowed: dict[str, set[str]]
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        body = await request.json()
+        body: dict[str, Any] = request[PARSED_BODY]
         instructions = body.get("instructions")
         if not isinstance(instructions, list) or not instructions:
             raise RequestRejected("instructions must be a non-empty list")

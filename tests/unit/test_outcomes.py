@@ -107,7 +107,9 @@ def test_outcome_for_fills_every_field() -> None:
     [result] = results_from_body(
         "b", [item], {}, http_status=200, attempts=[2], per_instruction_errors=False
     )
-    outcome = outcome_for(item, result)
+    message = outcome_for(item, result, "2026-11-25T00:00:00.123456Z")
+    assert message.status is Status.SUCCEEDED and message.attempts == 2
+    outcome = Outcome.model_validate_json(message.value)
     assert outcome.eventId == item.event.eventId
     assert outcome.resource is not None and outcome.resource.key == "beta"
     assert outcome.instructionKind == "addIncludedTargets"
@@ -119,15 +121,18 @@ def test_outcome_for_fills_every_field() -> None:
         2,
     )
     assert outcome.source.offset == item.record.offset
-    Outcome.model_validate_json(outcome.to_bytes())
+    assert outcome.completedAt.microsecond == 123456 and outcome.item is None
 
 
 def test_invalid_outcome() -> None:
     record = pending().record
-    outcome = invalid_outcome(record, Invalid(ErrorCode.NOT_JSON, "bad", None))
+    message = invalid_outcome(record, Invalid(ErrorCode.NOT_JSON, "bad", None))
+    assert message.attempts == 0 and message.http_status is None
+    outcome = Outcome.model_validate_json(message.value)
     assert outcome.status is Status.INVALID and outcome.eventId is None
     assert outcome.batch is None and outcome.http is None and outcome.resource is None
     assert outcome.error is not None and outcome.error.code is ErrorCode.NOT_JSON
+    assert outcome.source.offset == record.offset
 
 
 def test_long_messages_are_clipped() -> None:
@@ -136,3 +141,39 @@ def test_long_messages_are_clipped() -> None:
         "b", [item], NotFound("x" * 5000, status=404), status=Status.REJECTED, attempts=[1]
     )
     assert result.error is not None and len(result.error.message) == 1000
+
+
+def test_outcomes_are_written_exactly_as_the_schema_model_writes_them() -> None:
+    item = pending(_expiring("ü-1"))
+    body = {
+        "items": [
+            {
+                "contextKey": "ü-1",
+                "contextKind": "user",
+                "targetType": "included",
+                "_version": 1,
+                "nested": {"list": [1, 2.5, None, "é"]},
+            }
+        ]
+    }
+    [result] = results_from_body(
+        "b", [item], body, http_status=200, attempts=[1], per_instruction_errors=True
+    )
+    assert result.item is not None
+    for completed_at in ("2026-11-25T10:00:00Z", "2026-11-25T10:00:00.000120Z"):
+        value = outcome_for(item, result, completed_at).value
+        assert Outcome.model_validate_json(value).model_dump_json().encode() == value
+
+
+def test_an_item_with_an_integer_past_64_bits_is_kept_exactly() -> None:
+    item = pending(_expiring("u1"))
+    body = {
+        "items": [
+            {"contextKey": "u1", "contextKind": "user", "targetType": "included", "_version": 2**70}
+        ]
+    }
+    [result] = results_from_body(
+        "b", [item], body, http_status=200, attempts=[1], per_instruction_errors=True
+    )
+    outcome = Outcome.model_validate_json(outcome_for(item, result, "2026-11-25T10:00:00Z").value)
+    assert outcome.item is not None and outcome.item["_version"] == 2**70

@@ -1,0 +1,480 @@
+"""Benchmark: the service against the raw Kafka ceiling, a naive consumer and the API's limits.
+
+    .venv/bin/python bench/bench.py                       # every scenario, ~4 minutes
+    .venv/bin/python bench/bench.py --json out.json --chart out.png
+    .venv/bin/python bench/bench.py --only backlog,latency --records 100000
+
+One broker (Tansu, or KAFKA_BOOTSTRAP_SERVERS) and one simulator process serve every scenario;
+each scenario has its own topics and consumer group and a fresh simulator state. The service is
+`ld-targeting-consumer run` in its own process, configured only through the environment, as
+users run it (plus the broker settings that Tansu needs, when it is Tansu).
+
+Scenarios (figures in parentheses):
+- ceiling: bench/ceiling.py, a bare consume -> produce one per input -> commit loop, on the
+  same backlog the service reads (records/s);
+- backlog: the service drains the backlog against the simulator, no added latency (events/s,
+  ratio to the ceiling, API requests, events per request, CPU s per 1,000 events, peak RSS);
+- latency: events produced at a steady rate, the service following (p50/p95/p99 from the
+  input record's timestamp to the outcome record's timestamp, and to the moment a consumer of
+  the results topic saw it), with no added API latency and with 50 ms;
+- rate-limit: the simulator allows N requests per route per window; a backlog larger than
+  that, measured over whole windows from the first outcome (events/s against the bound
+  limit x batch size / window, share of requests answered 429);
+- naive: bench/naive.py, one request per event awaited in order, against the service on the
+  same workload with 20 ms of API latency;
+- memory: peak RSS of the service draining a 1,000,000-record backlog.
+
+Throughput is counted the same way for the ceiling and the service: records on the output
+topic divided by the time between the first and the last output record's timestamp, so
+process start-up and the group join (about 1 s on Tansu) count for neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+from common import Child, Stack, Workload, follow, percentile, produce_backlog, service_env
+
+from consumer.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+SCENARIOS = ("ceiling", "backlog", "latency", "rate-limit", "naive", "memory")
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=200_000, help="backlog size")
+    parser.add_argument("--segments", type=int, default=100)
+    parser.add_argument("--flags", type=int, default=20)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=50, help="CONSUMER_BATCH_MAX_SIZE")
+    parser.add_argument("--linger-ms", type=int, default=200, help="CONSUMER_BATCH_LINGER_MS")
+    parser.add_argument("--rate", type=int, default=500, help="latency: events per second")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--route-limit", type=int, default=20, help="requests per window")
+    parser.add_argument("--window-ms", type=int, default=10_000)
+    parser.add_argument("--windows", type=int, default=3, help="rate-limit: windows measured")
+    parser.add_argument("--naive-records", type=int, default=300)
+    parser.add_argument("--naive-latency-ms", type=int, default=20)
+    parser.add_argument("--memory-records", type=int, default=1_000_000)
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--chart", type=Path, help="write a PNG chart (needs matplotlib)")
+    parser.add_argument(
+        "--profile", type=Path, help="record py-spy profiles of the service into this directory"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="per scenario, seconds")
+    return parser.parse_args()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: Stack) -> None:
+        self.args = args
+        self.stack = stack
+        self.workload = Workload(args.segments, args.flags)
+        self.figures: dict[str, dict[str, Any]] = {}
+        self._runs = 0
+
+    def _settings(self, name: str, **overrides: Any) -> Settings:
+        self._runs += 1
+        return self.stack.settings(
+            f"bench-{int(time.time())}-{self._runs}-{name}",
+            consumer_batch_max_size=self.args.batch_size,
+            consumer_batch_linger_ms=self.args.linger_ms,
+            **overrides,
+        )
+
+    async def _backlog(self, name: str, count: int, *, latency_ms: int = 0) -> Settings:
+        settings = self._settings(name)
+        await self.stack.topics(settings, self.args.partitions)
+        await self.stack.simulator(self.workload.seed(count, name), latency_ms=latency_ms)
+        await produce_backlog(settings, self.workload, count, name)
+        return settings
+
+    async def _service(
+        self, settings: Settings, count: int, *, sources: bool = False
+    ) -> tuple[common.Followed, Child]:
+        child = await Child([*common.consumer_command(), "run"], service_env(settings)).start()
+        profiler = await self._profile(child, settings)
+        try:
+            seen = await follow(
+                settings,
+                settings.consumer_results_topic,
+                until=count,
+                timeout=self.args.timeout,
+                sources=sources,
+                on_poll=child.sample,
+            )
+        finally:
+            await child.stop()
+            if profiler is not None:
+                await profiler.wait()
+        if seen.count < count:
+            raise RuntimeError(f"only {seen.count} of {count} outcomes within the timeout")
+        return seen, child
+
+    async def _profile(self, child: Child, settings: Settings) -> Any:
+        if self.args.profile is None:
+            return None
+        assert child.process is not None
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{settings.consumer_group_id}.txt"
+        return await asyncio.create_subprocess_exec(
+            "py-spy",
+            "record",
+            "--pid",
+            str(child.process.pid),
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--output",
+            str(out),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    # -- scenarios --------------------------------------------------------------------------------
+
+    async def ceiling_and_backlog(self, run_ceiling: bool, run_backlog: bool) -> None:
+        count = self.args.records
+        settings = await self._backlog("backlog", count)
+        if run_ceiling:
+            out = settings.consumer_results_topic + "-ceiling"
+            await common.kafka.ensure_topics(settings, {out: self.args.partitions})
+            child = await Child(
+                [
+                    sys.executable,
+                    str(HERE / "ceiling.py"),
+                    settings.kafka_bootstrap_servers,
+                    settings.consumer_input_topic,
+                    out,
+                    settings.consumer_group_id + "-ceiling",
+                    str(count),
+                ]
+            ).start()
+            seen = await follow(
+                settings, out, until=count, timeout=self.args.timeout, on_poll=child.sample
+            )
+            await child.wait()
+            self.figures["ceiling"] = {
+                "records": seen.count,
+                "records_per_s": _rate(seen),
+                "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
+                "peak_rss_mib": round(child.peak_rss_mib, 1),
+            }
+            self._print("ceiling", self.figures["ceiling"])
+        if run_backlog:
+            requests_before = (await self.stack.admin.stats()).get("requests", 0)
+            seen, child = await self._service(settings, count)
+            stats = await self.stack.admin.stats()
+            requests = stats.get("requests", 0) - requests_before
+            figures: dict[str, Any] = {
+                "events": seen.count,
+                "events_per_s": _rate(seen),
+                "api_requests": requests,
+                "events_per_request": round(count / max(1, requests), 2),
+                "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
+                "peak_rss_mib": round(child.peak_rss_mib, 1),
+            }
+            ceiling = self.figures.get("ceiling", {}).get("records_per_s")
+            if ceiling:
+                figures["ratio_to_ceiling"] = round(figures["events_per_s"] / ceiling, 3)
+            figures["events_per_request_ratio"] = round(
+                figures["events_per_request"] / self.args.batch_size, 3
+            )
+            self.figures["backlog"] = figures
+            self._print("backlog", figures)
+
+    async def latency(self, latency_ms: int) -> None:
+        rate, seconds = self.args.rate, self.args.latency_seconds
+        count = int(rate * seconds)
+        name = f"latency-{latency_ms}ms"
+        settings = self._settings(name)
+        await self.stack.topics(settings, self.args.partitions)
+        await self.stack.simulator(self.workload.seed(count + 1, name), latency_ms=latency_ms)
+        child = await Child([*common.consumer_command(), "run"], service_env(settings)).start()
+        try:
+            # One event first, so the group has formed before the clock starts.
+            await produce_backlog(settings, self.workload, 1, name, start=count)
+            await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
+            follower = asyncio.create_task(
+                follow(
+                    settings,
+                    settings.consumer_results_topic,
+                    until=count + 1,
+                    timeout=seconds + 60,
+                    sources=True,
+                    on_poll=child.sample,
+                )
+            )
+            sent = await _paced(settings, self.workload, count, rate, name)
+            seen = await follower
+        finally:
+            await child.stop()
+        written, observed = [], []
+        for source, sent_ms in sent.items():
+            if source in seen.by_source:
+                outcome_ms, seen_at = seen.by_source[source]
+                written.append(outcome_ms - sent_ms)
+                observed.append(seen_at * 1000 - sent_ms)
+        figures = {
+            "rate": rate,
+            "events": len(written),
+            "api_latency_ms": latency_ms,
+            "p50_ms": round(percentile(written, 0.50), 1),
+            "p95_ms": round(percentile(written, 0.95), 1),
+            "p99_ms": round(percentile(written, 0.99), 1),
+            "max_ms": round(max(written, default=float("nan")), 1),
+            "p99_seen_ms": round(percentile(observed, 0.99), 1),
+            "linger_ms": self.args.linger_ms,
+        }
+        self.figures[name] = figures
+        self._print(name, figures)
+
+    async def rate_limited(self) -> None:
+        args = self.args
+        window_s = args.window_ms / 1000
+        bound = args.route_limit * args.batch_size / window_s
+        count = int(bound * window_s * (args.windows + 1))
+        name = "rate-limit"
+        settings = self._settings(name)
+        await self.stack.topics(settings, args.partitions)
+        # Only segments: every event on one route, so the route's limit is the bound.
+        workload = Workload(args.segments, 0)
+        await self.stack.simulator(
+            workload.seed(count, name), route_limit=args.route_limit, window_ms=args.window_ms
+        )
+        await produce_backlog(settings, workload, count, name)
+        child = await Child([*common.consumer_command(), "run"], service_env(settings)).start()
+        try:
+            first = await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
+            assert first.first_ts_ms is not None
+            window_end = time.time() * 1000
+            end_ms = first.first_ts_ms + args.windows * args.window_ms
+            await asyncio.sleep(max(0.0, (end_ms - window_end) / 1000) + 1.0)
+            seen = await follow(
+                settings, settings.consumer_results_topic, until=count, timeout=5, sources=True
+            )
+        finally:
+            await child.stop()
+        in_windows = sum(1 for ts, _ in seen.by_source.values() if first.first_ts_ms <= ts < end_ms)
+        stats = await self.stack.admin.stats()
+        achieved = in_windows / (args.windows * window_s)
+        figures = {
+            "route_limit": args.route_limit,
+            "window_s": window_s,
+            "bound_events_per_s": round(bound, 1),
+            "events_per_s": round(achieved, 1),
+            "share_of_bound": round(achieved / bound, 3),
+            "api_requests": stats.get("requests", 0),
+            "answered_429": stats.get("status_429", 0),
+            "share_429": round(stats.get("status_429", 0) / max(1, stats.get("requests", 0)), 4),
+        }
+        self.figures[name] = figures
+        self._print(name, figures)
+
+    async def naive(self) -> None:
+        args = self.args
+        latency = args.naive_latency_ms
+        service_count = min(args.records, 50_000)
+        settings = await self._backlog("naive", service_count, latency_ms=latency)
+        seen, _ = await self._service(settings, service_count)
+        service_rate = _rate(seen)
+        out = settings.consumer_results_topic + "-naive"
+        await common.kafka.ensure_topics(settings, {out: args.partitions})
+        child = await Child(
+            [
+                sys.executable,
+                str(HERE / "naive.py"),
+                settings.kafka_bootstrap_servers,
+                settings.consumer_input_topic,
+                out,
+                settings.consumer_group_id + "-naive",
+                str(args.naive_records),
+                self.stack.api_url,
+                common.TOKEN,
+            ]
+        ).start()
+        report = json.loads((await child.wait()).decode().strip().splitlines()[-1])
+        naive_rate = report["records"] / report["seconds"]
+        figures = {
+            "api_latency_ms": latency,
+            "naive_events_per_s": round(naive_rate, 1),
+            "service_events_per_s": service_rate,
+            "speedup": round(service_rate / naive_rate, 1),
+        }
+        self.figures["naive"] = figures
+        self._print("naive", figures)
+
+    async def memory(self) -> None:
+        count = self.args.memory_records
+        settings = await self._backlog("memory", count)
+        seen, child = await self._service(settings, count)
+        figures = {
+            "events": count,
+            "events_per_s": _rate(seen),
+            "peak_rss_mib": round(child.peak_rss_mib, 1),
+        }
+        self.figures["memory"] = figures
+        self._print("memory", figures)
+
+    def _print(self, name: str, figures: dict[str, Any]) -> None:
+        print(f"{name}: {json.dumps(figures)}", flush=True)
+
+
+async def _paced(
+    settings: Settings, workload: Workload, count: int, rate: int, prefix: str
+) -> dict[tuple[int, int], float]:
+    """Produce `count` events at `rate` per second; (partition, offset) -> send time (ms)."""
+    producer = common.AIOKafkaProducer(**common.kafka.common_config(settings), linger_ms=0)
+    await producer.start()
+    sent: dict[tuple[int, int], float] = {}
+    tick = 0.01
+    per_tick = rate * tick
+    started = time.monotonic()
+    pending: list[Any] = []
+    try:
+        index = 0
+        while index < count:
+            due = min(count, int((time.monotonic() - started) / tick * per_tick) + 1)
+            while index < due:
+                key, value = workload.record(index, prefix)
+                now_ms = time.time() * 1000
+                future = await producer.send(
+                    settings.consumer_input_topic, value, key=key, timestamp_ms=int(now_ms)
+                )
+                pending.append((future, now_ms))
+                index += 1
+            await asyncio.sleep(tick)
+        for future, now_ms in pending:
+            meta = await future
+            sent[(meta.partition, meta.offset)] = now_ms
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _rate(seen: common.Followed) -> float:
+    if seen.first_ts_ms is None or seen.last_ts_ms is None or seen.last_ts_ms <= seen.first_ts_ms:
+        return float("nan")
+    return round(seen.count / ((seen.last_ts_ms - seen.first_ts_ms) / 1000), 1)
+
+
+TARGETS: list[tuple[str, str, str, Any]] = [
+    # (scenario, figure, comparison, target)
+    ("backlog", "ratio_to_ceiling", ">=", 0.5),
+    ("backlog", "events_per_request_ratio", ">=", 0.9),
+    ("latency-0ms", "p99_ms", "<=", "linger+100"),
+    ("rate-limit", "share_of_bound", ">=", 0.9),
+    ("rate-limit", "share_429", "<=", 0.02),
+    ("memory", "peak_rss_mib", "<=", 200),
+    ("naive", "speedup", ">=", 20),
+]
+
+
+def _table(bench: Bench) -> list[dict[str, Any]]:
+    rows = []
+    for scenario, figures in bench.figures.items():
+        for figure, value in figures.items():
+            target = None
+            verdict = ""
+            for t_scenario, t_figure, op, goal in TARGETS:
+                if (t_scenario, t_figure) == (scenario, figure):
+                    goal_value = bench.args.linger_ms + 100 if goal == "linger+100" else goal
+                    target = f"{op} {goal_value}"
+                    ok = value >= goal_value if op == ">=" else value <= goal_value
+                    verdict = "ok" if ok else "MISSED"
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "figure": figure,
+                    "value": value,
+                    "target": target,
+                    "verdict": verdict,
+                }
+            )
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    widths = [max(len(str(r[c] or "")) for r in rows) for c in ("scenario", "figure", "value")]
+    print()
+    for row in rows:
+        print(
+            f"{row['scenario']:<{widths[0]}}  {row['figure']:<{widths[1]}}  "
+            f"{row['value']!s:>{widths[2]}}  {row['target'] or '':<8} {row['verdict']}"
+        )
+
+
+def _chart(bench: Bench, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = bench.figures
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bars = {
+        "ceiling": f.get("ceiling", {}).get("records_per_s"),
+        "service": f.get("backlog", {}).get("events_per_s"),
+        "service @20ms": f.get("naive", {}).get("service_events_per_s"),
+        "naive @20ms": f.get("naive", {}).get("naive_events_per_s"),
+    }
+    bars = {k: v for k, v in bars.items() if v}
+    left.bar(list(bars), list(bars.values()), color=["#888", "#2a7", "#2a7", "#c55"][: len(bars)])
+    left.set_ylabel("events / s")
+    left.set_yscale("log")
+    left.set_title("Throughput")
+    for name in ("latency-0ms", "latency-50ms"):
+        if name in f:
+            values = [f[name]["p50_ms"], f[name]["p95_ms"], f[name]["p99_ms"]]
+            right.plot(["p50", "p95", "p99"], values, marker="o", label=name)
+    right.set_ylabel("ms, produce to outcome")
+    right.set_title(f"Latency at {bench.args.rate} events/s")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+async def main() -> int:
+    args = _args()
+    chosen = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    unknown = chosen - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenarios: {sorted(unknown)}", file=sys.stderr)
+        return 2
+    async with common.stack() as stack:
+        bench = Bench(args, stack)
+        if {"ceiling", "backlog"} & chosen:
+            await bench.ceiling_and_backlog("ceiling" in chosen, "backlog" in chosen)
+        if "latency" in chosen:
+            await bench.latency(0)
+            await bench.latency(50)
+        if "rate-limit" in chosen:
+            await bench.rate_limited()
+        if "naive" in chosen:
+            await bench.naive()
+        if "memory" in chosen and args.memory_records > 0:
+            await bench.memory()
+    rows = _table(bench)
+    _print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"figures": bench.figures, "rows": rows}, indent=2))
+    if args.chart:
+        _chart(bench, args.chart)
+    return 1 if any(r["verdict"] == "MISSED" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
