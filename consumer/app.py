@@ -414,6 +414,7 @@ class Service:
         structlog.contextvars.bind_contextvars(
             batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
         )
+        requesting = True
         try:
             try:
                 results = await self._sender.send(batch)
@@ -421,6 +422,11 @@ class Service:
                 log.exception("batch.internal_error")
                 results = _internal_failure(batch, exc)
             self._flights.pop(batch.id, None)  # answered: never cancelled from here on
+            # The request slot is free while the outcomes are published; the path stays busy
+            # until they are, so the next batch for it still cannot overtake this one.
+            requesting = False
+            self._batches_in_flight -= 1
+            self._wake.set()
             completed_at = now()
             pairs: list[tuple[ConsumedRecord, OutcomeMessage]] = [
                 (item.record, outcome_for(item, result, completed_at))
@@ -434,7 +440,8 @@ class Service:
             self.metrics.batch_size.labels(endpoint=endpoint).observe(len(batch))
             self._log_batch(batch, pairs, time.monotonic() - started)
         finally:
-            self._batches_in_flight -= 1
+            if requesting:
+                self._batches_in_flight -= 1
             self._flights.pop(batch.id, None)
             self.batcher.done(batch.path)
             self._wake.set()

@@ -119,7 +119,9 @@ class Batcher:
     # -- adding ---------------------------------------------------------------------------
 
     def add(self, item: PendingEvent, now: float) -> None:
-        lane = self._lanes.setdefault(item.route.path, _Lane())
+        lane = self._lanes.get(item.route.path)
+        if lane is None:
+            lane = self._lanes[item.route.path] = _Lane()
         batch = lane.open
         if batch is not None and not self._fits(batch, item):
             self._close(lane)
@@ -135,7 +137,10 @@ class Batcher:
         limit = item.route.spec.max_target_operations
         if limit is not None and batch.target_operations + item.target_operations > limit:
             return False
-        return batch.comment_length_with(item.event.comment) <= self.comment_max_chars
+        comment = item.event.comment
+        if not comment or comment in batch.comments:
+            return True  # the joined comment does not grow
+        return batch.comment_length_with(comment) <= self.comment_max_chars
 
     @staticmethod
     def _close(lane: _Lane) -> None:

@@ -89,6 +89,10 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": settings.kafka_producer_idempotence,
         "linger_ms": 5,
+        # Room for a few batches' outcomes per partition: at the default 16 KB a batch of
+        # outcomes fills it and every further send waits for the broker. Below the brokers'
+        # default message.max.bytes (1 MB).
+        "max_batch_size": 512 * 1024,
         "request_timeout_ms": 30_000,
         "max_request_size": settings.kafka_producer_max_request_size,
     }

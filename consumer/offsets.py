@@ -27,7 +27,7 @@ from aiokafka.structs import TopicPartition
 _generations = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class Ticket:
     """The claim of one consumed record on its partition's commit position."""
 

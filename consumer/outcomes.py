@@ -39,14 +39,14 @@ log = structlog.get_logger(__name__)
 _MAX_MESSAGE = 1_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class BatchRef:
     id: str
     size: int
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class Failure:
     """The outcome's `error`: a code from the contract's list and a one-line message."""
 
@@ -54,7 +54,7 @@ class Failure:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class InstructionResult:
     """What became of one instruction in the last request it went in."""
 
@@ -66,7 +66,7 @@ class InstructionResult:
     item: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class OutcomeMessage:
     """An outcome ready to publish: the serialised record value plus what the publisher,
     the dead-letter copy and the metrics need to know about it."""

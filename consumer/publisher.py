@@ -33,7 +33,7 @@ from consumer.recovery import source_headers
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class _Message:
     topic: str
     key: bytes | None

@@ -12,7 +12,7 @@ from consumer.offsets import Ticket
 from consumer.routing import Route
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class ConsumedRecord:
     topic: str
     partition: int
@@ -45,7 +45,7 @@ class ConsumedRecord:
         return Source(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
 class PendingEvent:
     """A valid event waiting for (or in) a request."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import structlog
 
@@ -15,12 +16,29 @@ from consumer.signals import on_stop
 log = structlog.get_logger(__name__)
 
 
+# Young-generation collections every 20,000 allocations instead of 700. Each event allocates
+# a few dozen objects that live until its outcome is published: with the default threshold
+# they are scanned, promoted and scanned again by full collections, which cost more than
+# validating the events (measured: ~15 % of the CPU under a backlog). Almost nothing here
+# forms reference cycles, so a larger young generation holds little garbage.
+GC_THRESHOLDS = (20_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Collect once, move everything loaded so far out of the collector's view, and make
+    young collections rarer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def run_service(settings: Settings) -> int:
     token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
     REDACTOR.watch(token.value)  # a token file may change while running
     stop = asyncio.Event()
     on_stop(stop)
     service = Service(settings, token)
+    tune_gc()
     try:
         await service.run(stop)
     except Exception:
