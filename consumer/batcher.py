@@ -65,12 +65,17 @@ class Batch:
 
     def offset_ranges(self) -> dict[str, str]:
         """`topic[partition]` -> `first-last` offsets of the events in this batch."""
-        ranges: dict[str, tuple[int, int]] = {}
+        ranges: dict[tuple[str, int], list[int]] = {}
         for item in self.items:
-            key = f"{item.record.topic}[{item.record.partition}]"
-            first, last = ranges.get(key, (item.record.offset, item.record.offset))
-            ranges[key] = (min(first, item.record.offset), max(last, item.record.offset))
-        return {key: f"{first}-{last}" for key, (first, last) in ranges.items()}
+            record = item.record
+            found = ranges.get((record.topic, record.partition))
+            if found is None:
+                ranges[(record.topic, record.partition)] = [record.offset, record.offset]
+            elif record.offset < found[0]:
+                found[0] = record.offset
+            elif record.offset > found[1]:
+                found[1] = record.offset
+        return {f"{t}[{p}]": f"{first}-{last}" for (t, p), (first, last) in ranges.items()}
 
     def sub(self, items: list[PendingEvent]) -> Batch:
         """A new request made of some of this batch's items (narrowing down a failure)."""

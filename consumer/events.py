@@ -9,7 +9,6 @@ make the event invalid rather than being coerced or dropped.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -35,24 +34,17 @@ from consumer.errors import ErrorCode
 # ---------------------------------------------------------------------------------------------
 # Field types
 
-# The ECMA form (with the look-ahead) is what the JSON Schema publishes; the check in Python is
-# `fullmatch` plus the dots rule, so a trailing newline can never slip through a `$`.
+# The ECMA form (with the look-ahead) is what the JSON Schema publishes. The check itself runs
+# in pydantic's Rust regex engine, which has no look-ahead: "at least one character that is
+# not a dot" says the same, and its `$` is the end of the text (no trailing newline slips by).
 LD_KEY_PATTERN = r"^(?!\.+$)[A-Za-z0-9._-]{1,256}$"
-_LD_KEY_CHARS = re.compile(r"[A-Za-z0-9._-]{1,256}")
+_LD_KEY_CHECK = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+LD_KEY_RULE = "must be 1-256 characters of A-Z a-z 0-9 . _ -, not dots alone"
 MAX_TARGET_VALUES = 1_500
-
-
-def _ld_key(value: str) -> str:
-    if not _LD_KEY_CHARS.fullmatch(value):
-        raise ValueError("must be 1-256 characters of A-Z a-z 0-9 . _ -")
-    if value.strip(".") == "":
-        raise ValueError("cannot be made of dots alone")
-    return value
-
 
 LdKey = Annotated[
     str,
-    AfterValidator(_ld_key),
+    StringConstraints(min_length=1, max_length=256, pattern=_LD_KEY_CHECK),
     WithJsonSchema(
         {
             "type": "string",
@@ -357,6 +349,7 @@ def _diagnose(value: bytes) -> Invalid:
 
 
 _KEY_FIELDS = {"projectKey", "environmentKey", "key"}
+_KEY_ERRORS = {"string_pattern_mismatch", "string_too_short", "string_too_long"}
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[ErrorCode, str]:
@@ -369,10 +362,13 @@ def describe_validation_error(exc: ValidationError) -> tuple[ErrorCode, str]:
         # Drop pydantic's union tags ("segment", "addExpiringTarget") from the location.
         path = ".".join(p for p in loc if p not in RESOURCE_KINDS and not _is_tag(p))
         code = _classify(error["type"], loc)
+        message = error["msg"].removeprefix("Value error, ")
         if code is ErrorCode.INVALID_RESOURCE_KIND:
             path = "resource.kind"
+        elif code is ErrorCode.INVALID_KEY:
+            message = LD_KEY_RULE  # not the regular expression it is checked with
         codes.append(code)
-        parts.append(f"{path or '<event>'}: {error['msg'].removeprefix('Value error, ')}")
+        parts.append(f"{path or '<event>'}: {message}")
     code = min(codes, key=_PRIORITY.index)
     more = (
         f" (and {len(parts) - _MAX_MESSAGE_ERRORS} more)"
@@ -393,7 +389,7 @@ def _classify(error_type: str, loc: list[str]) -> ErrorCode:
         return ErrorCode.INVALID_RESOURCE_KIND
     if error_type in {"union_tag_invalid", "union_tag_not_found"}:
         return ErrorCode.UNKNOWN_INSTRUCTION_KIND
-    if loc and loc[-1] in _KEY_FIELDS and error_type == "value_error":
+    if loc and loc[-1] in _KEY_FIELDS and error_type in _KEY_ERRORS:
         return ErrorCode.INVALID_KEY
     return ErrorCode.INVALID_EVENT
 

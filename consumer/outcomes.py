@@ -96,24 +96,23 @@ def failed_positions(body: dict[str, Any], size: int) -> dict[int, str]:
     return positions
 
 
+# Per instruction model, the fields naming the target that its response item describes.
+_ITEM_FIELDS: dict[type, tuple[str, ...]] = {
+    AddExpireUserTargetDate: ("userKey", "targetType"),
+    UpdateExpireUserTargetDate: ("userKey", "targetType"),
+    SegmentAddExpiringTarget: ("contextKey", "contextKind", "targetType"),
+    SegmentUpdateExpiringTarget: ("contextKey", "contextKind", "targetType"),
+    FlagAddExpiringTarget: ("contextKey", "contextKind", "variationId"),
+    FlagUpdateExpiringTarget: ("contextKey", "contextKind", "variationId"),
+}
+
+
 def _item_fields(instruction: Instruction) -> dict[str, Any] | None:
     """Fields naming the target an add or update instruction's response item describes."""
-    match instruction:
-        case AddExpireUserTargetDate() | UpdateExpireUserTargetDate():
-            return {"userKey": instruction.userKey, "targetType": instruction.targetType}
-        case SegmentAddExpiringTarget() | SegmentUpdateExpiringTarget():
-            return {
-                "contextKey": instruction.contextKey,
-                "contextKind": instruction.contextKind,
-                "targetType": instruction.targetType,
-            }
-        case FlagAddExpiringTarget() | FlagUpdateExpiringTarget():
-            return {
-                "contextKey": instruction.contextKey,
-                "contextKind": instruction.contextKind,
-                "variationId": instruction.variationId,
-            }
-    return None
+    names = _ITEM_FIELDS.get(type(instruction))
+    if names is None:
+        return None
+    return {name: getattr(instruction, name) for name in names}
 
 
 _SIGNATURES = (

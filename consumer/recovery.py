@@ -19,6 +19,7 @@ runs out, the records found so far are skipped and the rest are processed again 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -37,9 +38,14 @@ SOURCE_PARTITION = "ldc.source.partition"
 SOURCE_OFFSET = "ldc.source.offset"
 
 
+@functools.lru_cache(maxsize=64)
+def _encoded(topic: str) -> bytes:
+    return topic.encode()
+
+
 def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
     return [
-        (SOURCE_TOPIC, topic.encode()),
+        (SOURCE_TOPIC, _encoded(topic)),
         (SOURCE_PARTITION, str(partition).encode()),
         (SOURCE_OFFSET, str(offset).encode()),
     ]
