@@ -246,12 +246,14 @@ class Bench:
         args = self.args
         window_s = args.window_ms / 1000
         bound = args.route_limit * args.batch_size / window_s
-        count = int(bound * window_s * (args.windows + 1))
+        # More than the windows measured can take, so the service is never short of work.
+        count = int(bound * window_s * (args.windows + 2))
         name = "rate-limit"
         settings = self._settings(name)
         await self.stack.topics(settings, args.partitions)
-        # Only segments: every event on one route, so the route's limit is the bound.
-        workload = Workload(args.segments, 0)
+        # Only segments: every event on one route, so the route's limit is the bound; few
+        # enough of them that each has full batches' worth of events in the backlog.
+        workload = Workload(max(1, min(args.segments, count // (4 * args.batch_size))), 0)
         await self.stack.simulator(
             workload.seed(count, name), route_limit=args.route_limit, window_ms=args.window_ms
         )

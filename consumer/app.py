@@ -298,12 +298,14 @@ class Service:
                 self._wake.set()
 
     def _backlog(self, consumer: AIOKafkaConsumer) -> bool:
-        """More records are on the broker (or in the fetch buffer) than were handed to us."""
+        """At least a full fetch more is on the broker (or in the fetch buffer) than was handed
+        to us: a backlog, not the few records that arrive while a steady stream is read."""
+        lag = 0
         for tp, fetched in self._fetched.items():
             end = kafka.readable_end(consumer, tp)
             if end is not None and end > fetched:
-                return True
-        return False
+                lag += end - fetched
+        return lag >= self.settings.kafka_max_poll_records
 
     def _hold_open(self) -> bool:
         """Keep batches that are not full open past their linger, while that costs nothing.
@@ -360,7 +362,17 @@ class Service:
             invalid = Invalid(ErrorCode.INVALID_EVENT, str(exc), decoded.eventId)
             self._spawn(self._publish_invalid(record, invalid))
             return
-        self.batcher.add(PendingEvent(record, decoded, where, target_operations(decoded)), now)
+        item = PendingEvent(record, decoded, where, target_operations(decoded))
+        self.batcher.add(item, now - self._waited(record.timestamp))
+
+    def _waited(self, timestamp_ms: int) -> float:
+        """Seconds this record already waited before it reached us (its timestamp to now),
+        at most the linger: the linger is how long an event waits for company, and the
+        time it spent in the topic counts. A timestamp from the future (clock skew) or none
+        counts as just now; one from the past at worst makes its batch due at once."""
+        if timestamp_ms <= 0:
+            return 0.0
+        return min(self.batcher.linger, max(0.0, time.time() - timestamp_ms / 1000))
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)

@@ -136,9 +136,9 @@ class BatchSender:
     ) -> tuple[ApiResponse | None, ApiError | None]:
         """One request, within the rate limits; every acquired unit is given back."""
         endpoint = batch.route.endpoint.value
-        waited = await self._throttle.acquire(endpoint)
-        if waited:
-            self._metrics.rate_limit_wait.inc(waited)
+        permit = await self._throttle.acquire(endpoint)
+        if permit.waited:
+            self._metrics.rate_limit_wait.inc(permit.waited)
         if narrowing:
             self._metrics.narrowing.inc()
         response: ApiResponse | None = None
@@ -149,7 +149,9 @@ class BatchSender:
             response, error = await self._request(batch, body)
         finally:
             self._requesting.discard(top)
-            self._throttle.observe(endpoint, response.headers if response else None, error)
+            self._throttle.observe(
+                endpoint, response.headers if response else None, error, permit.seq
+            )
         self._metrics.request_latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
         status = (
             str(response.status) if response is not None else (error.code.value if error else "")

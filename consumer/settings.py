@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
     kafka_rebalance_timeout_ms: int = Field(30_000, ge=1_000)
-    kafka_fetch_max_wait_ms: int = Field(500, ge=10)
+    # How long a fetch waits for data. Brokers that do not answer a waiting fetch when data
+    # arrives (Tansu) add up to this much latency; on Kafka it only sets how often an idle
+    # consumer asks.
+    kafka_fetch_max_wait_ms: int = Field(50, ge=10)
     kafka_max_poll_records: int = Field(500, ge=1)
     # Off on brokers without InitProducerId v3 (Tansu); on for Apache Kafka.
     kafka_producer_idempotence: bool = True

@@ -8,8 +8,8 @@ numbers win over any local count:
 - a request takes one unit of each known budget before it goes (`acquire`); when a budget is
   spent, `acquire` waits until its reset (plus a small guard and jitter), so the requests of all
   in-flight batches together never run past it;
-- a response sets the budget to what the server says, less the other requests already in
-  flight that it may not have counted yet;
+- a response sets the budget to what the server says, less the requests sent after it and
+  still in flight (the server had not seen those yet);
 - a 429 blocks every request until its reset: the answer does not say which budget ran out.
 
 `delay` and `observe` are pure (time is passed in); `acquire` adds the sleeping.
@@ -18,10 +18,12 @@ numbers win over any local count:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from consumer.errors import ApiError, RateLimited
 
@@ -34,7 +36,8 @@ class Budget:
     remaining: int | None = None
     reset_at_ms: float | None = None
     blocked_until_ms: float = 0.0
-    in_flight: int = 0
+    # Sequence numbers of the requests on the wire that took a unit of this budget.
+    in_flight: set[int] = field(default_factory=set)
 
     def delay_ms(self, now_ms: float) -> float:
         if self.blocked_until_ms > now_ms:
@@ -45,20 +48,38 @@ class Budget:
             self.remaining = None  # a new window: unknown until the next answer
         return 0.0
 
-    def take(self) -> None:
-        self.in_flight += 1
+    def take(self, seq: int) -> None:
+        self.in_flight.add(seq)
         if self.remaining is not None:
             self.remaining -= 1
 
-    def update(self, remaining: str | None, reset: str | None) -> None:
-        self.in_flight = max(0, self.in_flight - 1)
+    def update(self, seq: int | None, remaining: str | None, reset: str | None) -> None:
+        """The answer to request `seq` (None: the oldest in flight) said what is left.
+
+        The server counted every request that reached it before this one, so only those
+        sent after it and still unanswered are taken off its number. Within one window the
+        lower estimate wins: answers can come back out of order.
+        """
+        if seq is None:
+            seq = min(self.in_flight, default=0)
+        self.in_flight.discard(seq)
         if remaining is None:
             return
         try:
-            self.remaining = int(remaining) - self.in_flight
-            self.reset_at_ms = float(reset) if reset is not None else None
+            left = int(remaining) - sum(1 for other in self.in_flight if other > seq)
+            reset_at = float(reset) if reset is not None else None
         except ValueError:
             return
+        same_window = reset_at is not None and reset_at == self.reset_at_ms
+        if same_window and self.remaining is not None:
+            left = min(left, self.remaining)
+        self.remaining = left
+        self.reset_at_ms = reset_at
+
+
+class Permit(NamedTuple):
+    seq: int
+    waited: float  # seconds
 
 
 class RateLimiter:
@@ -73,6 +94,7 @@ class RateLimiter:
         self._global = Budget()
         self._routes: dict[str, Budget] = {}
         self.waits = 0
+        self._seq = itertools.count(1)
 
     def _route(self, route: str) -> Budget:
         return self._routes.setdefault(route, Budget())
@@ -81,31 +103,37 @@ class RateLimiter:
         """Milliseconds to wait before a request on `route` may go (0: now)."""
         return max(self._global.delay_ms(now_ms), self._route(route).delay_ms(now_ms))
 
-    def take(self, route: str) -> None:
-        self._global.take()
-        self._route(route).take()
+    def take(self, route: str) -> int:
+        """Take a unit of each budget for a request about to go; returns its sequence number."""
+        seq = next(self._seq)
+        self._global.take(seq)
+        self._route(route).take(seq)
+        return seq
 
-    async def acquire(self, route: str) -> float:
-        """Wait until a request on `route` may go and take its unit; returns seconds waited."""
+    async def acquire(self, route: str) -> Permit:
+        """Wait until a request on `route` may go and take its unit."""
         waited = 0.0
         while True:
             wait_ms = self.delay(route, self._clock_ms())
             if wait_ms <= 0:
-                self.take(route)
-                return waited
+                return Permit(self.take(route), waited)
             wait = (wait_ms + self._rng.uniform(0, JITTER_MS)) / 1000
             self.waits += 1
             waited += wait
             await asyncio.sleep(wait)
 
     def observe(
-        self, route: str, headers: Mapping[str, str] | None, error: ApiError | None
+        self,
+        route: str,
+        headers: Mapping[str, str] | None,
+        error: ApiError | None,
+        seq: int | None = None,
     ) -> None:
-        """Account for the answer to a request that went through `acquire` (None: no answer)."""
+        """Account for the answer to request `seq` (from `acquire`; headers None: no answer)."""
         headers = headers or {}
         reset = headers.get("X-Ratelimit-Reset")
-        self._global.update(headers.get("X-Ratelimit-Global-Remaining"), reset)
-        self._route(route).update(headers.get("X-Ratelimit-Route-Remaining"), reset)
+        self._global.update(seq, headers.get("X-Ratelimit-Global-Remaining"), reset)
+        self._route(route).update(seq, headers.get("X-Ratelimit-Route-Remaining"), reset)
         if isinstance(error, RateLimited):
             until = self._clock_ms() + error.retry_after * 1000 + GUARD_MS
             self._global.blocked_until_ms = max(self._global.blocked_until_ms, until)

@@ -80,3 +80,20 @@ async def test_acquire_sleeps_until_the_reset() -> None:
     waited = asyncio.get_running_loop().time() - start
     assert waited >= 0.15 + GUARD_MS / 1000 - 0.01
     assert limiter.waits == 1
+
+
+def test_only_requests_sent_after_the_answered_one_are_taken_off() -> None:
+    limiter = RateLimiter()
+    first, second, third = (limiter.take(ROUTE) for _ in range(3))
+    # The server saw `first` and `second` before answering `second`: 2 of 4 left; only
+    # `third` may be missing from its count.
+    limiter.observe(ROUTE, headers(None, 2, NOW + 1_000), None, second)
+    assert limiter.delay(ROUTE, NOW) == 0
+    limiter.take(ROUTE)  # 1 - 1 = 0 left
+    assert limiter.delay(ROUTE, NOW) > 0
+    # A late answer to `first` cannot raise the estimate within the same window...
+    limiter.observe(ROUTE, headers(None, 3, NOW + 1_000), None, first)
+    assert limiter.delay(ROUTE, NOW) > 0
+    # ...but a new window starts over from what the server says.
+    limiter.observe(ROUTE, headers(None, 10, NOW + 11_000), None, third)
+    assert limiter.delay(ROUTE, NOW) == 0
