@@ -66,6 +66,13 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--naive-records", type=int, default=300)
     parser.add_argument("--naive-latency-ms", type=int, default=20)
     parser.add_argument("--memory-records", type=int, default=1_000_000)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the service, e.g. CONSUMER_MAX_IN_FLIGHT_REQUESTS=16",
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--chart", type=Path, help="write a PNG chart (needs matplotlib)")
@@ -103,7 +110,7 @@ class Bench:
     async def _service(
         self, settings: Settings, count: int, *, sources: bool = False
     ) -> tuple[common.Followed, Child]:
-        child = await Child([*common.consumer_command(), "run"], service_env(settings)).start()
+        child = await Child([*common.consumer_command(), "run"], self._env(settings)).start()
         profiler = await self._profile(child, settings)
         try:
             seen = await follow(
@@ -121,6 +128,10 @@ class Bench:
         if seen.count < count:
             raise RuntimeError(f"only {seen.count} of {count} outcomes within the timeout")
         return seen, child
+
+    def _env(self, settings: Settings) -> dict[str, str]:
+        extra = dict(item.split("=", 1) for item in self.args.set)
+        return service_env(settings, **extra)
 
     async def _profile(self, child: Child, settings: Settings) -> Any:
         if self.args.profile is None:
@@ -203,7 +214,7 @@ class Bench:
         settings = self._settings(name)
         await self.stack.topics(settings, self.args.partitions)
         await self.stack.simulator(self.workload.seed(count + 1, name), latency_ms=latency_ms)
-        child = await Child([*common.consumer_command(), "run"], service_env(settings)).start()
+        child = await Child([*common.consumer_command(), "run"], self._env(settings)).start()
         try:
             # One event first, so the group has formed before the clock starts.
             await produce_backlog(settings, self.workload, 1, name, start=count)
@@ -258,7 +269,7 @@ class Bench:
             workload.seed(count, name), route_limit=args.route_limit, window_ms=args.window_ms
         )
         await produce_backlog(settings, workload, count, name)
-        child = await Child([*common.consumer_command(), "run"], service_env(settings)).start()
+        child = await Child([*common.consumer_command(), "run"], self._env(settings)).start()
         try:
             first = await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
             assert first.first_ts_ms is not None

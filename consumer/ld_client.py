@@ -90,16 +90,20 @@ _UNPARSED: Any = object()
 class ApiResponse:
     status: int
     headers: Mapping[str, str]
-    text: str
+    raw: bytes
     elapsed: float
     _body: Any = _UNPARSED
+
+    @property
+    def text(self) -> str:
+        return self.raw.decode("utf-8", "replace")
 
     @property
     def body(self) -> Any:
         """The parsed JSON body (None when absent or not JSON), parsed on first use: the
         segment PATCH answers with the whole segment, which nobody reads on success."""
         if self._body is _UNPARSED:
-            self._body = _json_or_none(self.text)
+            self._body = _json_or_none(self.raw)
         return self._body
 
     @property
@@ -166,7 +170,7 @@ class LdClient:
             async with self._session.request(
                 METHOD, self.base_url + path, data=data, headers=headers
             ) as response:
-                text = await response.text(errors="replace")
+                raw = await response.read()
                 status = response.status
                 kept = {
                     name: response.headers[name]
@@ -177,13 +181,13 @@ class LdClient:
             raise RequestTimeout(f"no response within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise ConnectionFailed(f"connection failed: {type(exc).__name__}") from None
-        return ApiResponse(status, kept, text, time.monotonic() - started)
+        return ApiResponse(status, kept, raw, time.monotonic() - started)
 
 
-def _json_or_none(text: str) -> Any:
+def _json_or_none(raw: bytes) -> Any:
     try:
-        return json.loads(text) if text else None
-    except ValueError:
+        return json.loads(raw) if raw else None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
 
 
@@ -226,5 +230,6 @@ def _describe(response: ApiResponse) -> str:
     if isinstance(body, dict) and ("code" in body or "message" in body):
         text = f" {body.get('code', '')}: {body.get('message', '')}".rstrip(": ")
     else:
-        text = f": {response.text.strip()}" if response.text.strip() else ""
+        stripped = response.text.strip()
+        text = f": {stripped}" if stripped else ""
     return text[:_MAX_MESSAGE]

@@ -99,7 +99,8 @@ class Simulator:
     # -- app ----------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._api_middleware])
+        # Large enough for an admin seed of a benchmark's worth of targets.
+        app = web.Application(middlewares=[self._api_middleware], client_max_size=256 * 1024**2)
         r = app.router
         r.add_patch(
             "/api/v2/segments/{project}/{resource}/expiring-targets/{environment}",
