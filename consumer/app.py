@@ -279,7 +279,7 @@ class Service:
                 # A rebalance happened meanwhile: these records belong to the old assignment.
                 log.info("fetch.dropped_after_rebalance", records=sum(map(len, batches.values())))
                 continue
-            now = time.monotonic()
+            now, wall_ms = time.monotonic(), time.time() * 1000
             consumed = 0
             for tp, records in batches.items():
                 if tp not in self.assigned:
@@ -289,7 +289,7 @@ class Service:
                     continue
                 consumed += len(records)
                 for record in records:
-                    self._accept(tp, record, now)
+                    self._accept(tp, record, now, wall_ms)
                 self._fetched[tp] = records[-1].offset + 1
             self.metrics.records_consumed.inc(consumed)
             behind = self._backlog(consumer)
@@ -336,7 +336,7 @@ class Service:
             consumer.resume(*paused)
             log.debug("fetch.resumed", pending=pending)
 
-    def _accept(self, tp: TopicPartition, raw: Any, now: float) -> None:
+    def _accept(self, tp: TopicPartition, raw: Any, now: float, wall_ms: float) -> None:
         ticket = self.tracker.track(tp, raw.offset)
         if ticket is None:
             log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
@@ -363,16 +363,7 @@ class Service:
             self._spawn(self._publish_invalid(record, invalid))
             return
         item = PendingEvent(record, decoded, where, target_operations(decoded))
-        self.batcher.add(item, now - self._waited(record.timestamp))
-
-    def _waited(self, timestamp_ms: int) -> float:
-        """Seconds this record already waited before it reached us (its timestamp to now),
-        at most the linger: the linger is how long an event waits for company, and the
-        time it spent in the topic counts. A timestamp from the future (clock skew) or none
-        counts as just now; one from the past at worst makes its batch due at once."""
-        if timestamp_ms <= 0:
-            return 0.0
-        return min(self.batcher.linger, max(0.0, time.time() - timestamp_ms / 1000))
+        self.batcher.add(item, now, wall_ms)
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)

@@ -5,8 +5,10 @@ Rules (contract section 2):
 - a batch closes at `max_size` instructions, before it would pass `max_target_operations`
   (the segment PATCH takes at most 1,500 keys), or before a new distinct comment would make
   the joined comment longer than `comment_max_chars`: no comment is ever dropped;
-- an open batch becomes due when its oldest event has waited `linger` seconds, or at once when
-  flushed (stop, partitions revoked);
+- an open batch becomes due when its oldest event has waited `linger` seconds (counted from
+  the record's timestamp when the caller gives the wall clock), or at once when flushed
+  (stop, partitions revoked); the caller may hold batches that are not full open longer
+  (`hold_open`: a backlog is being read and would fill them);
 - at most one batch per path is handed out at a time (`ready` ... `done`), so a later change
   can never overtake an earlier one; paths that wait longest go first.
 """
@@ -123,7 +125,14 @@ class Batcher:
 
     # -- adding ---------------------------------------------------------------------------
 
-    def add(self, item: PendingEvent, now: float) -> None:
+    def add(self, item: PendingEvent, now: float, wall_ms: float | None = None) -> None:
+        """Add an event consumed at `now` (monotonic seconds).
+
+        `wall_ms`: the wall clock now, in epoch milliseconds; with it, the linger counts from
+        the record's timestamp rather than from `now`, since the time it spent in the topic
+        is time it already waited (at most the linger; a timestamp in the future counts as
+        now, so clock skew can shorten a wait, never lengthen it).
+        """
         lane = self._lanes.get(item.route.path)
         if lane is None:
             lane = self._lanes[item.route.path] = _Lane()
@@ -132,7 +141,11 @@ class Batcher:
             self._close(lane)
             batch = None
         if batch is None:
-            batch = lane.open = Batch(item.route, now)
+            created_at = now
+            timestamp = item.record.timestamp
+            if wall_ms is not None and timestamp > 0:
+                created_at -= min(self.linger, max(0.0, (wall_ms - timestamp) / 1000))
+            batch = lane.open = Batch(item.route, created_at)
         batch.append(item)
         self._waiting += 1
         if len(batch) >= self.max_size:

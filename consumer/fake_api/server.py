@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -31,7 +32,9 @@ from consumer.fake_api.state import (
 )
 
 SEMANTIC_PATCH = "domain-model=launchdarkly.semanticpatch"
-PARSED_BODY = "ldsim.body"
+# The request body, parsed once by the middleware for the handler (each request runs in
+# its own task, so a context variable is per request).
+_PARSED_BODY: ContextVar[Any] = ContextVar("parsed_body")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -245,7 +248,7 @@ class Simulator:
                 )
             if not isinstance(entry["body"], dict):
                 raise RequestRejected("request body is not a JSON object")
-            request[PARSED_BODY] = entry["body"]  # parsed once, in the middleware
+            _PARSED_BODY.set(entry["body"])
         return await handler(request)
 
     def _auth(self, request: web.Request) -> str:
@@ -285,7 +288,7 @@ class Simulator:
     async def _instructions(
         self, request: web.Request, allowed: dict[str, set[str]]
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        body: dict[str, Any] = request[PARSED_BODY]
+        body: dict[str, Any] = _PARSED_BODY.get()
         instructions = body.get("instructions")
         if not isinstance(instructions, list) or not instructions:
             raise RequestRejected("instructions must be a non-empty list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from consumer import kafka
 from consumer.events import Status
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
@@ -26,6 +28,7 @@ from tests.integration.harness import (
     dead_letters,
     make_settings,
     outcomes,
+    outcomes_covering,
     produce,
     running,
     seed,
@@ -420,3 +423,61 @@ async def test_a_dead_letter_copy_too_large_for_its_topic_keeps_key_and_headers(
     headers = dict(letter.headers)
     assert headers["h"] == b"1" and headers["ldc.value-omitted"].startswith(b"3900 bytes")
     assert await committed(settings, list(ends)) == ends
+
+
+async def test_a_backlog_fills_every_batch_even_without_a_linger(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    """Under a rate limit requests are what is scarce: none may go out half empty while the
+    events that would fill it are already on the broker."""
+    keys = [f"s{i}" for i in range(10)]
+    await admin.seed(seed(segments={key: {} for key in keys}))
+    await admin.set_limits(route_limit=10, window_ms=1_000)
+    settings = make_settings(
+        kafka_bootstrap,
+        simulator.base_url,
+        on_tansu=on_tansu,
+        consumer_batch_max_size=50,
+        consumer_batch_linger_ms=0,  # every batch is due as soon as it opens
+        kafka_max_poll_records=100,  # several fetches to read the backlog
+    )
+    await create_topics(settings)
+    count = 2_000
+    events = [_event(key=keys[i % len(keys)], values=[f"k{i}"]) for i in range(count)]
+    ends = await produce(settings, [_message(e) for e in events])  # the backlog, then the service
+    async with running(settings):
+        results = await outcomes_covering(settings, ends)
+    assert {o.status for o in results} == {Status.SUCCEEDED}
+    requests = [r for r in await admin.requests() if r["method"] == "PATCH"]
+    sizes = [len(r["body"]["instructions"]) for r in requests if r["status"] == 200]
+    assert sum(sizes) == count
+    assert count / len(sizes) >= 0.9 * 50, Counter(sizes)
+
+
+async def test_the_linger_counts_from_the_record_timestamp(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    await admin.seed(seed(segments={"a": {}}))
+    settings = make_settings(
+        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, consumer_batch_linger_ms=20_000
+    )
+    await create_topics(settings)
+    async with running(settings):
+        producer = kafka.make_producer(settings)
+        await producer.start()
+        try:
+            event = _event(key="a", values=["k1"])
+            key, value, _ = _message(event)
+            sent = time.monotonic()
+            await producer.send_and_wait(
+                settings.consumer_input_topic,
+                value,
+                key=key,
+                timestamp_ms=int(time.time() * 1000) - 19_000,  # waited 19 s already
+            )
+        finally:
+            await producer.stop()
+        [result] = await outcomes(settings, 1, timeout=15)
+        # At most the linger's last second plus the trip, far from 20 s.
+        assert time.monotonic() - sent < 10
+    assert result.status is Status.SUCCEEDED
