@@ -157,34 +157,40 @@ class Bench:
 
     # -- scenarios --------------------------------------------------------------------------------
 
+    async def _ceiling(self, settings: Settings, count: int, variant: str) -> None:
+        out = f"{settings.consumer_results_topic}-ceiling-{variant}"
+        await common.kafka.ensure_topics(settings, {out: self.args.partitions})
+        child = await Child(
+            [
+                sys.executable,
+                str(HERE / "ceiling.py"),
+                settings.kafka_bootstrap_servers,
+                settings.consumer_input_topic,
+                out,
+                f"{settings.consumer_group_id}-ceiling-{variant}",
+                str(count),
+                variant,
+            ]
+        ).start()
+        seen = await follow(
+            settings, out, until=count, timeout=self.args.timeout, on_poll=child.sample
+        )
+        await child.wait()
+        name = "ceiling" if variant == "keyed" else "ceiling-keyless"
+        self.figures[name] = {
+            "records": seen.count,
+            "records_per_s": _rate(seen),
+            "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
+            "peak_rss_mib": round(child.peak_rss_mib, 1),
+        }
+        self._print(name, self.figures[name])
+
     async def ceiling_and_backlog(self, run_ceiling: bool, run_backlog: bool) -> None:
         count = self.args.records
         settings = await self._backlog("backlog", count)
         if run_ceiling:
-            out = settings.consumer_results_topic + "-ceiling"
-            await common.kafka.ensure_topics(settings, {out: self.args.partitions})
-            child = await Child(
-                [
-                    sys.executable,
-                    str(HERE / "ceiling.py"),
-                    settings.kafka_bootstrap_servers,
-                    settings.consumer_input_topic,
-                    out,
-                    settings.consumer_group_id + "-ceiling",
-                    str(count),
-                ]
-            ).start()
-            seen = await follow(
-                settings, out, until=count, timeout=self.args.timeout, on_poll=child.sample
-            )
-            await child.wait()
-            self.figures["ceiling"] = {
-                "records": seen.count,
-                "records_per_s": _rate(seen),
-                "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
-                "peak_rss_mib": round(child.peak_rss_mib, 1),
-            }
-            self._print("ceiling", self.figures["ceiling"])
+            for variant in ("keyed", "keyless"):
+                await self._ceiling(settings, count, variant)
         if run_backlog:
             requests_before = (await self.stack.admin.stats()).get("requests", 0)
             seen, child = await self._service(settings, count)
@@ -198,9 +204,13 @@ class Bench:
                 "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
                 "peak_rss_mib": round(child.peak_rss_mib, 1),
             }
-            ceiling = self.figures.get("ceiling", {}).get("records_per_s")
-            if ceiling:
-                figures["ratio_to_ceiling"] = round(figures["events_per_s"] / ceiling, 3)
+            for name, figure in (
+                ("ceiling", "ratio_to_ceiling"),
+                ("ceiling-keyless", "ratio_to_keyless_ceiling"),
+            ):
+                ceiling = self.figures.get(name, {}).get("records_per_s")
+                if ceiling:
+                    figures[figure] = round(figures["events_per_s"] / ceiling, 3)
             figures["events_per_request_ratio"] = round(
                 figures["events_per_request"] / self.args.batch_size, 3
             )
@@ -439,13 +449,20 @@ def _chart(bench: Bench, path: Path) -> None:
     f = bench.figures
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     bars = {
+        "ceiling (keyless)": f.get("ceiling-keyless", {}).get("records_per_s"),
         "ceiling": f.get("ceiling", {}).get("records_per_s"),
         "service": f.get("backlog", {}).get("events_per_s"),
         "service @20ms": f.get("naive", {}).get("service_events_per_s"),
         "naive @20ms": f.get("naive", {}).get("naive_events_per_s"),
     }
     bars = {k: v for k, v in bars.items() if v}
-    left.bar(list(bars), list(bars.values()), color=["#888", "#2a7", "#2a7", "#c55"][: len(bars)])
+    colours = {"ceiling": "#888", "service": "#2a7", "naive": "#c55"}
+    left.bar(
+        list(bars),
+        list(bars.values()),
+        color=[next(c for k, c in colours.items() if name.startswith(k)) for name in bars],
+    )
+    left.tick_params(axis="x", labelrotation=20)
     left.set_ylabel("events / s")
     left.set_yscale("log")
     left.set_title("Throughput")

@@ -2,9 +2,11 @@
 
 No parsing, no HTTP. Run by bench.py as a child process, on the same topic the service reads:
 
-    python bench/ceiling.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC GROUP RECORDS
+    python bench/ceiling.py BOOTSTRAP INPUT_TOPIC OUTPUT_TOPIC GROUP RECORDS [keyless]
 
-It stops after RECORDS inputs and prints one JSON line (records, seconds).
+Each output record carries its input's key (the service keys outcomes like their inputs), so
+aiokafka's partitioner hashes every key in Python; `keyless` leaves keys out, which shows what
+that hashing costs. It stops after RECORDS inputs and prints one JSON line (records, seconds).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
-async def main(bootstrap: str, source: str, target: str, group: str, records: int) -> None:
+async def main(
+    bootstrap: str, source: str, target: str, group: str, records: int, keyless: bool
+) -> None:
     consumer = AIOKafkaConsumer(
         source,
         bootstrap_servers=bootstrap,
@@ -44,7 +48,8 @@ async def main(bootstrap: str, source: str, target: str, group: str, records: in
             futures = []
             for batch in batches.values():
                 for record in batch:
-                    futures.append(await producer.send(target, record.value, key=record.key))
+                    key = None if keyless else record.key
+                    futures.append(await producer.send(target, record.value, key=key))
             await asyncio.gather(*futures)
             await consumer.commit()
             done += len(futures)
@@ -57,4 +62,5 @@ async def main(bootstrap: str, source: str, target: str, group: str, records: in
 
 if __name__ == "__main__":
     bootstrap, source, target, group, count = sys.argv[1:6]
-    asyncio.run(main(bootstrap, source, target, group, int(count)))
+    keyless = sys.argv[6:7] == ["keyless"]
+    asyncio.run(main(bootstrap, source, target, group, int(count), keyless))
