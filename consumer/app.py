@@ -122,7 +122,8 @@ class Service:
         self._sender: BatchSender | None = None
         self._gate: AuthGate | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._batches_in_flight = 0
+        self._batches_in_flight = 0  # a request to LaunchDarkly under way
+        self._batches_publishing = 0  # answered; outcomes on their way to the broker
         self._flights: dict[str, tuple[asyncio.Task[None], Batch]] = {}
         self._wake = asyncio.Event()
         # Per partition, the offset after the last record fetched; and whether more waited.
@@ -400,7 +401,13 @@ class Service:
         while True:
             self._wake.clear()
             now = time.monotonic()
-            free = limit - self._batches_in_flight
+            # Up to `limit` requests, and up to `limit` more batches publishing their outcomes
+            # (so publishing never stalls requests): what a crash can leave applied but
+            # without an outcome is bounded by twice the limit (README, crash recovery).
+            free = min(
+                limit - self._batches_in_flight,
+                2 * limit - self._batches_in_flight - self._batches_publishing,
+            )
             hold = self._hold_open()
             for batch in self.batcher.ready(now, free, hold_open=hold):
                 self._batches_in_flight += 1
@@ -417,7 +424,7 @@ class Service:
         structlog.contextvars.bind_contextvars(
             batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
         )
-        requesting = True
+        publishing = False
         try:
             try:
                 results = await self._sender.send(batch)
@@ -427,8 +434,9 @@ class Service:
             self._flights.pop(batch.id, None)  # answered: never cancelled from here on
             # The request slot is free while the outcomes are published; the path stays busy
             # until they are, so the next batch for it still cannot overtake this one.
-            requesting = False
             self._batches_in_flight -= 1
+            self._batches_publishing += 1
+            publishing = True
             self._wake.set()
             completed_at = now()
             pairs: list[tuple[ConsumedRecord, OutcomeMessage]] = [
@@ -443,7 +451,9 @@ class Service:
             self.metrics.batch_size.labels(endpoint=endpoint).observe(len(batch))
             self._log_batch(batch, pairs, time.monotonic() - started)
         finally:
-            if requesting:
+            if publishing:
+                self._batches_publishing -= 1
+            else:
                 self._batches_in_flight -= 1
             self._flights.pop(batch.id, None)
             self.batcher.done(batch.path)

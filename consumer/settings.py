@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     consumer_batch_max_size: int = Field(50, ge=1, le=1_500)
     consumer_batch_linger_ms: int = Field(200, ge=0)
     consumer_batch_comment_max_chars: int = Field(4_000, ge=1_000)
-    consumer_max_in_flight_requests: int = Field(8, ge=1)
+    consumer_max_in_flight_requests: int = Field(16, ge=1)
     consumer_max_pending_events: int = Field(10_000, ge=1)
     consumer_http_port: int = Field(8080, ge=0, le=65_535)
     consumer_auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest"

@@ -29,6 +29,7 @@ from consumer.errors import ApiError, RateLimited
 
 GUARD_MS = 100.0  # lands just after the reset even with a little clock skew
 JITTER_MS = 100.0
+ANSWER_WAIT_MS = 50.0
 
 
 @dataclass(slots=True)
@@ -38,14 +39,33 @@ class Budget:
     blocked_until_ms: float = 0.0
     # Sequence numbers of the requests on the wire that took a unit of this budget.
     in_flight: set[int] = field(default_factory=set)
+    # A full window's budget, as far as the answers showed; a new window starts from it, so
+    # the first requests after a reset do not rush past a limit lower than the concurrency.
+    capacity: int | None = None
+    # `remaining` came from an answer in the current window (not from `capacity`).
+    measured: bool = False
+    # Any answer came back (with or without rate-limit headers).
+    answered: bool = False
 
     def delay_ms(self, now_ms: float) -> float:
         if self.blocked_until_ms > now_ms:
             return self.blocked_until_ms - now_ms
+        if not self.answered and self.in_flight:
+            return ANSWER_WAIT_MS  # the very first request finds out what the budget is
+
         if self.remaining is not None and self.remaining <= 0:
             if self.reset_at_ms is not None and self.reset_at_ms + GUARD_MS > now_ms:
                 return self.reset_at_ms + GUARD_MS - now_ms
-            self.remaining = None  # a new window: unknown until the next answer
+            if not self.measured and self.in_flight:
+                return ANSWER_WAIT_MS  # a guessed budget is spent: the answers will tell
+            # A new window: presumably as large as the last one, until an answer says.
+            self.remaining = self.capacity
+            self.reset_at_ms = None
+            self.measured = False
+            if self.remaining is not None:
+                self.remaining -= len(self.in_flight)
+                if self.remaining <= 0:
+                    self.remaining = 1  # let one go and ask: the capacity is only a guess
         return 0.0
 
     def take(self, seq: int) -> None:
@@ -58,23 +78,27 @@ class Budget:
 
         The server counted every request that reached it before this one, so only those
         sent after it and still unanswered are taken off its number. Within one window the
-        lower estimate wins: answers can come back out of order.
+        lower of two answers wins: they can come back out of order.
         """
         if seq is None:
             seq = min(self.in_flight, default=0)
         self.in_flight.discard(seq)
+        self.answered = True
         if remaining is None:
             return
         try:
-            left = int(remaining) - sum(1 for other in self.in_flight if other > seq)
+            told = int(remaining)
             reset_at = float(reset) if reset is not None else None
         except ValueError:
             return
+        left = told - sum(1 for other in self.in_flight if other > seq)
         same_window = reset_at is not None and reset_at == self.reset_at_ms
-        if same_window and self.remaining is not None:
+        if same_window and self.measured and self.remaining is not None:
             left = min(left, self.remaining)
         self.remaining = left
         self.reset_at_ms = reset_at
+        self.measured = True
+        self.capacity = max(self.capacity or 0, told + 1)
 
 
 class Permit(NamedTuple):

@@ -96,7 +96,10 @@ async def test_sigkill_mid_stream_then_restart_repeats_at_most_the_in_flight(
     applied = applied_values(await admin.requests())
     assert set(applied) == {f"v{i}" for i in range(total)}
     repeated = sum(n - 1 for n in applied.values())
-    assert skipped >= len(before) - in_flight * batch  # recovery found what was done
-    assert repeated <= in_flight * batch, f"{repeated} instructions applied twice"
-    assert repeated_outcomes <= in_flight * batch
+    # The README's bound: batches with a request under way, and as many again publishing
+    # their outcomes, can be applied without an outcome to show for it.
+    bound = 2 * in_flight * batch
+    assert skipped >= len(before) - bound  # recovery found what was done
+    assert repeated <= bound, f"{repeated} instructions applied twice"
+    assert repeated_outcomes <= bound
     assert await committed(settings, list(ends)) == ends

@@ -97,3 +97,27 @@ def test_only_requests_sent_after_the_answered_one_are_taken_off() -> None:
     # ...but a new window starts over from what the server says.
     limiter.observe(ROUTE, headers(None, 10, NOW + 11_000), None, third)
     assert limiter.delay(ROUTE, NOW) == 0
+
+
+def test_a_new_window_starts_from_the_last_windows_size() -> None:
+    limiter = RateLimiter()
+    seqs = [limiter.take(ROUTE) for _ in range(3)]
+    for seq, told in zip(seqs, (2, 1, 0), strict=True):  # a window of 3 requests, all used
+        limiter.observe(ROUTE, headers(None, told, NOW + 1_000), None, seq)
+    assert limiter.delay(ROUTE, NOW) > 0
+    after = NOW + 1_000 + GUARD_MS
+    # The window reset: three may go before any answer, not an unbounded burst.
+    for _ in range(3):
+        assert limiter.delay(ROUTE, after) == 0
+        limiter.take(ROUTE)
+    assert limiter.delay(ROUTE, after) > 0
+
+
+def test_the_first_request_learns_the_budget_before_others_go() -> None:
+    limiter = RateLimiter()
+    first = limiter.take(ROUTE)
+    assert limiter.delay(ROUTE, NOW) > 0  # no answer yet: no burst into an unknown limit
+    limiter.observe(ROUTE, None, None, first)  # an answer without rate-limit headers
+    assert limiter.delay(ROUTE, NOW) == 0
+    limiter.take(ROUTE)
+    assert limiter.delay(ROUTE, NOW) == 0  # from then on, nothing to wait for
