@@ -73,6 +73,12 @@ def _args() -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="an environment variable for the service, e.g. CONSUMER_MAX_IN_FLIGHT_REQUESTS=16",
     )
+    parser.add_argument(
+        "--service-python",
+        default=sys.executable,
+        help="the Python whose installed ld-targeting-consumer runs as the service"
+        " (compare two versions: install the other one in its own virtualenv)",
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--chart", type=Path, help="write a PNG chart (needs matplotlib)")
@@ -110,7 +116,9 @@ class Bench:
     async def _service(
         self, settings: Settings, count: int, *, sources: bool = False
     ) -> tuple[common.Followed, Child]:
-        child = await Child([*common.consumer_command(), "run"], self._env(settings)).start()
+        child = await Child(
+            [self.args.service_python, "-m", "consumer", "run"], self._env(settings)
+        ).start()
         profiler = await self._profile(child, settings)
         try:
             seen = await follow(
@@ -224,7 +232,9 @@ class Bench:
         settings = self._settings(name)
         await self.stack.topics(settings, self.args.partitions)
         await self.stack.simulator(self.workload.seed(count + 1, name), latency_ms=latency_ms)
-        child = await Child([*common.consumer_command(), "run"], self._env(settings)).start()
+        child = await Child(
+            [self.args.service_python, "-m", "consumer", "run"], self._env(settings)
+        ).start()
         try:
             # One event first, so the group has formed before the clock starts.
             await produce_backlog(settings, self.workload, 1, name, start=count)
@@ -279,7 +289,9 @@ class Bench:
             workload.seed(count, name), route_limit=args.route_limit, window_ms=args.window_ms
         )
         await produce_backlog(settings, workload, count, name)
-        child = await Child([*common.consumer_command(), "run"], self._env(settings)).start()
+        child = await Child(
+            [self.args.service_python, "-m", "consumer", "run"], self._env(settings)
+        ).start()
         try:
             first = await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
             assert first.first_ts_ms is not None

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -323,14 +324,21 @@ class Child:
         self.peak_rss_mib = 0.0
         self.cpu_s = 0.0
         self.started = 0.0
+        # BENCH_CHILD_LOG=FILE keeps what the children write to stderr (their logs).
+        log = os.environ.get("BENCH_CHILD_LOG")
+        self._log: Any = open(log, "ab") if log else asyncio.subprocess.DEVNULL  # noqa: SIM115
 
     async def start(self) -> Child:
         self.started = time.time()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
             env=self.env,
+            # Not the checkout: `python -m consumer` must import the version installed in the
+            # interpreter it runs with (see --service-python), not the one in the current
+            # directory.
+            cwd=tempfile.gettempdir(),
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=self._log,
         )
         return self
 

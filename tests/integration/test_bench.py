@@ -1,0 +1,60 @@
+"""The benchmark script still runs end to end and its figures hang together (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench.py"),
+            *("--records", "3000", "--segments", "10", "--flags", "2"),
+            *("--rate", "200", "--latency-seconds", "2"),
+            *("--route-limit", "5", "--window-ms", "1000", "--windows", "2"),
+            *("--naive-records", "10", "--memory-records", "3000"),
+            *("--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert out.exists(), result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())["figures"]
+    assert set(figures) == {
+        "ceiling",
+        "ceiling-keyless",
+        "backlog",
+        "latency-0ms",
+        "latency-50ms",
+        "rate-limit",
+        "naive",
+        "memory",
+    }
+    backlog = figures["backlog"]
+    assert backlog["events"] == 3000 and backlog["events_per_s"] > 0
+    assert 1 <= backlog["events_per_request"] <= 50
+    assert backlog["api_requests"] >= 3000 / 50
+    assert figures["ceiling"]["records"] == 3000
+    latency = figures["latency-0ms"]
+    assert latency["events"] == 400 and 0 < latency["p50_ms"] <= latency["p99_ms"]
+    assert figures["latency-50ms"]["p50_ms"] > 50  # the simulator's added latency shows
+    assert (
+        figures["rate-limit"]["events_per_s"] <= figures["rate-limit"]["bound_events_per_s"] * 1.5
+    )
+    assert figures["naive"]["naive_events_per_s"] < figures["naive"]["service_events_per_s"]
+    assert figures["memory"]["peak_rss_mib"] > 0
+    assert "MISSED" in result.stdout or "ok" in result.stdout  # the table was printed
