@@ -262,7 +262,9 @@ class Simulator:
     ) -> web.Response:
         self.stats["rate_limited"] += 1
         self._blocked_until_ms = max(self._blocked_until_ms, reset_ms)
-        self._blocked_since_ms = now_ms
+        # From when the 429 leaves (after any injected latency), not from when its request came:
+        # a client cannot hold back before the answer reaches it.
+        self._blocked_since_ms = time.time() * 1000
         headers = dict(headers, **{"X-Ratelimit-Reset": str(int(reset_ms))})
         if retry_after:
             headers["Retry-After"] = str(max(0, round((reset_ms - now_ms) / 1000)))
