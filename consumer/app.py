@@ -129,6 +129,7 @@ class Service:
         # Per partition, the offset after the last record fetched; and whether more waited.
         self._fetched: dict[TopicPartition, int] = {}
         self._behind = False
+        self._records_at = 0.0  # when a fetch last returned records (monotonic)
         self._progress = asyncio.Event()
         self._fatal = asyncio.Event()
         self._failure: BaseException | None = None
@@ -293,20 +294,17 @@ class Service:
                     self._accept(tp, record, now, wall_ms)
                 self._fetched[tp] = records[-1].offset + 1
             self.metrics.records_consumed.inc(consumed)
-            behind = self._backlog(consumer)
+            if batches:
+                self._records_at = self._loop_beat
+            behind = reading_backlog(
+                self._fetched,
+                {tp: kafka.readable_end(consumer, tp) for tp in self._fetched},
+                since_records=self._loop_beat - self._records_at,
+                threshold=self.settings.kafka_max_poll_records,
+            )
             if batches or behind != self._behind:
                 self._behind = behind
                 self._wake.set()
-
-    def _backlog(self, consumer: AIOKafkaConsumer) -> bool:
-        """At least a full fetch more is on the broker (or in the fetch buffer) than was handed
-        to us: a backlog, not the few records that arrive while a steady stream is read."""
-        lag = 0
-        for tp, fetched in self._fetched.items():
-            end = kafka.readable_end(consumer, tp)
-            if end is not None and end > fetched:
-                lag += end - fetched
-        return lag >= self.settings.kafka_max_poll_records
 
     def _hold_open(self) -> bool:
         """Keep batches that are not full open past their linger, while that costs nothing.
@@ -658,6 +656,33 @@ class Service:
 
     def paused(self) -> set[TopicPartition]:
         return set(self._consumer.paused()) if self._consumer is not None else set()
+
+
+# Fetches that come back empty for this long end a backlog whatever the end offsets say.
+BACKLOG_STALL = 1.0
+
+
+def reading_backlog(
+    fetched: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int | None],
+    *,
+    since_records: float,
+    threshold: int,
+) -> bool:
+    """Whether a backlog is being read: at least `threshold` records (a full fetch) wait on
+    the broker or in the fetch buffer beyond the offsets handed to us, and fetches still
+    return records (`since_records`: seconds since one last did). A steady stream leaves a
+    few records behind each fetch, not a full one; one empty fetch while the next response
+    is on its way does not end a backlog, but offsets that never come back as records (an
+    aborted transaction at the end of a partition) must not keep batches open for long."""
+    if since_records > BACKLOG_STALL:
+        return False
+    lag = 0
+    for tp, position in fetched.items():
+        end = ends.get(tp)
+        if end is not None and end > position:
+            lag += end - position
+    return lag >= threshold
 
 
 def _statuses(pairs: list[tuple[ConsumedRecord, OutcomeMessage]]) -> dict[Status, int]:
