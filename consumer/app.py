@@ -126,9 +126,8 @@ class Service:
         self._batches_publishing = 0  # answered; outcomes on their way to the broker
         self._flights: dict[str, tuple[asyncio.Task[None], Batch]] = {}
         self._wake = asyncio.Event()
-        # Per partition, the offset after the last record fetched; and whether more waited.
+        # Per partition, the offset after the last record fetched.
         self._fetched: dict[TopicPartition, int] = {}
-        self._behind = False
         self._records_at = 0.0  # when a fetch last returned records (monotonic)
         self._progress = asyncio.Event()
         self._fatal = asyncio.Event()
@@ -281,20 +280,14 @@ class Service:
                 # A rebalance happened meanwhile: these records belong to the old assignment.
                 log.info("fetch.dropped_after_rebalance", records=sum(map(len, batches.values())))
                 continue
-            now, wall_ms = time.monotonic(), time.time() * 1000
-            consumed = 0
-            for tp, records in batches.items():
-                if tp not in self.assigned:
-                    log.warning(
-                        "fetch.unassigned_records", partition=tp.partition, count=len(records)
-                    )
-                    continue
-                consumed += len(records)
-                for record in records:
-                    self._accept(tp, record, now, wall_ms)
+            mine = {tp: records for tp, records in batches.items() if tp in self.assigned}
+            for tp in batches.keys() - mine.keys():
+                log.warning(
+                    "fetch.unassigned_records", partition=tp.partition, count=len(batches[tp])
+                )
+            for tp, records in mine.items():
                 self._fetched[tp] = records[-1].offset + 1
-            self.metrics.records_consumed.inc(consumed)
-            if batches:
+            if mine:
                 self._records_at = self._loop_beat
             behind = reading_backlog(
                 self._fetched,
@@ -302,23 +295,18 @@ class Service:
                 since_records=self._loop_beat - self._records_at,
                 threshold=self.settings.kafka_max_poll_records,
             )
-            if batches or behind != self._behind:
-                self._behind = behind
+            # The linger counts from the record timestamp for a stream that is kept up with,
+            # from when the record was taken while a backlog is read (see Batcher.add).
+            now = time.monotonic()
+            wall_ms = None if behind else time.time() * 1000
+            consumed = 0
+            for tp, records in mine.items():
+                consumed += len(records)
+                for record in records:
+                    self._accept(tp, record, now, wall_ms)
+            self.metrics.records_consumed.inc(consumed)
+            if mine:
                 self._wake.set()
-
-    def _hold_open(self) -> bool:
-        """Keep batches that are not full open past their linger, while that costs nothing.
-
-        Under a backlog the events that would fill them are already on the broker: sending
-        now would spend a request (of a rate-limited budget) on a few events. Not once the
-        pending limit is reached (fetching has paused, nothing more would come), nor when
-        stopping or when partitions are being given up (those flush anyway).
-        """
-        return (
-            self._behind
-            and not self.stopping
-            and self.tracker.pending() < self.settings.consumer_max_pending_events
-        )
 
     def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
         """Pause every partition while too much waits for the API or the token is refused."""
@@ -335,7 +323,7 @@ class Service:
             consumer.resume(*paused)
             log.debug("fetch.resumed", pending=pending)
 
-    def _accept(self, tp: TopicPartition, raw: Any, now: float, wall_ms: float) -> None:
+    def _accept(self, tp: TopicPartition, raw: Any, now: float, wall_ms: float | None) -> None:
         ticket = self.tracker.track(tp, raw.offset)
         if ticket is None:
             log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
@@ -406,13 +394,10 @@ class Service:
                 limit - self._batches_in_flight,
                 2 * limit - self._batches_in_flight - self._batches_publishing,
             )
-            hold = self._hold_open()
-            for batch in self.batcher.ready(now, free, hold_open=hold):
+            for batch in self.batcher.ready(now, free):
                 self._batches_in_flight += 1
                 self._flights[batch.id] = (self._spawn(self._process(batch)), batch)
-            due = self.batcher.next_due(time.monotonic(), hold_open=hold) if free > 0 else None
-            if hold:  # look again now and then: the backlog may end between two fetches
-                due = min(due, self.batcher.linger) if due is not None else self.batcher.linger
+            due = self.batcher.next_due(time.monotonic()) if free > 0 else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), due)
 

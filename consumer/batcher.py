@@ -7,8 +7,7 @@ Rules (contract section 2):
   the joined comment longer than `comment_max_chars`: no comment is ever dropped;
 - an open batch becomes due when its oldest event has waited `linger` seconds (counted from
   the record's timestamp when the caller gives the wall clock), or at once when flushed
-  (stop, partitions revoked); the caller may hold batches that are not full open longer
-  (`hold_open`: a backlog is being read and would fill them);
+  (stop, partitions revoked);
 - at most one batch per path is handed out at a time (`ready` ... `done`), so a later change
   can never overtake an earlier one; paths that wait longest go first.
 """
@@ -168,23 +167,15 @@ class Batcher:
 
     # -- handing out ------------------------------------------------------------------------
 
-    def ready(self, now: float, limit: int, *, hold_open: bool = False) -> list[Batch]:
-        """Up to `limit` due batches, oldest first, each on a path with nothing in flight.
-
-        `hold_open`: batches that are not full stay open past their linger (the caller knows
-        more events are already on their way, so waiting fills them).
-        """
+    def ready(self, now: float, limit: int) -> list[Batch]:
+        """Up to `limit` due batches, oldest first, each on a path with nothing in flight."""
         if limit <= 0:
             return []
         due: list[tuple[float, str]] = []
         for path, lane in self._lanes.items():
             if lane.in_flight:
                 continue
-            if lane.closed or (
-                not hold_open
-                and lane.open is not None
-                and now >= lane.open.created_at + self.linger
-            ):
+            if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
                 due.append((lane.head_created_at(), path))
         due.sort()
         batches: list[Batch] = []
@@ -207,7 +198,7 @@ class Batcher:
         if lane.empty():
             del self._lanes[path]
 
-    def next_due(self, now: float, *, hold_open: bool = False) -> float | None:
+    def next_due(self, now: float) -> float | None:
         """Seconds until some batch becomes due (0 when one is due now); None when none waits."""
         soonest: float | None = None
         for lane in self._lanes.values():
@@ -215,7 +206,7 @@ class Batcher:
                 continue
             if lane.closed:
                 return 0.0
-            if lane.open is not None and not hold_open:
+            if lane.open is not None:
                 wait = max(0.0, lane.open.created_at + self.linger - now)
                 soonest = wait if soonest is None else min(soonest, wait)
         return soonest

@@ -428,8 +428,8 @@ async def test_a_dead_letter_copy_too_large_for_its_topic_keeps_key_and_headers(
 async def test_a_backlog_fills_every_batch_even_without_a_linger(
     kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
 ) -> None:
-    """Under a rate limit requests are what is scarce: none may go out half empty while the
-    events that would fill it are already on the broker."""
+    """Under a rate limit requests are what is scarce: a backlog read with no linger at all
+    still goes out in full batches."""
     keys = [f"s{i}" for i in range(10)]
     await admin.seed(seed(segments={key: {} for key in keys}))
     await admin.set_limits(route_limit=10, window_ms=1_000)

@@ -179,20 +179,6 @@ def test_offset_ranges_per_partition() -> None:
     assert ranges["in[1]"] == f"{items[1].record.offset}-{items[1].record.offset}"
 
 
-def test_hold_open_keeps_batches_that_are_not_full_past_their_linger() -> None:
-    batcher = Batcher(max_size=3, linger=0.2)
-    for item in [seg("a") for _ in range(4)] + [seg("b")]:
-        batcher.add(item, now=0.0)
-    # "a" has one full batch; the rest lingered long enough but a backlog would fill them.
-    held = batcher.ready(now=5.0, limit=10, hold_open=True)
-    assert [(b.path.rsplit("/", 1)[-1], len(b)) for b in held] == [("a", 3)]
-    batcher.done(held[0].path)
-    assert batcher.ready(now=5.0, limit=10, hold_open=True) == []
-    assert batcher.next_due(now=5.0, hold_open=True) is None
-    assert batcher.next_due(now=5.0) == 0.0
-    assert sorted(len(b) for b in batcher.ready(now=5.0, limit=10)) == [1, 1]
-
-
 def test_linger_counts_from_the_record_timestamp_when_the_wall_clock_is_given() -> None:
     batcher = Batcher(max_size=50, linger=0.2)
     item = seg()
