@@ -53,7 +53,8 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
     assert latency["events"] == 400 and 0 < latency["p50_ms"] <= latency["p99_ms"]
     assert figures["latency-50ms"]["p50_ms"] > 50  # the simulator's added latency shows
     assert (
-        figures["rate-limit"]["events_per_s"] <= figures["rate-limit"]["bound_events_per_s"] * 1.5
+        # sanity only: three short windows can fall into two measured ones
+        figures["rate-limit"]["events_per_s"] <= figures["rate-limit"]["bound_events_per_s"] * 2
     )
     assert figures["naive"]["naive_events_per_s"] < figures["naive"]["service_events_per_s"]
     assert figures["memory"]["peak_rss_mib"] > 0
