@@ -14,13 +14,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.fake_api.admin_client import SimulatorAdmin
@@ -323,13 +322,11 @@ class Child:
         self.process: asyncio.subprocess.Process | None = None
         self.peak_rss_mib = 0.0
         self.cpu_s = 0.0
-        self.started = 0.0
         # BENCH_CHILD_LOG=FILE keeps what the children write to stderr (their logs).
         log = os.environ.get("BENCH_CHILD_LOG")
         self._log: Any = open(log, "ab") if log else asyncio.subprocess.DEVNULL  # noqa: SIM115
 
     async def start(self) -> Child:
-        self.started = time.time()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
             env=self.env,
@@ -368,19 +365,8 @@ class Child:
         return out
 
 
-@contextlib.contextmanager
-def timed() -> Iterator[list[float]]:
-    box = [time.monotonic()]
-    yield box
-    box.append(time.monotonic() - box[0])
-
-
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
-async def group_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    return await kafka.topic_partitions(settings, topic)

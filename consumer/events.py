@@ -313,12 +313,8 @@ def decode(value: bytes | None) -> TargetingEvent | Invalid:
         return _diagnose(value)
 
 
-_SEGMENT_FIRST: (
-    tuple[type[SegmentEvent], type[FlagEvent]] | tuple[type[FlagEvent], type[SegmentEvent]]
-) = (SegmentEvent, FlagEvent)
-_FLAG_FIRST: (
-    tuple[type[FlagEvent], type[SegmentEvent]] | tuple[type[SegmentEvent], type[FlagEvent]]
-) = (FlagEvent, SegmentEvent)
+_SEGMENT_FIRST: tuple[type[TargetingEvent], type[TargetingEvent]] = (SegmentEvent, FlagEvent)
+_FLAG_FIRST: tuple[type[TargetingEvent], type[TargetingEvent]] = (FlagEvent, SegmentEvent)
 
 
 def _diagnose(value: bytes) -> Invalid:
