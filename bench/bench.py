@@ -14,6 +14,8 @@ Scenarios (figures in parentheses):
   same backlog the service reads (records/s);
 - backlog: the service drains the backlog against the simulator, no added latency (events/s,
   ratio to the ceiling, API requests, events per request, CPU s per 1,000 events, peak RSS);
+- scale-out: the same backlog drained by --members service processes in one consumer group
+  (what a second member adds on this machine; CPU summed over members, peak RSS of one);
 - latency: events produced at a steady rate, the service following (p50/p95/p99 from the
   input record's timestamp to the outcome record's timestamp, and to the moment a consumer of
   the results topic saw it), with no added API latency and with 50 ms;
@@ -40,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import Child, Stack, Workload, follow, percentile, produce_backlog, service_env
+from common import Child, Members, Stack, Workload, follow, percentile, produce_backlog, service_env
 
 from consumer.settings import Settings
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("ceiling", "backlog", "latency", "rate-limit", "naive", "memory")
+SCENARIOS = ("ceiling", "backlog", "scale-out", "latency", "rate-limit", "naive", "memory")
 
 
 def _args() -> argparse.Namespace:
@@ -65,6 +67,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=3, help="rate-limit: windows measured")
     parser.add_argument("--naive-records", type=int, default=300)
     parser.add_argument("--naive-latency-ms", type=int, default=20)
+    parser.add_argument("--members", type=int, default=2, help="scale-out: group members")
     parser.add_argument("--memory-records", type=int, default=1_000_000)
     parser.add_argument(
         "--set",
@@ -114,12 +117,17 @@ class Bench:
         return settings
 
     async def _service(
-        self, settings: Settings, count: int, *, sources: bool = False
-    ) -> tuple[common.Followed, Child]:
-        child = await Child(
-            [self.args.service_python, "-m", "consumer", "run"], self._env(settings)
-        ).start()
-        profiler = await self._profile(child, settings)
+        self, settings: Settings, count: int, *, sources: bool = False, members: int = 1
+    ) -> tuple[common.Followed, Members]:
+        """`members` service processes in one consumer group, until `count` outcomes are seen."""
+        group = Members(
+            [
+                Child([self.args.service_python, "-m", "consumer", "run"], self._env(settings))
+                for _ in range(members)
+            ]
+        )
+        await group.start()
+        profilers = [await self._profile(child, settings) for child in group.children]
         try:
             seen = await follow(
                 settings,
@@ -127,15 +135,16 @@ class Bench:
                 until=count,
                 timeout=self.args.timeout,
                 sources=sources,
-                on_poll=child.sample,
+                on_poll=group.sample,
             )
         finally:
-            await child.stop()
-            if profiler is not None:
-                await profiler.wait()
+            await group.stop()
+            for profiler in profilers:
+                if profiler is not None:
+                    await profiler.wait()
         if seen.count < count:
             raise RuntimeError(f"only {seen.count} of {count} outcomes within the timeout")
-        return seen, child
+        return seen, group
 
     def _env(self, settings: Settings) -> dict[str, str]:
         extra = dict(item.split("=", 1) for item in self.args.set)
@@ -146,7 +155,7 @@ class Bench:
             return None
         assert child.process is not None
         self.args.profile.mkdir(parents=True, exist_ok=True)
-        out = self.args.profile / f"{settings.consumer_group_id}.txt"
+        out = self.args.profile / f"{settings.consumer_group_id}-{child.process.pid}.txt"
         return await asyncio.create_subprocess_exec(
             "py-spy",
             "record",
@@ -193,37 +202,50 @@ class Bench:
         }
         self._print(name, self.figures[name])
 
-    async def ceiling_and_backlog(self, run_ceiling: bool, run_backlog: bool) -> None:
+    async def ceiling_and_backlog(self, chosen: set[str]) -> None:
         count = self.args.records
         settings = await self._backlog("backlog", count)
-        if run_ceiling:
+        if "ceiling" in chosen:
             for variant in ("keyed", "keyless"):
                 await self._ceiling(settings, count, variant)
-        if run_backlog:
-            requests_before = (await self.stack.admin.stats()).get("requests", 0)
-            seen, child = await self._service(settings, count)
-            stats = await self.stack.admin.stats()
-            requests = stats.get("requests", 0) - requests_before
-            figures: dict[str, Any] = {
-                "events": seen.count,
-                "events_per_s": _rate(seen),
-                "api_requests": requests,
-                "events_per_request": round(count / max(1, requests), 2),
-                "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
-                "peak_rss_mib": round(child.peak_rss_mib, 1),
-            }
-            for name, figure in (
-                ("ceiling", "ratio_to_ceiling"),
-                ("ceiling-keyless", "ratio_to_keyless_ceiling"),
-            ):
-                ceiling = self.figures.get(name, {}).get("records_per_s")
-                if ceiling:
-                    figures[figure] = round(figures["events_per_s"] / ceiling, 3)
+        if "backlog" in chosen:
+            await self._drain("backlog", settings, count, members=1)
+        if "scale-out" in chosen:
+            # The same backlog again, read by a new group of several members.
+            await self.stack.simulator(self.workload.seed(count, "backlog"))
+            again = self._settings("scale-out", consumer_input_topic=settings.consumer_input_topic)
+            await self.stack.topics(again, self.args.partitions)
+            await self._drain("scale-out", again, count, members=self.args.members)
+
+    async def _drain(self, name: str, settings: Settings, count: int, *, members: int) -> None:
+        requests_before = (await self.stack.admin.stats()).get("requests", 0)
+        seen, group = await self._service(settings, count, members=members)
+        requests = (await self.stack.admin.stats()).get("requests", 0) - requests_before
+        figures: dict[str, Any] = {
+            "members": members,
+            "events": seen.count,
+            "events_per_s": _rate(seen),
+            "api_requests": requests,
+            "events_per_request": round(count / max(1, requests), 2),
+            "cpu_s_per_1000": round(group.cpu_s / count * 1000, 3),
+            "peak_rss_mib": round(group.peak_rss_mib, 1),
+        }
+        for ceiling, figure in (
+            ("ceiling", "ratio_to_ceiling"),
+            ("ceiling-keyless", "ratio_to_keyless_ceiling"),
+        ):
+            records_per_s = self.figures.get(ceiling, {}).get("records_per_s")
+            if records_per_s:
+                figures[figure] = round(figures["events_per_s"] / records_per_s, 3)
+        single = self.figures.get("backlog", {}).get("events_per_s")
+        if name != "backlog" and single:
+            figures["speedup_over_one_member"] = round(figures["events_per_s"] / single, 2)
+        if name == "backlog":
             figures["events_per_request_ratio"] = round(
                 figures["events_per_request"] / self.args.batch_size, 3
             )
-            self.figures["backlog"] = figures
-            self._print("backlog", figures)
+        self.figures[name] = figures
+        self._print(name, figures)
 
     async def latency(self, latency_ms: int) -> None:
         rate, seconds = self.args.rate, self.args.latency_seconds
@@ -464,6 +486,7 @@ def _chart(bench: Bench, path: Path) -> None:
         "ceiling (keyless)": f.get("ceiling-keyless", {}).get("records_per_s"),
         "ceiling": f.get("ceiling", {}).get("records_per_s"),
         "service": f.get("backlog", {}).get("events_per_s"),
+        f"service x{bench.args.members}": f.get("scale-out", {}).get("events_per_s"),
         "service @20ms": f.get("naive", {}).get("service_events_per_s"),
         "naive @20ms": f.get("naive", {}).get("naive_events_per_s"),
     }
@@ -498,8 +521,8 @@ async def main() -> int:
         return 2
     async with common.stack() as stack:
         bench = Bench(args, stack)
-        if {"ceiling", "backlog"} & chosen:
-            await bench.ceiling_and_backlog("ceiling" in chosen, "backlog" in chosen)
+        if {"ceiling", "backlog", "scale-out"} & chosen:
+            await bench.ceiling_and_backlog(chosen)
         if "latency" in chosen:
             await bench.latency(0)
             await bench.latency(50)

@@ -365,6 +365,33 @@ class Child:
         return out
 
 
+class Members:
+    """Child processes run side by side (members of one consumer group), measured together."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(child.cpu_s for child in self.children)
+
+    @property
+    def peak_rss_mib(self) -> float:
+        """Of the largest member: what each process needs."""
+        return max(child.peak_rss_mib for child in self.children)
+
+    async def start(self) -> None:
+        for child in self.children:
+            await child.start()
+
+    def sample(self) -> None:
+        for child in self.children:
+            child.sample()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(child.stop() for child in self.children))
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")

@@ -38,6 +38,7 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
         "ceiling",
         "ceiling-keyless",
         "backlog",
+        "scale-out",
         "latency-0ms",
         "latency-50ms",
         "rate-limit",
@@ -49,6 +50,9 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
     assert 1 <= backlog["events_per_request"] <= 50
     assert backlog["api_requests"] >= 3000 / 50
     assert figures["ceiling"]["records"] == 3000
+    scale_out = figures["scale-out"]
+    assert scale_out["members"] == 2 and scale_out["events"] == 3000
+    assert scale_out["speedup_over_one_member"] > 0
     latency = figures["latency-0ms"]
     assert latency["events"] == 400 and 0 < latency["p50_ms"] <= latency["p99_ms"]
     assert figures["latency-50ms"]["p50_ms"] > 50  # the simulator's added latency shows
