@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=3, help="rate-limit: windows measured")
     parser.add_argument("--naive-records", type=int, default=300)
     parser.add_argument("--naive-latency-ms", type=int, default=20)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="ceiling/backlog/scale-out rounds (median)"
+    )
     parser.add_argument("--members", type=int, default=2, help="scale-out: group members")
     parser.add_argument("--memory-records", type=int, default=1_000_000)
     parser.add_argument(
@@ -174,8 +178,10 @@ class Bench:
 
     # -- scenarios --------------------------------------------------------------------------------
 
-    async def _ceiling(self, settings: Settings, count: int, variant: str) -> None:
-        out = f"{settings.consumer_results_topic}-ceiling-{variant}"
+    async def _ceiling(
+        self, settings: Settings, count: int, variant: str, number: int
+    ) -> dict[str, Any]:
+        out = f"{settings.consumer_results_topic}-ceiling-{variant}-{number}"
         await common.kafka.ensure_topics(settings, {out: self.args.partitions})
         child = await Child(
             [
@@ -184,7 +190,7 @@ class Bench:
                 settings.kafka_bootstrap_servers,
                 settings.consumer_input_topic,
                 out,
-                f"{settings.consumer_group_id}-ceiling-{variant}",
+                f"{settings.consumer_group_id}-ceiling-{variant}-{number}",
                 str(count),
                 variant,
             ]
@@ -193,35 +199,53 @@ class Bench:
             settings, out, until=count, timeout=self.args.timeout, on_poll=child.sample
         )
         await child.wait()
-        name = "ceiling" if variant == "keyed" else "ceiling-keyless"
-        self.figures[name] = {
+        return {
             "records": seen.count,
             "records_per_s": _rate(seen),
             "cpu_s_per_1000": round(child.cpu_s / count * 1000, 3),
             "peak_rss_mib": round(child.peak_rss_mib, 1),
         }
-        self._print(name, self.figures[name])
 
     async def ceiling_and_backlog(self, chosen: set[str]) -> None:
+        """One backlog; the ceilings and the service read it in turn, `--repeat` rounds.
+
+        The machine's speed drifts between runs by more than the effects measured here, so
+        every ratio is taken within a round (ceiling and service minutes apart, on the same
+        records) and the median round is reported.
+        """
         count = self.args.records
         settings = await self._backlog("backlog", count)
-        if "ceiling" in chosen:
-            for variant in ("keyed", "keyless"):
-                await self._ceiling(settings, count, variant)
-        if "backlog" in chosen:
-            await self._drain("backlog", settings, count, members=1)
-        if "scale-out" in chosen:
-            # The same backlog again, read by a new group of several members.
-            await self.stack.simulator(self.workload.seed(count, "backlog"))
-            again = self._settings("scale-out", consumer_input_topic=settings.consumer_input_topic)
-            await self.stack.topics(again, self.args.partitions)
-            await self._drain("scale-out", again, count, members=self.args.members)
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for number in range(self.args.repeat):
+            measured: dict[str, dict[str, Any]] = {}
+            if "ceiling" in chosen:
+                for variant, name in (("keyed", "ceiling"), ("keyless", "ceiling-keyless")):
+                    measured[name] = await self._ceiling(settings, count, variant, number)
+                    self._print(f"{name} #{number + 1}", measured[name])
+            for name, members in (("backlog", 1), ("scale-out", self.args.members)):
+                if name in chosen:
+                    measured[name] = await self._drain(name, settings, count, members, number)
+                    _add_ratios(measured, name, self.args.batch_size)
+                    self._print(f"{name} #{number + 1}", measured[name])
+            rounds.append(measured)
+        for name in rounds[0]:
+            self.figures[name] = _median_round([measured[name] for measured in rounds])
+            self._print(name, self.figures[name])
 
-    async def _drain(self, name: str, settings: Settings, count: int, *, members: int) -> None:
+    async def _drain(
+        self, name: str, backlog: Settings, count: int, members: int, number: int
+    ) -> dict[str, Any]:
+        """`members` service processes of a new group drain the backlog, against a fresh
+        simulator state."""
+        settings = self._settings(
+            f"{name}-{number}", consumer_input_topic=backlog.consumer_input_topic
+        )
+        await self.stack.topics(settings, self.args.partitions)
+        await self.stack.simulator(self.workload.seed(count, "backlog"))
         requests_before = (await self.stack.admin.stats()).get("requests", 0)
         seen, group = await self._service(settings, count, members=members)
         requests = (await self.stack.admin.stats()).get("requests", 0) - requests_before
-        figures: dict[str, Any] = {
+        return {
             "members": members,
             "events": seen.count,
             "events_per_s": _rate(seen),
@@ -230,22 +254,6 @@ class Bench:
             "cpu_s_per_1000": round(group.cpu_s / count * 1000, 3),
             "peak_rss_mib": round(group.peak_rss_mib, 1),
         }
-        for ceiling, figure in (
-            ("ceiling", "ratio_to_ceiling"),
-            ("ceiling-keyless", "ratio_to_keyless_ceiling"),
-        ):
-            records_per_s = self.figures.get(ceiling, {}).get("records_per_s")
-            if records_per_s:
-                figures[figure] = round(figures["events_per_s"] / records_per_s, 3)
-        single = self.figures.get("backlog", {}).get("events_per_s")
-        if name != "backlog" and single:
-            figures["speedup_over_one_member"] = round(figures["events_per_s"] / single, 2)
-        if name == "backlog":
-            figures["events_per_request_ratio"] = round(
-                figures["events_per_request"] / self.args.batch_size, 3
-            )
-        self.figures[name] = figures
-        self._print(name, figures)
 
     async def latency(self, latency_ms: int) -> None:
         rate, seconds = self.args.rate, self.args.latency_seconds
@@ -420,6 +428,37 @@ async def _paced(
     finally:
         await producer.stop()
     return sent
+
+
+def _add_ratios(measured: dict[str, dict[str, Any]], name: str, batch_size: int) -> None:
+    """The ratios of one round's service figures to the same round's ceilings."""
+    figures = measured[name]
+    for ceiling, figure in (
+        ("ceiling", "ratio_to_ceiling"),
+        ("ceiling-keyless", "ratio_to_keyless_ceiling"),
+    ):
+        records_per_s = measured.get(ceiling, {}).get("records_per_s")
+        if records_per_s:
+            figures[figure] = round(figures["events_per_s"] / records_per_s, 3)
+    single = measured.get("backlog", {}).get("events_per_s")
+    if name == "backlog":
+        figures["events_per_request_ratio"] = round(figures["events_per_request"] / batch_size, 3)
+    elif single:
+        figures["speedup_over_one_member"] = round(figures["events_per_s"] / single, 2)
+
+
+RATIOS = ("ratio_to_ceiling", "ratio_to_keyless_ceiling", "speedup_over_one_member")
+
+
+def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds; each ratio's figures of every round beside it."""
+    figures: dict[str, Any] = {}
+    for key in runs[0]:
+        values = sorted(run[key] for run in runs if key in run)
+        figures[key] = values[len(values) // 2] if len(values) % 2 else statistics.median(values)
+        if len(runs) > 1 and key in RATIOS:
+            figures[f"{key}_runs"] = [run.get(key) for run in runs]
+    return figures
 
 
 def _rate(seen: common.Followed) -> float:

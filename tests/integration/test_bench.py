@@ -20,7 +20,7 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
         [
             sys.executable,
             str(ROOT / "bench" / "bench.py"),
-            *("--records", "3000", "--segments", "10", "--flags", "2"),
+            *("--records", "3000", "--segments", "10", "--flags", "2", "--repeat", "2"),
             *("--rate", "200", "--latency-seconds", "2"),
             *("--route-limit", "5", "--window-ms", "1000", "--windows", "2"),
             *("--naive-records", "10", "--memory-records", "3000"),
@@ -50,6 +50,8 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
     assert 1 <= backlog["events_per_request"] <= 50
     assert backlog["api_requests"] >= 3000 / 50
     assert figures["ceiling"]["records"] == 3000
+    runs = backlog["ratio_to_ceiling_runs"]
+    assert len(runs) == 2 and min(runs) <= backlog["ratio_to_ceiling"] <= max(runs)
     scale_out = figures["scale-out"]
     assert scale_out["members"] == 2 and scale_out["events"] == 3000
     assert scale_out["speedup_over_one_member"] > 0
