@@ -1,6 +1,6 @@
 """Benchmark: the service against the raw Kafka ceiling, a naive consumer and the API's limits.
 
-    .venv/bin/python bench/bench.py                       # every scenario, ~4 minutes
+    .venv/bin/python bench/bench.py                       # every scenario, ~11 minutes
     .venv/bin/python bench/bench.py --json out.json --chart out.png
     .venv/bin/python bench/bench.py --only backlog,latency --records 100000
 
