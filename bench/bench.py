@@ -440,10 +440,9 @@ def _add_ratios(measured: dict[str, dict[str, Any]], name: str, batch_size: int)
         records_per_s = measured.get(ceiling, {}).get("records_per_s")
         if records_per_s:
             figures[figure] = round(figures["events_per_s"] / records_per_s, 3)
-    single = measured.get("backlog", {}).get("events_per_s")
     if name == "backlog":
         figures["events_per_request_ratio"] = round(figures["events_per_request"] / batch_size, 3)
-    elif single:
+    elif single := measured.get("backlog", {}).get("events_per_s"):
         figures["speedup_over_one_member"] = round(figures["events_per_s"] / single, 2)
 
 
@@ -454,8 +453,7 @@ def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Each figure's median over the rounds; each ratio's figures of every round beside it."""
     figures: dict[str, Any] = {}
     for key in runs[0]:
-        values = sorted(run[key] for run in runs if key in run)
-        figures[key] = values[len(values) // 2] if len(values) % 2 else statistics.median(values)
+        figures[key] = statistics.median(run[key] for run in runs if key in run)
         if len(runs) > 1 and key in RATIOS:
             figures[f"{key}_runs"] = [run.get(key) for run in runs]
     return figures
