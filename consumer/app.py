@@ -1,70 +1,67 @@
-"""The service's lifecycle: Kafka in, batched requests out, outcomes published, offsets committed.
+"""The service's lifecycle: start, the loops, rebalances, the drain and the close.
 
-Data flow: records come off `getmany`, are decoded (invalid ones go straight to an outcome and
-the dead-letter topic), land in the batcher keyed by request path, leave as one request per
-batch, come back as one outcome per instruction, are published, and only then are their
-offsets marked done; the tracker commits each partition's longest done prefix.
+Who owns what is written in leases.py (rules 1-5) and the commit order in pipeline.py; this
+module wires them to the Kafka consumer:
 
-Stopping (a stop event, then a bounded drain):
-1. stop fetching: no new record is taken;
-2. flush: every open batch becomes due at once;
-3. wait, up to CONSUMER_SHUTDOWN_TIMEOUT_MS, for every batch to be sent and every outcome and
-   dead-letter copy to be acknowledged (what is still running then is cancelled: its records
-   have no outcome and are not committed, so the next owner processes them);
-4. commit the done positions (shielded from cancellation);
-5. leave the group, flush and stop the producer, close the HTTP session.
-
-Partitions revoked in a rebalance get the same treatment, limited to them and bounded by
-CONSUMER_REVOKE_TIMEOUT_MS: flush their batches, wait for their outcomes, commit, and give up
-(without committing) whatever is not finished, for the next owner to redo.
+- **Fetching** (`_fetch_loop`): each turn numbers the fetch, calls `getmany`, and handles what
+  it returned with no await in between, against the leases as they are at that moment:
+  `Leases.admit` decides per run (take, skip, or seek back), the pipeline takes the records.
+  Partitions are paused while their lease does not exist yet, while the API gate is closed,
+  and while too many records are pending.
+- **Assignment** (`on_assigned`): the new partitions are paused before anything is awaited;
+  their positions are read, the results topic scanned for what is already done (crash
+  recovery), and only then the leases granted (and fetching resumed by the fetch loop).
+- **Revoke** (`on_revoked`): the leases stop at once (no request starts for their records),
+  waiting work is handed over, requests on the wire are waited for (bounded by
+  CONSUMER_REVOKE_TIMEOUT_MS), the done prefix is committed (bounded by
+  KAFKA_COMMIT_TIMEOUT_MS), and the leases end.
+- **Stop** (one stop flag, `_stopping`), bounded from end to end:
+  1. stop fetching;
+  2. flush: every open batch is due at once;
+  3. wait, up to CONSUMER_SHUTDOWN_TIMEOUT_MS, for every batch to be sent and every outcome
+     and dead-letter copy acknowledged; what still runs then is cancelled (its records have no
+     outcome and are not committed: the next owner processes them);
+  4. commit the done positions (bounded by KAFKA_COMMIT_TIMEOUT_MS, at most COMMIT_ON_STOP);
+  5. leave the group, flush and stop the producer, close the HTTP session (each bounded by
+     CLOSE_TIMEOUT), so the whole stop ends within CONSUMER_SHUTDOWN_TIMEOUT_MS plus
+     COMMIT_ON_STOP + 2 * CLOSE_TIMEOUT seconds, broker or no broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import Coroutine, Iterable
-from typing import Any
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
-from consumer.auth import AuthGate
-from consumer.batcher import Batch, Batcher
-from consumer.dlq import DEAD_LETTER_STATUSES
-from consumer.errors import ErrorCode, InternalError
-from consumer.events import Invalid, Status, decode, target_operations
-from consumer.health import HealthServer
+from consumer.batcher import Batcher
+from consumer.errors import ApiError
+from consumer.gate import ApiGate, Closed
+from consumer.health import BROKER_PROBE_AFTER, HealthServer, Vitals
 from consumer.ld_client import LdClient, TokenSource
+from consumer.leases import Lease, Leases
 from consumer.metrics import Metrics
-from consumer.offsets import OffsetTracker
-from consumer.outcomes import (
-    InstructionResult,
-    OutcomeMessage,
-    invalid_outcome,
-    now,
-    outcome_for,
-    results_from_error,
-)
+from consumer.pipeline import Pipeline
 from consumer.publisher import Publisher
-from consumer.records import ConsumedRecord, PendingEvent
-from consumer.recovery import Recovery
+from consumer.recovery import Recovered, Recovery
 from consumer.retry import RetryPolicy
-from consumer.routing import UnroutableEvent, route
 from consumer.sender import BatchSender
 from consumer.settings import Settings
 from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
 
-BROKER_PROBE_AFTER = 5.0  # seconds without broker contact before the commit loop checks it
-BROKER_STALE_AFTER = 30.0  # ... and before /readyz says the broker is unreachable
-LOOP_STALL_AFTER = 300.0  # seconds without a fetch-loop turn before /healthz fails
+COMMIT_ON_STOP = 3.0  # seconds, at most, for the last commit of a stop
+CLOSE_TIMEOUT = 2.0  # seconds for leaving the group, and for stopping the producer
+
+T = TypeVar("T")
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -94,81 +91,81 @@ class Service:
     def __init__(self, settings: Settings, token: TokenSource | None = None) -> None:
         self.settings = settings
         self.token = token or TokenSource(settings.ld_api_token, settings.ld_api_token_file)
-        self.tracker = OffsetTracker()
-        self.batcher = Batcher(
-            max_size=settings.consumer_batch_max_size,
-            linger=settings.consumer_batch_linger_ms / 1000,
-            comment_max_chars=settings.consumer_batch_comment_max_chars,
-        )
-        self.assigned: set[TopicPartition] = set()
-        self.stopping = False
-        self._stopping = asyncio.Event()
-        self.recovery = Recovery(settings)
         self.metrics = Metrics()
         self.registry = self.metrics.registry
+        self.vitals = Vitals()
+        self.leases = Leases()
         self.throttle = RateLimiter()
-        self.health: HealthServer | None = None
-        self._last_broker_contact = time.monotonic()
-        self._loop_beat = time.monotonic()
-        # Offsets past the committed position that already have an outcome (crash recovery).
-        self._already_done: dict[TopicPartition, set[int]] = {}
-        # Bumped by every rebalance: records fetched under an older assignment are dropped,
-        # since the consumer fetches them again from the committed position.
-        self._generation = 0
-        self._settled = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._publisher: Publisher | None = None
-        self._sender: BatchSender | None = None
-        self._gate: AuthGate | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._batches_in_flight = 0  # a request to LaunchDarkly under way
-        self._batches_publishing = 0  # answered; outcomes on their way to the broker
-        self._flights: dict[str, tuple[asyncio.Task[None], Batch]] = {}
-        self._wake = asyncio.Event()
-        # Per partition, the offset after the last record fetched.
-        self._fetched: dict[TopicPartition, int] = {}
-        self._records_at = 0.0  # when a fetch last returned records (monotonic)
-        self._progress = asyncio.Event()
-        self._fatal = asyncio.Event()
-        self._failure: BaseException | None = None
-        self.skipped_already_done = 0
-        self._commit_lock = asyncio.Lock()
         self._rng = random.Random()
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then drain. Raises when a background loop failed."""
-        settings = self.settings
-        self._producer = kafka.make_producer(settings)
+        self._stopping = asyncio.Event()  # the one stop flag: a stop asked for, or a failure
+        self._failure: BaseException | None = None
+        self._commit_lock = asyncio.Lock()
+        self._backpressure = False
+        self.recovery = Recovery(settings)
         self._consumer = kafka.make_consumer(settings)
-        client = LdClient(
+        self._producer = kafka.make_producer(settings)
+        self._client = LdClient(
             settings.ld_base_url,
             self.token,
             timeout=settings.ld_request_timeout_ms / 1000,
             max_connections=settings.consumer_max_in_flight_requests * 2,
         )
-        self._gate = AuthGate(
+        self.gate = ApiGate(
             self.token,
-            max_delay=settings.ld_auth_probe_max_delay_ms / 1000,
-            on_change=self._on_auth,
+            self._probe,
+            outage_window=settings.ld_outage_window_ms / 1000,
+            base_delay=settings.ld_retry_base_delay_ms / 1000,
+            max_delay=settings.ld_probe_max_delay_ms / 1000,
+            on_change=self._on_gate,
+            rng=self._rng,
         )
         self._sender = BatchSender(
-            client,
+            self._client,
             retry_policy(settings),
-            self._gate,
+            self.gate,
             throttle=self.throttle,
             metrics=self.metrics,
             rng=self._rng,
         )
-        self._publisher = Publisher(
-            self._producer,
-            results_topic=settings.consumer_results_topic,
-            dlq_topic=settings.consumer_dlq_topic,
+        self.pipeline = Pipeline(
+            Batcher(
+                max_size=settings.consumer_batch_max_size,
+                linger=settings.consumer_batch_linger_ms / 1000,
+                comment_max_chars=settings.consumer_batch_comment_max_chars,
+            ),
+            self._sender,
+            Publisher(
+                self._producer,
+                results_topic=settings.consumer_results_topic,
+                dlq_topic=settings.consumer_dlq_topic,
+            ),
+            self.metrics,
+            max_in_flight=settings.consumer_max_in_flight_requests,
+            on_published=self.vitals.broker_seen,
+            on_failure=self._fail,
         )
-        if settings.consumer_http_port:
-            self.health = HealthServer(self, port=settings.consumer_http_port)
+        self.health = (
+            HealthServer(self.vitals, self.registry, port=settings.consumer_http_port)
+            if settings.consumer_http_port
+            else None
+        )
+        self._on_gate(self.gate.reason)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def assigned(self) -> set[TopicPartition]:
+        """Partitions this member holds an active lease on."""
+        return self.leases.partitions()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain. Raises when a background loop failed."""
+        settings = self.settings
+        if self.health is not None:
             try:
                 await self.health.start()
                 log.info("health.listening", port=self.health.port)
@@ -177,7 +174,7 @@ class Service:
                 self.health = None
         await self._producer.start()
         try:
-            await client.start()
+            await self._client.start()
             self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
             await self._consumer.start()
             log.info(
@@ -188,73 +185,61 @@ class Service:
             )
             await self._run_loops(stop)
         finally:
-            await self._close(client)
-
-    async def _run_loops(self, stop: asyncio.Event) -> None:
-        loops = [
-            asyncio.create_task(self._fetch_loop(), name="fetch"),
-            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
-            asyncio.create_task(self._commit_loop(), name="commit"),
-        ]
-        stopper = asyncio.create_task(stop.wait(), name="stop")
-        fatal = asyncio.create_task(self._fatal.wait(), name="fatal")
-        try:
-            await asyncio.wait([stopper, fatal, *loops], return_when=asyncio.FIRST_COMPLETED)
-            for loop in loops:
-                if loop.done() and not loop.cancelled() and loop.exception() is not None:
-                    self._failure = loop.exception()
-                    log.error(
-                        "service.loop_failed", loop=loop.get_name(), error=repr(self._failure)
-                    )
-            self.stopping = True
-            self._stopping.set()
-            log.info(
-                "service.stopping", waiting=self.batcher.waiting, pending=self.tracker.pending()
-            )
-            loops[0].cancel()  # 1. stop fetching
-            await asyncio.gather(loops[0], return_exceptions=True)
-            await self._drain(self.settings.consumer_shutdown_timeout_ms / 1000)  # 2., 3.
-        finally:
-            for task in (stopper, fatal, *loops):
-                task.cancel()
-            await asyncio.gather(stopper, fatal, *loops, return_exceptions=True)
-            await self._cancel_tasks()
-            await asyncio.shield(self._commit())  # 4.
+            await self._close()
         if self._failure is not None:
             raise self._failure
 
-    async def _drain(self, timeout: float) -> None:
-        self.batcher.flush()
-        self._wake.set()
-        deadline = time.monotonic() + timeout
-        while not self.batcher.idle() or self._tasks:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+    async def _run_loops(self, stop: asyncio.Event) -> None:
+        fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
+        others = [
+            asyncio.create_task(self.pipeline.dispatch(), name="dispatch"),
+            asyncio.create_task(self._commit_loop(), name="commit"),
+            asyncio.create_task(self.gate.run(), name="gate"),
+        ]
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        failed = asyncio.create_task(self._stopping.wait(), name="failed")
+        waits = [stopper, failed, fetch, *others]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for loop in (fetch, *others):
+                if loop.done() and not loop.cancelled() and loop.exception() is not None:
+                    self._fail(loop.exception())  # type: ignore[arg-type]
+            self._stopping.set()
+            self.vitals.stopping = True
+            log.info(
+                "service.stopping",
+                waiting=self.pipeline.batcher.waiting,
+                pending=self.leases.pending(),
+            )
+            fetch.cancel()  # 1. stop fetching
+            await asyncio.gather(fetch, return_exceptions=True)
+            deadline = time.monotonic() + self.settings.consumer_shutdown_timeout_ms / 1000
+            if await self.pipeline.drain(deadline):  # 2., 3.
+                log.info("service.drained")
+            else:
                 log.warning(
                     "service.drain_timeout",
-                    waiting=self.batcher.waiting,
-                    in_flight=self._batches_in_flight,
-                    pending=self.tracker.pending(),
+                    waiting=self.pipeline.batcher.waiting,
+                    in_flight=self.pipeline.sending,
+                    pending=self.leases.pending(),
                 )
-                return
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
-        log.info("service.drained")
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+            await self.pipeline.cancel_all()
+            await asyncio.shield(self._commit(timeout=COMMIT_ON_STOP))  # 4.
 
-    async def _cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            log.error("service.failed", error=repr(exc))
+        self._stopping.set()
 
-    async def _close(self, client: LdClient) -> None:  # 5.
-        if self._consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._consumer.stop()
-        if self._producer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._producer.stop()
-        await client.stop()
+    async def _close(self) -> None:  # 5.
+        await _bounded(self._consumer.stop(), CLOSE_TIMEOUT, "consumer.stop")
+        await _bounded(self._producer.stop(), CLOSE_TIMEOUT, "producer.stop")
+        await self._client.stop()
         if self.health is not None:
             await self.health.stop()
         log.info("service.stopped")
@@ -263,207 +248,76 @@ class Service:
 
     async def _fetch_loop(self) -> None:
         consumer = self._consumer
-        assert consumer is not None
-        timeout_ms = max(50, min(500, self.settings.kafka_fetch_max_wait_ms))
+        settings = self.settings
+        timeout_ms = max(50, min(500, settings.kafka_fetch_max_wait_ms))
+        records_at = 0.0  # when a fetch last returned records (monotonic)
         while True:
-            await self._settled.wait()
-            generation = self._generation
-            self._apply_backpressure(consumer)
+            self._apply_pauses()
+            fetch = self.leases.begin_fetch()
             batches = await consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self.settings.kafka_max_poll_records
+                timeout_ms=timeout_ms, max_records=settings.kafka_max_poll_records
             )
-            self._loop_beat = time.monotonic()
-            if batches:
-                self._last_broker_contact = self._loop_beat
-            await self._settled.wait()
-            if generation != self._generation:
-                # A rebalance happened meanwhile: these records belong to the old assignment.
-                log.info("fetch.dropped_after_rebalance", records=sum(map(len, batches.values())))
+            # No await from here to the end of the turn: the runs are judged against the
+            # leases as they are now (leases.py, rule 2).
+            self.vitals.beat()
+            now = time.monotonic()
+            if not batches:
                 continue
-            mine = {tp: records for tp, records in batches.items() if tp in self.assigned}
-            for tp in batches.keys() - mine.keys():
-                log.warning(
-                    "fetch.unassigned_records", partition=tp.partition, count=len(batches[tp])
-                )
-            for tp, records in mine.items():
-                self._fetched[tp] = records[-1].offset + 1
-            if mine:
-                self._records_at = self._loop_beat
-            behind = reading_backlog(
-                self._fetched,
-                {tp: kafka.readable_end(consumer, tp) for tp in self._fetched},
-                since_records=self._loop_beat - self._records_at,
-                threshold=self.settings.kafka_max_poll_records,
-            )
+            self.vitals.broker_seen()
+            records_at = now
             # The linger counts from the record timestamp for a stream that is kept up with,
             # from when the record was taken while a backlog is read (see Batcher.add).
-            now = time.monotonic()
-            wall_ms = None if behind else time.time() * 1000
-            consumed = 0
-            for tp, records in mine.items():
-                consumed += len(records)
-                for record in records:
-                    self._accept(tp, record, now, wall_ms)
-            self.metrics.records_consumed.inc(consumed)
-            if mine:
-                self._wake.set()
-
-    def _apply_backpressure(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause every partition while too much waits for the API or the token is refused."""
-        pending = self.tracker.pending()
-        limit = self.settings.consumer_max_pending_events
-        assigned = consumer.assignment()
-        paused = consumer.paused()
-        auth_ok = self._gate is None or self._gate.is_open
-        if pending >= limit or not auth_ok:
-            if assigned - paused:
-                consumer.pause(*assigned)
-                log.debug("fetch.paused", pending=pending, auth_ok=auth_ok)
-        elif paused and pending < max(1, limit // 2):
-            consumer.resume(*paused)
-            log.debug("fetch.resumed", pending=pending)
-
-    def _accept(self, tp: TopicPartition, raw: Any, now: float, wall_ms: float | None) -> None:
-        ticket = self.tracker.track(tp, raw.offset)
-        if ticket is None:
-            log.warning("record.duplicate", partition=tp.partition, offset=raw.offset)
-            return
-        done = self._already_done.get(tp)
-        if done is not None and raw.offset in done:
-            done.discard(raw.offset)
-            if not done:
-                del self._already_done[tp]
-            self.tracker.done(ticket)
-            self.skipped_already_done += 1
-            self.metrics.records_skipped.inc()
-            log.info("record.already_done", partition=tp.partition, offset=raw.offset)
-            return
-        record = ConsumedRecord.from_kafka(raw, ticket)
-        decoded = decode(record.value)
-        if isinstance(decoded, Invalid):
-            self._spawn(self._publish_invalid(record, decoded))
-            return
-        try:
-            where = route(decoded)
-        except UnroutableEvent as exc:
-            invalid = Invalid(ErrorCode.INVALID_EVENT, str(exc), decoded.eventId)
-            self._spawn(self._publish_invalid(record, invalid))
-            return
-        item = PendingEvent(record, decoded, where, target_operations(decoded))
-        self.batcher.add(item, now, wall_ms)
-
-    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._progress.set()
-        if not task.cancelled() and task.exception() is not None:
-            # Its records keep their offsets uncommitted; stop rather than block in silence.
-            self._failure = task.exception()
-            log.error("service.task_failed", error=repr(self._failure))
-            self._fatal.set()
-
-    async def _publish_invalid(self, record: ConsumedRecord, invalid: Invalid) -> None:
-        outcome = invalid_outcome(record, invalid)
-        await self._publish([(record, outcome)])
-        self.tracker.done(record.ticket)
-        log.info(
-            "record.invalid",
-            partition=record.partition,
-            offset=record.offset,
-            event_id=invalid.event_id,
-            error=invalid.code.value,
-            message=invalid.message,
-        )
-
-    # -- sending --------------------------------------------------------------------------------
-
-    async def _dispatch_loop(self) -> None:
-        limit = self.settings.consumer_max_in_flight_requests
-        while True:
-            self._wake.clear()
-            now = time.monotonic()
-            # Up to `limit` requests, and up to `limit` more batches publishing their outcomes
-            # (so publishing never stalls requests): what a crash can leave applied but
-            # without an outcome is bounded by twice the limit (README, crash recovery).
-            free = min(
-                limit - self._batches_in_flight,
-                2 * limit - self._batches_in_flight - self._batches_publishing,
+            leases = self.leases.active()
+            behind = reading_backlog(
+                {lease.tp: lease.next for lease in leases},
+                {lease.tp: kafka.readable_end(consumer, lease.tp) for lease in leases},
+                since_records=now - records_at,
+                threshold=settings.kafka_max_poll_records,
             )
-            for batch in self.batcher.ready(now, free):
-                self._batches_in_flight += 1
-                self._flights[batch.id] = (self._spawn(self._process(batch)), batch)
-            due = self.batcher.next_due(time.monotonic()) if free > 0 else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), due)
+            wall_ms = None if behind else time.time() * 1000
+            taken = 0
+            for tp, records in batches.items():
+                admission = self.leases.admit(tp, records[0].offset, records[-1].offset, fetch)
+                if admission.seek_to is not None:
+                    consumer.seek(tp, admission.seek_to)
+                    log.warning(
+                        "fetch.resync",
+                        partition=tp.partition,
+                        first=records[0].offset,
+                        seek_to=admission.seek_to,
+                    )
+                elif admission.take_from is not None:
+                    lease = self.leases.get(tp)
+                    assert lease is not None
+                    taken += self.pipeline.accept(lease, records, admission.take_from, now, wall_ms)
+                elif self.leases.get(tp) is None:
+                    log.warning("fetch.not_owned", partition=tp.partition, records=len(records))
+            self.metrics.records_consumed.inc(taken)
 
-    async def _process(self, batch: Batch) -> None:
-        assert self._sender is not None
-        started = time.monotonic()
-        structlog.contextvars.bind_contextvars(
-            batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
-        )
-        publishing = False
-        try:
-            try:
-                results = await self._sender.send(batch)
-            except Exception as exc:  # a bug must not block the partition: fail and dead-letter
-                log.exception("batch.internal_error")
-                results = _internal_failure(batch, exc)
-            self._flights.pop(batch.id, None)  # answered: never cancelled from here on
-            # The request slot is free while the outcomes are published; the path stays busy
-            # until they are, so the next batch for it still cannot overtake this one.
-            self._batches_in_flight -= 1
-            self._batches_publishing += 1
-            publishing = True
-            self._wake.set()
-            completed_at = now()
-            pairs: list[tuple[ConsumedRecord, OutcomeMessage]] = [
-                (item.record, outcome_for(item, result, completed_at))
-                for item, result in zip(batch.items, results, strict=True)
-            ]
-            await self._publish(pairs)
-            for item in batch.items:
-                self.tracker.done(item.record.ticket)
-            endpoint = batch.route.endpoint.value
-            self.metrics.batches.labels(endpoint=endpoint).inc()
-            self.metrics.batch_size.labels(endpoint=endpoint).observe(len(batch))
-            self._log_batch(batch, pairs, time.monotonic() - started)
-        finally:
-            if publishing:
-                self._batches_publishing -= 1
-            else:
-                self._batches_in_flight -= 1
-            self._flights.pop(batch.id, None)
-            self.batcher.done(batch.path)
-            self._wake.set()
-
-    async def _publish(self, pairs: list[tuple[ConsumedRecord, OutcomeMessage]]) -> None:
-        assert self._publisher is not None
-        await self._publisher.publish(pairs)
-        self._last_broker_contact = time.monotonic()
-        for status, count in _statuses(pairs).items():
-            self.metrics.outcomes.labels(status=status.value).inc(count)
-            if status in DEAD_LETTER_STATUSES:
-                self.metrics.dead_letters.labels(status=status.value).inc(count)
-
-    def _log_batch(
-        self, batch: Batch, pairs: list[tuple[ConsumedRecord, OutcomeMessage]], elapsed: float
-    ) -> None:
-        last = pairs[-1][1] if pairs else None
-        log.info(
-            "batch.sent",
-            size=len(batch),
-            endpoint=batch.route.endpoint.value,
-            http_status=last.http_status if last else None,
-            attempts=last.attempts if last else None,
-            outcomes={status.value: n for status, n in _statuses(pairs).items()},
-            duration_ms=round(elapsed * 1000, 1),
-        )
+    def _apply_pauses(self) -> None:
+        """Fetch only partitions with an active lease, while the gate is open and the pending
+        records are below the limit (resumed once they are down to half of it)."""
+        consumer = self._consumer
+        pending = self.leases.pending()
+        limit = self.settings.consumer_max_pending_events
+        if pending >= limit:
+            self._backpressure = True
+        elif pending < max(1, limit // 2):
+            self._backpressure = False
+        assigned = consumer.assignment()
+        if self._backpressure or not self.gate.is_open:
+            wanted: set[TopicPartition] = set()
+        else:
+            wanted = self.leases.partitions()
+        paused = consumer.paused()
+        pause = (assigned - wanted) - paused
+        resume = (paused & wanted) & assigned
+        if pause:
+            consumer.pause(*pause)
+            log.debug("fetch.paused", partitions=len(pause), pending=pending, gate=self.gate.reason)
+        if resume:
+            consumer.resume(*resume)
+            log.debug("fetch.resumed", partitions=len(resume), pending=pending)
 
     # -- committing -----------------------------------------------------------------------------
 
@@ -480,51 +334,53 @@ class Service:
     async def _observe(self) -> None:
         """Refresh the gauges; check the broker when nothing else did lately."""
         consumer = self._consumer
-        assert consumer is not None
         m = self.metrics
-        m.events_waiting.set(self.batcher.waiting)
-        m.records_pending.set(self.tracker.pending())
-        m.in_flight.set(self._batches_in_flight)
+        leases = self.leases.active()
+        m.events_waiting.set(self.pipeline.batcher.waiting)
+        m.records_pending.set(self.leases.pending())
+        m.in_flight.set(self.pipeline.sending)
         m.paused.set(len(consumer.paused()))
-        m.assigned.set(len(self.assigned))
-        for tp in self.assigned:
-            highwater = consumer.highwater(tp)
-            position = self.tracker.position(tp)
-            if position is None:
-                with contextlib.suppress(KafkaError, AssertionError):
-                    position = await consumer.position(tp)
-            if highwater is not None and position is not None:
-                m.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(highwater - position)
-        if self.assigned and time.monotonic() - self._last_broker_contact > BROKER_PROBE_AFTER:
+        m.assigned.set(len(leases))
+        for lease in leases:
+            highwater = consumer.highwater(lease.tp)
+            if highwater is not None:
+                m.lag.labels(topic=lease.tp.topic, partition=str(lease.tp.partition)).set(
+                    highwater - lease.offsets.position()
+                )
+        if leases and self.vitals.broker_quiet_for() > BROKER_PROBE_AFTER:
             try:
-                await consumer.committed(next(iter(self.assigned)))
-                self._last_broker_contact = time.monotonic()
-            except KafkaError as exc:
+                await asyncio.wait_for(
+                    consumer.committed(leases[0].tp), self.settings.kafka_commit_timeout_ms / 1000
+                )
+                self.vitals.broker_seen()
+            except (KafkaError, TimeoutError) as exc:
                 log.warning("broker.unreachable", error=repr(exc))
 
-    async def _commit(self, tps: Iterable[TopicPartition] | None = None) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
+    async def _commit(
+        self, leases: Iterable[Lease] | None = None, timeout: float | None = None
+    ) -> None:
+        """Commit the done prefix of live leases (all, or those given), within the commit
+        timeout (or `timeout`, if lower); a failure is logged: the next commit covers it."""
+        limit = self.settings.kafka_commit_timeout_ms / 1000
+        if timeout is not None:
+            limit = min(limit, timeout)
         async with self._commit_lock:
-            positions = {
-                tp: offset
-                for tp, offset in self.tracker.positions(tps).items()
-                if tp in self.assigned
-            }
-            if not positions:
+            found = self.leases.to_commit(leases)
+            if not found:
                 return
+            positions = {lease.tp: position for lease, position in found.items()}
             started = time.monotonic()
             try:
-                await consumer.commit(positions)
-            except KafkaError as exc:
+                await asyncio.wait_for(self._consumer.commit(positions), limit)
+            except (KafkaError, TimeoutError) as exc:
                 self.metrics.commits.labels(result="failed").inc()
                 log.warning("commit.failed", error=repr(exc), partitions=len(positions))
                 return
-            self._last_broker_contact = time.monotonic()
-            self.metrics.commit_latency.observe(self._last_broker_contact - started)
+            self.vitals.broker_seen()
+            self.metrics.commit_latency.observe(time.monotonic() - started)
             self.metrics.commits.labels(result="ok").inc()
-            self.tracker.committed(positions)
+            for lease, position in found.items():
+                lease.offsets.mark_committed(position)
             log.debug(
                 "commit.done",
                 positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
@@ -533,28 +389,32 @@ class Service:
     # -- rebalancing ----------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Find what already has an outcome, then let fetching go on (never raises)."""
-        self._generation += 1
+        """Rule 1: pause, read positions, scan for finished work, grant (never raises)."""
+        if assigned:
+            self._consumer.pause(*assigned)  # before any await: nothing fetched for nobody
+        started = time.monotonic()
+        positions: dict[TopicPartition, int] = {}
+        recovered: dict[TopicPartition, set[int]] = {}
         try:
-            if assigned and self.settings.consumer_recovery_lookback_ms >= 0:
-                assert self._consumer is not None
-                positions = {tp: await self._consumer.position(tp) for tp in assigned}
-                self._already_done = await self._unless_stopping(
-                    self.recovery.already_done(positions), {}
-                )
+            for tp in assigned:
+                positions[tp] = await self._consumer.position(tp)
+            if positions and self.settings.consumer_recovery_lookback_ms >= 0:
+                recovered = await self._unless_stopping(self.recovery.already_done(positions), {})
         except Exception:  # recovery is an optimisation of at-least-once, never a blocker
             log.exception("recovery.failed")
-            self._already_done = {}
-        finally:
-            self.assigned = set(assigned)
-            self._settled.set()
-        log.info("partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
+            recovered = {}
+        for tp, start in positions.items():
+            self.leases.grant(tp, start)
+        self.pipeline.recovered = Recovered(recovered)
+        self.vitals.partitions = len(self.leases.active())
+        log.info(
+            "partitions.assigned",
+            partitions=sorted(tp.partition for tp in positions),
+            positions={tp.partition: start for tp, start in positions.items()},
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
-    async def _unless_stopping(
-        self,
-        work: Coroutine[Any, Any, dict[TopicPartition, set[int]]],
-        fallback: dict[TopicPartition, set[int]],
-    ) -> dict[TopicPartition, set[int]]:
+    async def _unless_stopping(self, work: Coroutine[Any, Any, T], fallback: T) -> T:
         """Run `work`, but give up at once when the service starts stopping.
 
         Rebalance callbacks hold up `consumer.stop()`, and a stop must end within its bound.
@@ -573,74 +433,74 @@ class Service:
         return fallback
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._settled.clear()
-        self._generation += 1
-        if not revoked:
-            return
+        """Rule 4 (and 5): stop, wait for the wire, commit, end (never raises)."""
         started = time.monotonic()
-        self.batcher.flush_partitions(revoked)
-        self._wake.set()
         deadline = started + self.settings.consumer_revoke_timeout_ms / 1000
-        while self.tracker.pending(revoked) and time.monotonic() < deadline:
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
-        await self._commit(revoked)
-        unfinished = self.tracker.pending(revoked)
-        cancelled = self._cancel_waiting(revoked)
-        dropped = self.batcher.drop_partitions(revoked)
-        self.tracker.revoke(revoked)
-        self.assigned -= revoked
-        for tp in revoked:
-            self._fetched.pop(tp, None)
-        for tp in revoked:
-            self._already_done.pop(tp, None)
+        leases = self.leases.revoke(revoked)  # from here no request starts for them
+        pending = self.leases.pending(leases)
+        rewind: set[Lease] = set()
+        try:
+            if leases:
+                rewind = await self.pipeline.revoke(leases, deadline)
+                await self._commit(leases)
+        finally:
+            unfinished = self.leases.pending(leases)
+            self.leases.end(leases)
+            self.vitals.partitions = len(self.leases.active())
+        while rewind:
+            rewind = await self._rewind(rewind, deadline)
         log.info(
             "partitions.revoked",
             partitions=sorted(tp.partition for tp in revoked),
-            unfinished=unfinished,
-            given_up=len(dropped),
-            cancelled_batches=cancelled,
+            pending=pending,
+            given_up=unfinished,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
-    def _cancel_waiting(self, revoked: set[TopicPartition]) -> int:
-        """Stop the batches of given-up partitions that wait (backoff, rate limit, 401 gate).
+    async def _rewind(self, leases: set[Lease], deadline: float) -> set[Lease]:
+        """Rule 5: these kept partitions had records in a stopped batch: start them again
+        from their commit position. Returns further leases to rewind."""
+        self.leases.revoke(lease.tp for lease in leases)
+        more = await self.pipeline.revoke(leases, deadline)
+        self.leases.end(leases)
+        for lease in leases:
+            position = lease.offsets.position()
+            self.leases.grant(lease.tp, position)
+            self._consumer.seek(lease.tp, position)
+            log.warning("partition.rewound", partition=lease.tp.partition, position=position)
+        return more - leases
 
-        The new owner sends those events again; a batch left waiting here would send them a
-        second time when its wait ends. One with a request on the wire is left to finish.
-        """
-        assert self._sender is not None
-        cancelled = 0
-        for batch_id, (task, batch) in list(self._flights.items()):
-            if batch.partitions() <= revoked and not self._sender.requesting(batch_id):
-                task.cancel()
-                cancelled += 1
-        return cancelled
+    # -- the API gate ---------------------------------------------------------------------------
 
-    # -- health ---------------------------------------------------------------------------------
+    async def _probe(self) -> ApiError | None:
+        return await self._sender.probe()
 
-    def _on_auth(self, ok: bool) -> None:
-        self.metrics.auth_ok.set(1 if ok else 0)
+    def _on_gate(self, reason: Closed | None) -> None:
+        self.vitals.api_closed = self.gate.describe()
+        self.vitals.api_token_refused = reason is Closed.UNAUTHORIZED
+        self.metrics.auth_ok.set(0 if reason is Closed.UNAUTHORIZED else 1)
+        self.metrics.api_available.set(0 if reason is not None else 1)
 
-    def liveness(self) -> dict[str, bool]:
-        """The process loop runs: the fetch loop came round lately (or has not started)."""
-        return {"loop": time.monotonic() - self._loop_beat < LOOP_STALL_AFTER}
+    # -- health (kept for callers that ask the service) -----------------------------------------
 
     def readiness(self) -> dict[str, bool]:
-        return {
-            "partitions_assigned": bool(self.assigned),
-            "broker_reachable": time.monotonic() - self._last_broker_contact < BROKER_STALE_AFTER,
-            "api_token_accepted": self.auth_ok,
-            "running": not self.stopping,
-        }
+        return self.vitals.readiness()
 
     @property
     def auth_ok(self) -> bool:
-        return self._gate is None or self._gate.is_open
+        return not self.vitals.api_token_refused
 
     def paused(self) -> set[TopicPartition]:
-        return set(self._consumer.paused()) if self._consumer is not None else set()
+        return set(self._consumer.paused())
+
+
+async def _bounded(work: Awaitable[None], timeout: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(work, timeout)
+    except TimeoutError:
+        log.warning("service.close_timeout", step=what, timeout_s=timeout)
+    except KafkaError as exc:
+        log.warning("service.close_failed", step=what, error=repr(exc))
 
 
 # Fetches that come back empty for this long end a backlog whatever the end offsets say.
@@ -668,17 +528,3 @@ def reading_backlog(
         if end is not None and end > position:
             lag += end - position
     return lag >= threshold
-
-
-def _statuses(pairs: list[tuple[ConsumedRecord, OutcomeMessage]]) -> dict[Status, int]:
-    counts: dict[Status, int] = {}
-    for _, outcome in pairs:
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
-    return counts
-
-
-def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
-    error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
-    return results_from_error(
-        batch.id, batch.items, error, status=Status.FAILED, attempts=[0] * len(batch)
-    )

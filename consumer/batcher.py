@@ -7,7 +7,10 @@ Rules (contract section 2):
   the joined comment longer than `comment_max_chars`: no comment is ever dropped;
 - an open batch becomes due when its oldest event has waited `linger` seconds (counted from
   the record's timestamp when the caller gives the wall clock), or at once when flushed
-  (stop, partitions revoked);
+  (stop);
+- the waiting events of revoked leases are taken back out (`drop_leases`): their new owner
+  sends them; a batch handed out is `live()` only while every lease it holds records of is
+  active (leases.py, rule 4);
 - at most one batch per path is handed out at a time (`ready` ... `done`), so a later change
   can never overtake an earlier one; paths that wait longest go first.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 
 from aiokafka.structs import TopicPartition
 
+from consumer.leases import Lease
 from consumer.records import PendingEvent
 from consumer.routing import Route
 
@@ -63,6 +67,20 @@ class Batch:
 
     def partitions(self) -> set[TopicPartition]:
         return {item.record.tp for item in self.items}
+
+    def leases(self) -> set[Lease]:
+        return {item.record.lease for item in self.items}
+
+    def live(self) -> bool:
+        """Whether a request may still be sent for it: every lease it holds records of is
+        active. Asked right before each request (a batch rarely spans more than one)."""
+        lease = None
+        for item in self.items:
+            if item.record.lease is not lease:
+                lease = item.record.lease
+                if not lease.active:
+                    return False
+        return True
 
     def offset_ranges(self) -> dict[str, str]:
         """`topic[partition]` -> `first-last` offsets of the events in this batch."""
@@ -219,20 +237,16 @@ class Batcher:
             if lane.open is not None and (predicate is None or predicate(lane.open)):
                 self._close(lane)
 
-    def flush_partitions(self, tps: Iterable[TopicPartition]) -> None:
-        wanted = set(tps)
-        self.flush(lambda batch: not wanted.isdisjoint(batch.partitions()))
-
-    def drop_partitions(self, tps: Iterable[TopicPartition]) -> list[PendingEvent]:
-        """Take back every waiting (not in-flight) event of these partitions."""
-        wanted = set(tps)
+    def drop_leases(self, leases: Iterable[Lease]) -> list[PendingEvent]:
+        """Take back every waiting (not handed out) event taken under these leases."""
+        wanted = set(leases)
         dropped: list[PendingEvent] = []
 
         def without(batch: Batch) -> Batch | None:
-            keep = [item for item in batch.items if item.record.tp not in wanted]
-            dropped.extend(item for item in batch.items if item.record.tp in wanted)
+            keep = [item for item in batch.items if item.record.lease not in wanted]
             if len(keep) == len(batch):
                 return batch
+            dropped.extend(item for item in batch.items if item.record.lease in wanted)
             return batch.sub(keep) if keep else None
 
         for path in list(self._lanes):

@@ -1,12 +1,13 @@
 """Error codes of outcomes and the tree of LaunchDarkly API errors.
 
-ApiError                       (code, status, message; `retryable` says what the pipeline does)
-+-- Unauthorized        401    neither rejects nor fails: the whole pipeline waits for a token
+ApiError                       (code, status, message; `retryable` says what the pipeline does,
+|                               `outage` whether it may mean the API as a whole is down)
++-- Unauthorized        401    neither rejects nor fails: the API gate closes (gate.py)
 +-- RetryableApiError          retried with backoff inside the per-event budget
 |   +-- RateLimited     429    carries `retry_after` (seconds) from the headers
-|   +-- ServerError     5xx
-|   +-- RequestTimeout         no response in time
-|   +-- ConnectionFailed       refused, reset or dropped
+|   +-- ServerError     5xx    outage
+|   +-- RequestTimeout         no response in time; outage
+|   +-- ConnectionFailed       refused, reset or dropped; outage
 |   +-- Conflict        409    retried a bounded number of times, then permanent
 +-- PermanentApiError          pinned on the instructions of the request: `rejected`
     +-- BadRequest      400/422  (an all-or-nothing batch is narrowed down first)
@@ -51,6 +52,8 @@ class ApiError(Exception):
 
     code: ErrorCode = ErrorCode.UNEXPECTED_STATUS
     retryable: bool = False
+    # Says nothing about the request itself: counted by the gate's outage detector.
+    outage: bool = False
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -84,18 +87,21 @@ class ServerError(RetryableApiError):
     """5xx from LaunchDarkly or a proxy in front of it."""
 
     code = ErrorCode.SERVER_ERROR
+    outage = True
 
 
 class RequestTimeout(RetryableApiError):
     """No complete response within the request timeout."""
 
     code = ErrorCode.TIMEOUT
+    outage = True
 
 
 class ConnectionFailed(RetryableApiError):
     """The connection was refused, reset or dropped before a response came."""
 
     code = ErrorCode.CONNECTION_ERROR
+    outage = True
 
 
 class Conflict(RetryableApiError):

@@ -156,19 +156,28 @@ class LdClient:
 
     async def patch(self, path: str, body: dict[str, Any]) -> ApiResponse:
         """Send one semantic patch. Raises `RequestTimeout` or `ConnectionFailed` only."""
+        return await self._request(METHOD, path, orjson.dumps(body), CONTENT_TYPE)
+
+    async def get(self, path: str) -> ApiResponse:
+        """A read (the API gate's probe). Raises `RequestTimeout` or `ConnectionFailed` only."""
+        return await self._request("GET", path, None, None)
+
+    async def _request(
+        self, method: str, path: str, data: bytes | None, content_type: str | None
+    ) -> ApiResponse:
         if self._session is None:
             raise RuntimeError("LdClient.start() was not called")
         headers = {
             "Authorization": self.token.value(),
-            "Content-Type": CONTENT_TYPE,
             "LD-API-Version": API_VERSION,
             "Accept": "application/json",
         }
-        data = orjson.dumps(body)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         started = time.monotonic()
         try:
             async with self._session.request(
-                METHOD, self.base_url + path, data=data, headers=headers
+                method, self.base_url + path, data=data, headers=headers
             ) as response:
                 raw = await response.read()
                 status = response.status

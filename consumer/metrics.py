@@ -87,8 +87,16 @@ class Metrics:
             "1 while LaunchDarkly accepts the token, 0 during a 401 outage",
             registry=r,
         )
+        self.api_available = Gauge(
+            "ldc_api_available",
+            "1 while the API gate is open; 0 while LaunchDarkly cannot be used (token refused,"
+            " outage, not reached yet)",
+            registry=r,
+        )
         self.paused = Gauge(
-            "ldc_partitions_paused", "Partitions paused (backpressure or auth outage)", registry=r
+            "ldc_partitions_paused",
+            "Partitions paused (backpressure, API gate closed, or lease not granted yet)",
+            registry=r,
         )
         self.assigned = Gauge("ldc_partitions_assigned", "Partitions assigned", registry=r)
         self.auth_ok.set(1)

@@ -1,120 +1,60 @@
-"""Per-partition offset tracking: which input offsets may be committed. Pure, no I/O.
+"""One partition's commit position: which taken offsets may be committed. Pure, no I/O.
 
-The commit invariant, enforced here:
+The commit invariant, enforced here (one `PartitionOffsets` per lease, see leases.py):
 
-1. An offset is tracked when its record is consumed, in the order consumed.
+1. An offset is taken in the order consumed, each only once, never below one taken before.
 2. It is marked done only after its outcome (and its dead-letter copy, where due) has been
    acknowledged by the broker.
-3. A partition's commit position is its first tracked offset that is not done, or one past the
-   highest tracked offset when every one is done. Batches for different URLs finish in any
-   order; the position never passes a record still in the works.
-4. A position is offered for commit only when it moved past the last one committed (or past
-   the first offset tracked, before any commit).
-5. A revoked partition is forgotten. Tickets from an earlier assignment of the same partition
-   carry an older generation and are ignored, so late work can never advance a new owner's
-   position.
+3. The commit position is the first taken offset that is not done, or one past the last taken
+   offset when every one is done (the start, before anything is taken). Batches for different
+   URLs finish in any order; the position never passes a record still in the works.
+4. A position is offered for commit only when it moved past the last one committed (the
+   start counts as committed: it came from the group's committed offset or its reset).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-
-from aiokafka.structs import TopicPartition
-
-_generations = itertools.count(1)
 
 
-@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
-class Ticket:
-    """The claim of one consumed record on its partition's commit position."""
+class PartitionOffsets:
+    __slots__ = ("_done", "_pending", "committed", "next")
 
-    tp: TopicPartition
-    offset: int
-    generation: int
+    def __init__(self, start: int) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        # One past the last offset taken: where the next record taken must start, at least.
+        self.next = start
+        self.committed = start
 
-
-@dataclass(slots=True)
-class _Partition:
-    generation: int
-    pending: deque[int] = field(default_factory=deque)
-    done: set[int] = field(default_factory=set)
-    highest: int = -1
-    # The position the partition started from, or the last one committed.
-    committed: int | None = None
-
-    def position(self) -> int | None:
-        while self.pending and self.pending[0] in self.done:
-            self.done.discard(self.pending.popleft())
-        if self.pending:
-            return self.pending[0]
-        return self.highest + 1 if self.highest >= 0 else None
-
-
-class OffsetTracker:
-    def __init__(self) -> None:
-        self._partitions: dict[TopicPartition, _Partition] = {}
-
-    def track(self, tp: TopicPartition, offset: int) -> Ticket | None:
-        """Start tracking a consumed record; None when this offset is already tracked."""
-        state = self._partitions.get(tp)
-        if state is None:
-            state = self._partitions[tp] = _Partition(next(_generations))
-        if offset <= state.highest:
-            return None
-        if state.committed is None:
-            state.committed = offset  # where consumption started: nothing to commit before it
-        state.pending.append(offset)
-        state.highest = offset
-        return Ticket(tp, offset, state.generation)
-
-    def done(self, ticket: Ticket) -> bool:
-        """Mark a record's outcome acknowledged; False for a ticket of an earlier assignment."""
-        state = self._partitions.get(ticket.tp)
-        if state is None or state.generation != ticket.generation:
+    def take(self, offset: int) -> bool:
+        """Start tracking a consumed record; False (and nothing tracked) for one already
+        passed."""
+        if offset < self.next:
             return False
-        state.done.add(ticket.offset)
+        self._pending.append(offset)
+        self.next = offset + 1
         return True
 
-    def positions(self, tps: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
-        """Commit positions that moved past the last committed ones."""
-        chosen = self._partitions if tps is None else dict.fromkeys(tps)
-        result: dict[TopicPartition, int] = {}
-        for tp in chosen:
-            state = self._partitions.get(tp)
-            if state is None:
-                continue
-            position = state.position()
-            if position is not None and state.committed is not None and position > state.committed:
-                result[tp] = position
-        return result
+    def done(self, offset: int) -> None:
+        pending = self._pending
+        if pending and pending[0] <= offset < self.next:  # a second `done` cannot count twice
+            self._done.add(offset)
 
-    def position(self, tp: TopicPartition) -> int | None:
-        """The commit position now (whether or not it was committed yet)."""
-        state = self._partitions.get(tp)
-        return state.position() if state is not None else None
+    def position(self) -> int:
+        pending, done = self._pending, self._done
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
+        return pending[0] if pending else self.next
 
-    def committed(self, positions: dict[TopicPartition, int]) -> None:
-        for tp, position in positions.items():
-            state = self._partitions.get(tp)
-            if state is not None and (state.committed is None or position > state.committed):
-                state.committed = position
+    def to_commit(self) -> int | None:
+        """The position, when it moved past the last one committed."""
+        position = self.position()
+        return position if position > self.committed else None
 
-    def revoke(self, tps: Iterable[TopicPartition]) -> None:
-        for tp in tps:
-            self._partitions.pop(tp, None)
+    def mark_committed(self, position: int) -> None:
+        self.committed = max(self.committed, position)
 
-    def pending(self, tps: Iterable[TopicPartition] | None = None) -> int:
-        """Records tracked and not yet done (in the given partitions, or in all)."""
-        chosen = self._partitions.keys() if tps is None else tps
-        total = 0
-        for tp in chosen:
-            state = self._partitions.get(tp)
-            if state is not None:
-                total += len(state.pending) - len(state.done)
-        return total
-
-    def partitions(self) -> list[TopicPartition]:
-        return list(self._partitions)
+    def pending(self) -> int:
+        """Taken and not done."""
+        return len(self._pending) - len(self._done)

@@ -1,4 +1,5 @@
-"""A consumed record as the pipeline carries it: the original bytes plus its offset ticket."""
+"""A consumed record as the pipeline carries it: the original bytes plus the lease it was
+taken under (leases.py), which its outcome marks done."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from consumer.events import Source, TargetingEvent
-from consumer.offsets import Ticket
+from consumer.events import TargetingEvent
+from consumer.leases import Lease
 from consumer.routing import Route
 
 
@@ -21,10 +22,10 @@ class ConsumedRecord:
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     timestamp: int
-    ticket: Ticket
+    lease: Lease
 
     @classmethod
-    def from_kafka(cls, record: Any, ticket: Ticket) -> ConsumedRecord:
+    def from_kafka(cls, record: Any, lease: Lease) -> ConsumedRecord:
         return cls(
             topic=record.topic,
             partition=record.partition,
@@ -33,16 +34,16 @@ class ConsumedRecord:
             value=record.value,
             headers=tuple(record.headers or ()),
             timestamp=record.timestamp,
-            ticket=ticket,
+            lease=lease,
         )
 
     @property
     def tp(self) -> TopicPartition:
         return TopicPartition(self.topic, self.partition)
 
-    @property
-    def source(self) -> Source:
-        return Source(topic=self.topic, partition=self.partition, offset=self.offset)
+    def done(self) -> None:
+        """Its outcome is acknowledged (ignored once its lease has ended)."""
+        self.lease.done(self.offset)
 
 
 @dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow

@@ -13,8 +13,14 @@ records waiting at its position:
 3. collect the source offsets at or past each position.
 
 Outcomes carry `ldc.source.*` headers so the scan needs no JSON parsing; it falls back to the
-value for records without them. The scan is bounded by CONSUMER_RECOVERY_TIMEOUT_MS; if it
-runs out, the records found so far are skipped and the rest are processed again (at least once).
+value for records without them. The scan is bounded by CONSUMER_RECOVERY_TIMEOUT_MS; a scan
+that did not reach the end it first saw is not used at all (everything is sent again, in
+order: repeats are allowed, reordering is not).
+
+Skipping never reorders (`Recovered`): for one request URL, only a prefix of the records
+waiting may be skipped. Once a record for a URL is sent again, every later record for that
+URL is sent again too, outcome or not: skipping a later one that the previous owner applied
+would leave it applied *before* the earlier one now sent.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -67,6 +73,37 @@ def source_of(record: ConsumerRecord) -> tuple[str, int, int] | None:
         return None
 
 
+class Recovered:
+    """What a scan found, and the prefix rule for skipping it. Pure."""
+
+    def __init__(self, done: Mapping[TopicPartition, set[int]] | None = None) -> None:
+        self._done = {tp: set(offsets) for tp, offsets in (done or {}).items() if offsets}
+        self._sent: set[str] = set()  # URLs with a record sent again: nothing more skipped
+
+    def __bool__(self) -> bool:
+        return bool(self._done)
+
+    def skip(self, tp: TopicPartition, offset: int, path: str | None) -> bool:
+        """Whether to skip this record, in consumption order. `path`: its request URL (None
+        for a record that is not a valid event: skipping it reorders nothing)."""
+        done = self._done.get(tp)
+        if path is not None and path in self._sent:
+            found = False
+        else:
+            found = done is not None and offset in done
+        if done is not None and offset in done:
+            done.discard(offset)
+            if not done:
+                del self._done[tp]
+        if not found and path is not None:
+            self._sent.add(path)
+        return found
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self._done.pop(tp, None)
+
+
 class Recovery:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -94,11 +131,22 @@ class Recovery:
             if not stamps:
                 return {}
             now_ms = time.time() * 1000
-            since_ms = int(min(min(ts, now_ms) for ts in stamps.values()) - self._lookback_ms)
+            # Clamped: a record timestamp (or a lookback) before 1970 is a valid input, not one
+            # to make `offsets_for_times` raise and recovery stop.
+            since_ms = max(
+                0, int(min(min(ts, now_ms) for ts in stamps.values()) - self._lookback_ms)
+            )
             waiting = {tp: positions[tp] for tp in stamps}
-            done, scanned = await self._scan(consumer, waiting, since_ms, deadline)
+            done, scanned, complete = await self._scan(consumer, waiting, since_ms, deadline)
         finally:
             await consumer.stop()
+        if not complete:
+            log.warning(
+                "recovery.incomplete",
+                outcomes_scanned=scanned,
+                message="the scan did not finish in time; nothing is skipped",
+            )
+            return {}
         log.info(
             "recovery.scanned",
             partitions=len(waiting),
@@ -138,7 +186,9 @@ class Recovery:
         positions: Mapping[TopicPartition, int],
         since_ms: int,
         deadline: float,
-    ) -> tuple[dict[TopicPartition, set[int]], int]:
+    ) -> tuple[dict[TopicPartition, set[int]], int, bool]:
+        """(source offsets found per input partition, outcomes scanned, whether the scan
+        reached the end of every results partition)."""
         tps = await kafka.topic_partitions(self._settings, self._settings.consumer_results_topic)
         consumer.assign(tps)
         starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
@@ -172,6 +222,4 @@ class Recovery:
                     del ends[tp]
                 elif await consumer.position(tp) >= end:
                     remaining.discard(tp)
-        if remaining:
-            log.warning("recovery.timeout", partitions_unscanned=len(remaining))
-        return done, scanned
+        return done, scanned, not remaining

@@ -72,6 +72,11 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
     },
 }
 
+# The API gate's probe (gate.py): a cheap authenticated read, in LaunchDarkly's OpenAPI
+# document as getCallerIdentity; a route of its own for the rate limiter.
+CALLER_IDENTITY_PATH = "/api/v2/caller-identity"
+CALLER_IDENTITY_ROUTE = "caller-identity"
+
 METHOD = "PATCH"
 CONTENT_TYPE = "application/json; domain-model=launchdarkly.semanticpatch"
 API_VERSION = "20240415"

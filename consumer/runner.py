@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import sys
 
 import structlog
 
@@ -32,11 +34,23 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def exit_now() -> None:
+    """A second SIGTERM/SIGINT: end at once. Nothing unfinished is committed, so the next
+    owner processes it (at least once)."""
+    log.warning("service.exit_now", message="second signal: exiting without draining")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+EXIT_INTERRUPTED = 130
+
+
 async def run_service(settings: Settings) -> int:
     token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
     REDACTOR.watch(token.value)  # a token file may change while running
     stop = asyncio.Event()
-    on_stop(stop)
+    on_stop(stop, on_second=exit_now)
     service = Service(settings, token)
     tune_gc()
     try:

@@ -1,14 +1,22 @@
-"""Sends one batch until every instruction in it has a result.
+"""Sends one batch until every instruction in it has a result, or its lease is revoked.
 
-- retryable errors wait as `retry.py` says and send the same request again: a retried batch is
+- **Ownership** (leases.py, rule 4): right before every request (the first, a retry, each
+  narrowing step) the batch must be `live()`; there is no await between that check and the
+  request leaving. A batch that is not live sends nothing more: the instructions without a
+  result get `None` (no outcome; the partition's next owner sends them again).
+- Retryable errors wait as `retry.py` says and send the same request again: a retried batch is
   never reordered, and since the batcher hands out one batch per path at a time, no later
-  batch for the path can overtake it;
-- every request goes through the rate limiter (`throttle.py`), shared by all batches;
-- 401 waits at the auth gate and probes; it never becomes an outcome;
+  batch for the path can overtake it.
+- Every request goes through the rate limiter (`throttle.py`), shared by all batches.
+- The API gate (`gate.py`): a request waits while it is closed; a 401 closes it, and so does a
+  run of outage-type failures (no answer, 5xx) with no other answer. A batch that waited at a
+  closed gate starts a fresh budget. A batch out of budget on an outage-type error asks the
+  gate to settle whether the API answers others (then `failed`) or was down (then it waits
+  and tries again).
 - 400/422 on a request of several instructions is narrowed down: the batch is split in halves
   sent in order, recursively, so only instructions that fail alone are rejected and all the
-  others are applied, in their original order;
-- any other error is pinned on every instruction of the request.
+  others are applied, in their original order.
+- Any other error is pinned on every instruction of the request.
 """
 
 from __future__ import annotations
@@ -16,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 
 import structlog
 
-from consumer.auth import AuthGate
 from consumer.batcher import Batch
 from consumer.errors import (
     ApiError,
@@ -32,14 +40,32 @@ from consumer.errors import (
     Unauthorized,
 )
 from consumer.events import Status, instruction_body
+from consumer.gate import ApiGate, Verdict
 from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, results_from_body, results_from_error
 from consumer.retry import RetryPolicy
-from consumer.routing import request_body
+from consumer.routing import CALLER_IDENTITY_PATH, CALLER_IDENTITY_ROUTE, request_body
 from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
+
+# One result per instruction; None: no result, the batch stopped (its lease was revoked).
+Results = list[InstructionResult | None]
+
+
+class _Stopped(Exception):
+    """The batch is no longer live: nothing more may be sent for it."""
+
+
+@dataclass(slots=True)
+class _Budget:
+    """A request's retry budget (retry.py), restarted after a closed gate."""
+
+    started: float
+    closings: int
+    failures: int = 0
+    conflicts: int = 0
 
 
 class BatchSender:
@@ -47,7 +73,7 @@ class BatchSender:
         self,
         client: LdClient,
         policy: RetryPolicy,
-        gate: AuthGate,
+        gate: ApiGate,
         *,
         throttle: RateLimiter | None = None,
         metrics: Metrics | None = None,
@@ -66,58 +92,69 @@ class BatchSender:
     def requesting(self, batch_id: str) -> bool:
         return batch_id in self._requesting
 
-    async def send(self, batch: Batch) -> list[InstructionResult]:
-        """One result per instruction, in the batch's order."""
-        return await self._send(
-            batch, [0] * len(batch), time.monotonic(), narrowing=False, top=batch.id
-        )
+    async def send(self, batch: Batch) -> Results:
+        """One result per instruction, in the batch's order (None: stopped before one came)."""
+        budget = _Budget(time.monotonic(), self._gate.closings)
+        return await self._send(batch, [0] * len(batch), budget, narrowing=False, top=batch.id)
 
     async def _send(
-        self, batch: Batch, attempts: list[int], started: float, *, narrowing: bool, top: str
-    ) -> list[InstructionResult]:
+        self, batch: Batch, attempts: list[int], budget: _Budget, *, narrowing: bool, top: str
+    ) -> Results:
+        """`budget`: the time budget started with the batch (narrowing shares it); failures
+        and conflicts are counted per request."""
         body = request_body(
             batch.route, [instruction_body(p.event) for p in batch.items], batch.comment
         )
-        failures = conflicts = 0
-        probing = False
+        budget = _Budget(budget.started, budget.closings)
         while True:
-            if not probing:
+            if not self._gate.is_open:
                 await self._gate.wait_open()
-            response, error = await self._attempt(batch, body, narrowing=narrowing, top=top)
+            if budget.closings != self._gate.closings:  # a closed gate charges nothing
+                budget = _Budget(time.monotonic(), self._gate.closings)
+            try:
+                response, error = await self._attempt(batch, body, narrowing=narrowing, top=top)
+            except _Stopped:
+                return [None] * len(batch)
             attempts[:] = [n + 1 for n in attempts]
             if isinstance(error, Unauthorized):
-                await self._gate.unauthorized()
-                probing = True
+                self._gate.unauthorized(error)
                 continue
-            if response is not None:
-                self._gate.accepted()
-            probing = False
+            if error is not None and error.outage:
+                self._gate.failed(error)
+            elif response is not None:
+                self._gate.answered()
             if error is None:
                 assert response is not None
-                return results_from_body(
-                    batch.id,
-                    batch.items,
-                    response.body if isinstance(response.body, dict) else {},
-                    http_status=response.status,
-                    attempts=attempts,
-                    per_instruction_errors=batch.route.spec.per_instruction_errors,
+                return list(
+                    results_from_body(
+                        batch.id,
+                        batch.items,
+                        response.body if isinstance(response.body, dict) else {},
+                        http_status=response.status,
+                        attempts=attempts,
+                        per_instruction_errors=batch.route.spec.per_instruction_errors,
+                    )
                 )
             if isinstance(error, BadRequest) and len(batch) > 1:
-                return await self._narrow(batch, attempts, started, error, top)
+                return await self._narrow(batch, attempts, budget, error, top)
             if isinstance(error, Conflict):
-                conflicts += 1
+                budget.conflicts += 1
             elif not isinstance(error, RateLimited):
-                failures += 1
+                budget.failures += 1
             delay = self._policy.delay(
                 error,
-                failures=failures,
-                conflicts=conflicts,
-                elapsed=time.monotonic() - started,
+                failures=budget.failures,
+                conflicts=budget.conflicts,
+                elapsed=time.monotonic() - budget.started,
                 rng=self._rng,
             )
             if delay is None:
-                return results_from_error(
-                    batch.id, batch.items, error, status=_final_status(error), attempts=attempts
+                if error.outage and await self._gate.settle() is Verdict.REOPENED:
+                    continue  # the API was down, not this request: start over
+                return list(
+                    results_from_error(
+                        batch.id, batch.items, error, status=_final_status(error), attempts=attempts
+                    )
                 )
             self._metrics.retries.labels(reason=error.code.value).inc()
             log.info(
@@ -127,18 +164,27 @@ class BatchSender:
                 error=error.code.value,
                 http_status=error.status,
                 delay_s=round(delay, 3),
-                failures=failures,
+                failures=budget.failures,
             )
             await asyncio.sleep(delay)
 
     async def _attempt(
         self, batch: Batch, body: dict[str, object], *, narrowing: bool, top: str
     ) -> tuple[ApiResponse | None, ApiError | None]:
-        """One request, within the rate limits; every acquired unit is given back."""
+        """One request, within the rate limits; every acquired unit is given back.
+
+        Raises `_Stopped`, sending nothing, when the batch is not live right before the
+        request would leave.
+        """
         endpoint = batch.route.endpoint.value
+        if not batch.live():
+            raise _Stopped
         permit = await self._throttle.acquire(endpoint)
         if permit.waited:
             self._metrics.rate_limit_wait.inc(permit.waited)
+        if not batch.live():  # no await from here until the request is on the wire
+            self._throttle.observe(endpoint, None, None, permit.seq)
+            raise _Stopped
         if narrowing:
             self._metrics.narrowing.inc()
         response: ApiResponse | None = None
@@ -180,8 +226,8 @@ class BatchSender:
         return response, error
 
     async def _narrow(
-        self, batch: Batch, attempts: list[int], started: float, error: ApiError, top: str
-    ) -> list[InstructionResult]:
+        self, batch: Batch, attempts: list[int], budget: _Budget, error: ApiError, top: str
+    ) -> Results:
         middle = len(batch) // 2
         log.info(
             "batch.narrowing",
@@ -191,15 +237,41 @@ class BatchSender:
             http_status=error.status,
             message=error.message,
         )
-        results: list[InstructionResult] = []
+        results: Results = []
         for part, counts in (
             (batch.items[:middle], attempts[:middle]),
             (batch.items[middle:], attempts[middle:]),
         ):
             results.extend(
-                await self._send(batch.sub(part), counts, started, narrowing=True, top=top)
+                await self._send(batch.sub(part), counts, budget, narrowing=True, top=top)
             )
         return results
+
+    async def probe(self) -> ApiError | None:
+        """The API gate's probe: `GET /api/v2/caller-identity` within the rate limits."""
+        permit = await self._throttle.acquire(CALLER_IDENTITY_ROUTE)
+        response: ApiResponse | None = None
+        error: ApiError | None = None
+        try:
+            response = await self._client.get(CALLER_IDENTITY_PATH)
+        except (RequestTimeout, ConnectionFailed) as exc:
+            error = exc
+        else:
+            error = error_for(
+                response,
+                now_ms=time.time() * 1000,
+                rate_limit_default=self._policy.rate_limit_default,
+                needs_body=False,
+            )
+        finally:
+            self._throttle.observe(
+                CALLER_IDENTITY_ROUTE, response.headers if response else None, error, permit.seq
+            )
+        status = (
+            str(response.status) if response is not None else (error.code.value if error else "")
+        )
+        self._metrics.requests.labels(endpoint=CALLER_IDENTITY_ROUTE, status=status).inc()
+        return error
 
 
 def _final_status(error: ApiError) -> Status:

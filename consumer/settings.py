@@ -25,7 +25,12 @@ class Settings(BaseSettings):
     kafka_client_id: str = "ld-targeting-consumer"
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # How long the group waits for members to rejoin in a rebalance: a member's revoke
+    # (CONSUMER_REVOKE_TIMEOUT_MS) and its commit must end within it.
     kafka_rebalance_timeout_ms: int = Field(30_000, ge=1_000)
+    # Bound of every offset commit (aiokafka retries a commit without end while the broker
+    # is away).
+    kafka_commit_timeout_ms: int = Field(5_000, ge=100)
     # How long a fetch waits for data. Brokers that do not answer a waiting fetch when data
     # arrives (Tansu) add up to this much latency; on Kafka it only sets how often an idle
     # consumer asks.
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
     ld_api_token: SecretStr | None = None
     ld_api_token_file: Path | None = None
     ld_base_url: str = "https://app.launchdarkly.com"
-    ld_request_timeout_ms: int = Field(15_000, ge=100)
+    ld_request_timeout_ms: int = Field(10_000, ge=100)
     ld_retry_max_attempts: int = Field(10, ge=1)
     ld_retry_max_elapsed_ms: int = Field(300_000, ge=0)
     ld_retry_base_delay_ms: int = Field(500, ge=1)
@@ -58,7 +63,10 @@ class Settings(BaseSettings):
     ld_conflict_max_retries: int = Field(3, ge=0)
     ld_rate_limit_default_wait_ms: int = Field(10_000, ge=0)
     ld_rate_limit_jitter_ms: int = Field(1_000, ge=0)
-    ld_auth_probe_max_delay_ms: int = Field(30_000, ge=100)
+    # The API gate (gate.py): how long every request must fail (no answer, 5xx) with no other
+    # answer before the API counts as down, and the longest pause between its probes.
+    ld_outage_window_ms: int = Field(10_000, ge=100)
+    ld_probe_max_delay_ms: int = Field(30_000, ge=100)
 
     # The consumer
     consumer_group_id: str = "ld-targeting-consumer"
@@ -74,7 +82,8 @@ class Settings(BaseSettings):
     consumer_auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest"
     consumer_commit_interval_ms: int = Field(1_000, ge=10)
     consumer_shutdown_timeout_ms: int = Field(10_000, ge=0)
-    consumer_revoke_timeout_ms: int = Field(5_000, ge=0)
+    # Bound of a revoke: requests on the wire for revoked partitions are waited for this long.
+    consumer_revoke_timeout_ms: int = Field(15_000, ge=0)
     # Crash recovery (see recovery.py): how far before the waiting record's timestamp to look
     # for outcomes already published; negative turns recovery off.
     consumer_recovery_lookback_ms: int = Field(120_000)
@@ -113,6 +122,28 @@ class Settings(BaseSettings):
         if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
             raise ValueError(
                 "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> Settings:
+        # A request on the wire when its partition is revoked must end within the revoke,
+        # and the revoke with its commit within the group's rebalance (leases.py, rule 4).
+        if self.ld_request_timeout_ms >= self.consumer_revoke_timeout_ms:
+            raise ValueError(
+                "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS"
+                f" ({self.ld_request_timeout_ms} >= {self.consumer_revoke_timeout_ms})"
+            )
+        revoke = self.consumer_revoke_timeout_ms + self.kafka_commit_timeout_ms
+        if revoke >= self.kafka_rebalance_timeout_ms:
+            raise ValueError(
+                "CONSUMER_REVOKE_TIMEOUT_MS + KAFKA_COMMIT_TIMEOUT_MS must be lower than"
+                f" KAFKA_REBALANCE_TIMEOUT_MS ({revoke} >= {self.kafka_rebalance_timeout_ms})"
+            )
+        if self.ld_outage_window_ms >= self.ld_retry_max_elapsed_ms:
+            raise ValueError(
+                "LD_OUTAGE_WINDOW_MS must be lower than LD_RETRY_MAX_ELAPSED_MS"
+                f" ({self.ld_outage_window_ms} >= {self.ld_retry_max_elapsed_ms})"
             )
         return self
 

@@ -93,10 +93,15 @@ class TansuBroker:
 
 # Client settings that work with Tansu (see the README): it holds every JoinGroup for half the
 # session timeout, does not wake a waiting fetch on new data, and has no InitProducerId v3.
+# The timeouts nest as the settings require (request < revoke, revoke + commit < rebalance)
+# with a local API in mind.
 TANSU_SETTINGS: dict[str, object] = {
     "kafka_session_timeout_ms": 2_000,
     "kafka_heartbeat_interval_ms": 500,
-    "kafka_rebalance_timeout_ms": 2_000,
+    "kafka_rebalance_timeout_ms": 6_000,
+    "kafka_commit_timeout_ms": 1_500,
+    "consumer_revoke_timeout_ms": 4_000,
+    "ld_request_timeout_ms": 3_000,
     "kafka_fetch_max_wait_ms": 50,
     "kafka_producer_idempotence": False,
 }

@@ -9,7 +9,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from consumer.events import TargetingEvent, decode, target_operations
-from consumer.offsets import OffsetTracker
+from consumer.leases import Lease, Leases
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.routing import route
 
@@ -113,26 +113,38 @@ def parse(event: dict[str, Any]) -> TargetingEvent:
     return decoded  # type: ignore[return-value]
 
 
-_tracker = OffsetTracker()
+_leases = Leases()
 _offsets = iter(range(10**9))
 
 
+def lease_for(partition: int = 0, topic: str = "in") -> Lease:
+    """The factories' active lease of a partition (granted on first use)."""
+    tp = TopicPartition(topic, partition)
+    lease = _leases.get(tp)
+    if lease is None or not lease.active:
+        lease = _leases.grant(tp, 0)
+    return lease
+
+
 def pending(
-    event: dict[str, Any] | None = None, *, partition: int = 0, topic: str = "in"
+    event: dict[str, Any] | None = None,
+    *,
+    partition: int = 0,
+    topic: str = "in",
+    lease: Lease | None = None,
 ) -> PendingEvent:
     parsed = parse(event or event_dict())
-    tp = TopicPartition(topic, partition)
+    lease = lease or lease_for(partition, topic)
     offset = next(_offsets)
-    ticket = _tracker.track(tp, offset)
-    assert ticket is not None
+    assert lease.offsets.take(offset)
     record = ConsumedRecord(
-        topic=topic,
-        partition=partition,
+        topic=lease.tp.topic,
+        partition=lease.tp.partition,
         offset=offset,
         key=None,
         value=encode(event or {}),
         headers=(),
         timestamp=int(time.time() * 1000),
-        ticket=ticket,
+        lease=lease,
     )
     return PendingEvent(record, parsed, route(parsed), target_operations(parsed))

@@ -1,4 +1,5 @@
-"""The LaunchDarkly API simulator over HTTP: the four PATCH endpoints, a few reads, an admin API.
+"""The LaunchDarkly API simulator over HTTP: the four PATCH endpoints, a few reads (segments,
+flags, caller identity), an admin API.
 
 Every /api response carries the rate-limit headers. Requests are checked in LaunchDarkly's
 order: token (401), rate limit (429), injected faults, resource (404), body (400), then the
@@ -8,6 +9,7 @@ instructions. The admin API (/admin/...) has no authentication: it is a local te
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import random
 import time
@@ -50,6 +52,16 @@ class Faults(BaseModel):
     rate_limit_retry_after: bool = Field(False, description="injected 429s carry Retry-After")
     drop_rate: float = Field(0.0, ge=0, le=1, description="share of connections dropped")
     conflict_rate: float = Field(0.0, ge=0, le=1, description="share answered 409")
+    paths: list[str] = Field(
+        default_factory=list,
+        description="only requests whose path matches one of these globs get faults (empty: all)",
+    )
+
+    def apply_to(self, path: str) -> bool:
+        return not self.paths or any(fnmatch.fnmatchcase(path, p) for p in self.paths)
+
+
+NO_FAULTS = Faults()
 
 
 class Limits(BaseModel):
@@ -119,6 +131,7 @@ class Simulator:
         r.add_patch("/api/v2/segments/{project}/{environment}/{resource}", self.segment_patch)
         r.add_get("/api/v2/segments/{project}/{environment}/{resource}", self.get_segment)
         r.add_get("/api/v2/flags/{project}/{resource}", self.get_flag)
+        r.add_get("/api/v2/caller-identity", self.caller_identity)
         r.add_get("/admin/health", self.admin_health)
         r.add_get("/admin/state", self.admin_state)
         r.add_post("/admin/reset", self.admin_reset)
@@ -195,7 +208,7 @@ class Simulator:
         if global_left < 0 or route_left < 0:
             entry["fault"] = "limit"
             return self._rate_limited(reset_ms, now_ms, headers, retry_after=False)
-        faults = self.faults
+        faults = self.faults if self.faults.apply_to(request.path) else NO_FAULTS
         low, high = faults.latency_ms
         if high > 0:
             await asyncio.sleep(self._rng.uniform(low, max(low, high)) / 1000)
@@ -349,6 +362,19 @@ class Simulator:
         if flag is None:
             raise NotFoundError(f"unknown flag {m['resource']}")
         return web.json_response(flag.representation())
+
+    async def caller_identity(self, request: web.Request) -> web.Response:
+        # CallerIdentityRep in LaunchDarkly's OpenAPI document; the consumer's API gate probes
+        # it (only the status matters to it).
+        return web.json_response(
+            {
+                "accountId": "simulator",
+                "authKind": "token",
+                "tokenKind": "auth",
+                "tokenName": "simulator token",
+                "serviceToken": True,
+            }
+        )
 
     # -- admin --------------------------------------------------------------------------------
 

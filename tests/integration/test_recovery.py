@@ -87,7 +87,7 @@ async def test_sigkill_mid_stream_then_restart_repeats_at_most_the_in_flight(
         await outcomes_covering(settings, ends)
         await asyncio.sleep(1.0)  # let stray duplicates, if any, arrive
         results = await outcomes_covering(settings, ends)
-        skipped = handle.service.skipped_already_done
+        skipped = handle.service.pipeline.skipped_already_done
         await handle.shutdown()
     per_record = Counter((o.source.partition, o.source.offset) for o in results)
     expected = {(tp.partition, o) for tp, end in ends.items() for o in range(end)}

@@ -1,6 +1,8 @@
 import pytest
+from aiokafka.structs import TopicPartition
 
 from consumer.batcher import COMMENT_SEPARATOR, Batcher
+from consumer.leases import Leases
 from consumer.records import PendingEvent
 from tests.factories import event_dict, pending
 
@@ -120,14 +122,14 @@ def test_flush_makes_open_batches_due_at_once() -> None:
     batcher.add(seg("a", partition=0), now=0.0)
     batcher.add(seg("b", partition=1), now=0.0)
     assert batcher.ready(now=1.0, limit=5) == []
-    batcher.flush_partitions([pending(partition=1).record.tp])
+    batcher.flush(lambda batch: batch.path.endswith("/b"))
     [batch] = batcher.ready(now=1.0, limit=5)
     assert batch.route.path.endswith("/b")
     batcher.flush()
     assert len(batcher.ready(now=1.0, limit=5)) == 1
 
 
-def test_drop_partitions_takes_back_waiting_events_only() -> None:
+def test_drop_leases_takes_back_waiting_events_only() -> None:
     batcher = Batcher(max_size=2, linger=60.0)
     keep, drop_1, drop_2, kept_2 = (
         seg(partition=0),
@@ -139,12 +141,25 @@ def test_drop_partitions_takes_back_waiting_events_only() -> None:
         batcher.add(item, now=0.0)
     in_flight = batcher.ready(now=0.0, limit=5)  # [keep, drop_1] goes out
     assert in_flight[0].items == [keep, drop_1]
-    dropped = batcher.drop_partitions([drop_1.record.tp])
+    dropped = batcher.drop_leases([drop_1.record.lease])
     assert dropped == [drop_2]
     assert batcher.waiting == 1
     batcher.done(in_flight[0].path)
     [rest] = batcher.ready(now=100.0, limit=5)
     assert rest.items == [kept_2]
+
+
+def test_a_batch_is_live_while_every_lease_it_holds_is_active() -> None:
+    one, other = Leases(), Leases()
+    a = pending(lease=one.grant(TopicPartition("in", 0), 0))
+    b = pending(lease=other.grant(TopicPartition("in", 1), 0))
+    batcher = Batcher(max_size=2, linger=0.0)
+    batcher.add(a, now=0.0)
+    batcher.add(b, now=0.0)
+    [batch] = batcher.ready(now=0.0, limit=1)
+    assert batch.live() and batch.leases() == {a.record.lease, b.record.lease}
+    other.revoke([TopicPartition("in", 1)])
+    assert not batch.live()
 
 
 def test_waiting_counts_events_not_handed_out() -> None:

@@ -1,66 +1,67 @@
-from aiokafka.structs import TopicPartition
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.offsets import OffsetTracker
-
-TP = TopicPartition("in", 0)
-OTHER = TopicPartition("in", 1)
+from consumer.offsets import PartitionOffsets
 
 
 def test_commits_only_the_done_prefix() -> None:
-    tracker = OffsetTracker()
-    tickets = [tracker.track(TP, offset) for offset in range(5)]
-    assert tracker.positions() == {}
-    tracker.done(tickets[1])  # type: ignore[arg-type]
-    tracker.done(tickets[2])  # type: ignore[arg-type]
-    assert tracker.positions() == {}
-    tracker.done(tickets[0])  # type: ignore[arg-type]
-    assert tracker.positions() == {TP: 3}
-    tracker.committed({TP: 3})
-    assert tracker.positions() == {}
-    tracker.done(tickets[4])  # type: ignore[arg-type]
-    tracker.done(tickets[3])  # type: ignore[arg-type]
-    assert tracker.positions() == {TP: 5}
-    assert tracker.pending() == 0
+    offsets = PartitionOffsets(0)
+    for offset in range(5):
+        assert offsets.take(offset)
+    assert offsets.to_commit() is None
+    offsets.done(1)
+    offsets.done(2)
+    assert offsets.to_commit() is None
+    offsets.done(0)
+    assert offsets.to_commit() == 3
+    offsets.mark_committed(3)
+    assert offsets.to_commit() is None
+    offsets.done(4)
+    offsets.done(3)
+    assert offsets.to_commit() == 5
+    assert offsets.pending() == 0
 
 
-def test_gaps_in_offsets_commit_past_the_highest() -> None:
-    tracker = OffsetTracker()
-    tickets = [tracker.track(TP, offset) for offset in (10, 12, 15)]
-    for ticket in tickets:
-        tracker.done(ticket)  # type: ignore[arg-type]
-    assert tracker.positions() == {TP: 16}
+def test_gaps_in_offsets_commit_past_the_last_taken() -> None:
+    offsets = PartitionOffsets(10)
+    for offset in (10, 12, 15):
+        offsets.take(offset)
+        offsets.done(offset)
+    assert offsets.to_commit() == 16
 
 
-def test_partitions_are_independent() -> None:
-    tracker = OffsetTracker()
-    a = tracker.track(TP, 0)
-    b = tracker.track(OTHER, 7)
-    tracker.done(b)  # type: ignore[arg-type]
-    assert tracker.positions() == {OTHER: 8}
-    assert tracker.pending([TP]) == 1 and tracker.pending([OTHER]) == 0
-    assert a is not None
+def test_the_start_counts_as_committed() -> None:
+    offsets = PartitionOffsets(7)
+    assert offsets.position() == 7
+    assert offsets.to_commit() is None
+    offsets.take(7)
+    assert offsets.to_commit() is None
+    offsets.done(7)
+    assert offsets.to_commit() == 8
 
 
-def test_stale_tickets_are_ignored_after_revoke() -> None:
-    tracker = OffsetTracker()
-    old = tracker.track(TP, 0)
-    tracker.revoke([TP])
-    new = tracker.track(TP, 0)
-    assert old is not None and new is not None
-    assert tracker.done(old) is False
-    assert tracker.positions() == {}
-    assert tracker.done(new) is True
-    assert tracker.positions() == {TP: 1}
+def test_offsets_already_passed_are_refused() -> None:
+    offsets = PartitionOffsets(0)
+    assert offsets.take(3)
+    assert not offsets.take(3)
+    assert not offsets.take(2)
+    assert offsets.pending() == 1
+    assert offsets.next == 4
 
 
-def test_duplicate_offsets_are_refused() -> None:
-    tracker = OffsetTracker()
-    assert tracker.track(TP, 3) is not None
-    assert tracker.track(TP, 3) is None
-    assert tracker.track(TP, 2) is None
-    assert tracker.pending() == 1
+def test_a_second_done_counts_once() -> None:
+    offsets = PartitionOffsets(0)
+    offsets.take(0)
+    offsets.take(1)
+    offsets.done(0)
+    assert offsets.position() == 1
+    offsets.done(0)  # after it left the pending queue
+    assert offsets.pending() == 1
+    offsets.done(1)
+    offsets.done(1)
+    assert offsets.pending() == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -70,39 +71,34 @@ def test_duplicate_offsets_are_refused() -> None:
     st.lists(st.booleans(), min_size=60, max_size=60),
 )
 def test_position_never_passes_an_unfinished_record(
-    gaps: list[int], rnd: object, commit_points: list[bool]
+    gaps: list[int], rnd: random.Random, commit_points: list[bool]
 ) -> None:
     """Whatever the order outcomes complete in, the commit position is always the first
     unfinished offset (or one past the last when all are done), and it never goes back."""
-    import random
-
-    assert isinstance(rnd, random.Random)
-    tracker = OffsetTracker()
+    tracked = PartitionOffsets(0)
     offsets, offset = [], 0
     for gap in gaps:
         offset += gap
         offsets.append(offset)
-    tickets = [tracker.track(TP, o) for o in offsets]
+        assert tracked.take(offset)
     order = list(range(len(offsets)))
     rnd.shuffle(order)
     done: set[int] = set()
-    last_committed = -1
+    last_committed = 0
     for step, index in enumerate(order):
-        tracker.done(tickets[index])  # type: ignore[arg-type]
+        tracked.done(offsets[index])
         done.add(offsets[index])
         unfinished = [o for o in offsets if o not in done]
         expected = unfinished[0] if unfinished else offsets[-1] + 1
-        positions = tracker.positions()
-        if TP in positions:
-            assert positions[TP] == expected
-            assert positions[TP] > last_committed
-            assert all(o in done for o in offsets if o < positions[TP])
+        assert tracked.position() == expected
+        proposed = tracked.to_commit()
+        if proposed is not None:
+            assert proposed == expected > last_committed
+            assert all(o in done for o in offsets if o < proposed)
             if commit_points[step % len(commit_points)]:
-                tracker.committed(positions)
-                last_committed = positions[TP]
+                tracked.mark_committed(proposed)
+                last_committed = proposed
         else:
-            # Nothing new to commit: the first offset is unfinished or nothing moved.
-            assert expected == offsets[0] or expected <= last_committed
-            assert offsets[0] not in done or expected <= last_committed
-        assert tracker.pending() == len(unfinished)
-    assert tracker.positions([TP]).get(TP, last_committed) == offsets[-1] + 1
+            assert expected <= last_committed
+        assert tracked.pending() == len(unfinished)
+    assert tracked.position() == offsets[-1] + 1

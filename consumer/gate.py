@@ -1,0 +1,267 @@
+"""The gate that closes while LaunchDarkly cannot be used: a refused token, or an outage.
+
+Nothing waiting at a closed gate is rejected, failed or dead-lettered, and no retry budget is
+charged: the token or the API is wrong for every event alike. The rules:
+
+1. **Closing.** A 401 closes it at once (`unauthorized`). An outage closes it when every
+   answer over `outage_window` seconds was a connection error, a timeout or a 5xx, with no
+   other answer in between (`OutageDetector`, pure). The service starts closed ("not checked
+   yet") and opens after its first probe, so nothing is taken before the API was reached.
+2. **While closed.** Fetching is paused (the lifecycle asks `is_open`), `/readyz` says why
+   (`reason`), batches wait in `wait_open`, and every batch that waited starts a fresh retry
+   budget afterwards (`closings` counts closings for that).
+3. **Probing.** A task of its own (`run`) probes with a cheap authenticated read
+   (`GET /api/v2/caller-identity`), with capped exponential backoff and jitter, re-reading the
+   token file before each probe; it does not depend on any batch, partition or rebalance.
+   The first probe that is answered 2xx opens the gate. One line is logged on closing, one
+   on opening.
+4. **A batch out of budget on an outage-type error** (`settle`) does not fail until the
+   question "is the API down?" is answered: if anything is answered by the API after that
+   moment (a probe is asked for at once), the request failed alone and its events are
+   `failed`; if instead the gate closes, the batch waits for it to open and starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from consumer.errors import ApiError, RateLimited, Unauthorized
+from consumer.ld_client import TokenSource
+
+log = structlog.get_logger(__name__)
+
+
+class Closed(enum.Enum):
+    """Why the gate is closed (the value is what /readyz and the logs say)."""
+
+    STARTING = "LaunchDarkly not reached yet"
+    UNAUTHORIZED = "LaunchDarkly refuses the API token (401)"
+    UNAVAILABLE = "LaunchDarkly unavailable: every request failed"
+
+
+class Verdict(enum.Enum):
+    ANSWERING = "answering"  # the API answers others: the failure is this request's own
+    REOPENED = "reopened"  # the API was down; it is back: try again with a fresh budget
+
+
+def is_outage_error(error: ApiError | None) -> bool:
+    """An answer that says nothing about the request itself: no answer, or a 5xx."""
+    return error is not None and error.outage
+
+
+@dataclass(slots=True)
+class OutageDetector:
+    """Rule 1 for outages. Pure: times (monotonic seconds) are passed in."""
+
+    window: float
+    first_failure_at: float | None = None  # the first failure since the last answer
+
+    def answered(self) -> None:
+        self.first_failure_at = None
+
+    def failed(self, now: float) -> bool:
+        """Record an outage-type failure; True when the API counts as down."""
+        if self.first_failure_at is None:
+            self.first_failure_at = now
+        return now - self.first_failure_at >= self.window
+
+
+Probe = Callable[[], Awaitable[ApiError | None]]
+
+
+class ApiGate:
+    def __init__(
+        self,
+        token: TokenSource,
+        probe: Probe,
+        *,
+        outage_window: float,
+        base_delay: float = 1.0,
+        max_delay: float = 30.0,
+        on_change: Callable[[Closed | None], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._token = token
+        self._probe = probe
+        self._detector = OutageDetector(outage_window)
+        self._base_delay = base_delay
+        self._max_delay = max_delay
+        self._on_change = on_change
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.reason: Closed | None = Closed.STARTING
+        self.detail = ""  # the last error seen while closed (status or error code)
+        self.closings = 0
+        self._closed_at = clock()
+        self._open = asyncio.Event()
+        self._changed = asyncio.Event()  # pulsed on every answer, failure and state change
+        self._wanted = asyncio.Event()  # a probe is asked for while open
+        self._last_answer_at = float("-inf")
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.reason is None
+
+    def describe(self) -> str | None:
+        """The reason, for /readyz; None while open."""
+        if self.reason is None:
+            return None
+        return f"{self.reason.value} ({self.detail})" if self.detail else self.reason.value
+
+    async def wait_open(self) -> None:
+        await self._open.wait()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed.clear()
+
+    def _close(self, reason: Closed, error: ApiError | None) -> None:
+        self.detail = _detail(error)
+        if self.reason is None:
+            self.reason = reason
+            self.closings += 1
+            self._closed_at = self._clock()
+            self._open.clear()
+            if reason is Closed.UNAUTHORIZED:
+                log.error(
+                    "ld.unauthorized",
+                    message="LaunchDarkly refused the API token; pausing until it is accepted",
+                )
+            else:
+                log.error(
+                    "ld.unavailable",
+                    message="LaunchDarkly cannot be reached; pausing until it answers",
+                    window_s=self._detector.window,
+                    error=self.detail,
+                )
+            self._notify()
+        elif self.reason is not reason:
+            self.reason = reason
+            self._notify()
+        self._pulse()
+
+    def _reopen(self) -> None:
+        if self.reason is None:
+            return
+        was, self.reason, self.detail = self.reason, None, ""
+        self._open.set()
+        closed_s = round(self._clock() - self._closed_at, 3)
+        if was is Closed.UNAUTHORIZED:
+            log.info("ld.authorized", closed_s=closed_s)
+        elif was is Closed.UNAVAILABLE:
+            log.info("ld.available", closed_s=closed_s)
+        else:
+            log.info("ld.reachable")
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.reason)
+
+    # -- what requests report -----------------------------------------------------------------
+
+    def answered(self) -> None:
+        """The API answered a request with something other than 401 or 5xx."""
+        self._last_answer_at = self._clock()
+        self._detector.answered()
+        self._pulse()
+
+    def unauthorized(self, error: ApiError | None = None) -> None:
+        self._close(Closed.UNAUTHORIZED, error)
+
+    def failed(self, error: ApiError) -> None:
+        """An outage-type failure (no answer, or a 5xx)."""
+        if self._detector.failed(self._clock()) and self.reason is None:
+            self._close(Closed.UNAVAILABLE, error)
+        self._pulse()
+
+    def answered_since(self, moment: float) -> bool:
+        return self._last_answer_at >= moment
+
+    async def settle(self) -> Verdict:
+        """Rule 4: wait until it is known whether the API answers others, or was down."""
+        since = self._clock()
+        closings = self.closings
+        while True:
+            if self.answered_since(since):
+                return Verdict.ANSWERING
+            if self.closings != closings or not self.is_open:
+                await self.wait_open()
+                return Verdict.REOPENED
+            self._wanted.set()
+            self._pulse()  # wakes the prober
+            await self._changed.wait()
+
+    # -- the prober -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Probe while closed, or when `settle` asks; never returns (cancel it)."""
+        failures = 0  # probes in a row not answered
+        delay = 0.0
+        while True:
+            if self.is_open and not self._wanted.is_set():
+                await self._wait_for_work()
+                continue
+            if delay:
+                await asyncio.sleep(delay)
+            self._wanted.clear()
+            if self._token.refresh():
+                log.info("ld.token_reloaded")
+            error = await self._probe_once()
+            if error is None:
+                failures, delay = 0, 0.0
+                continue
+            if isinstance(error, RateLimited):
+                delay = error.retry_after + self._rng.uniform(0, self._base_delay)
+            else:
+                failures += 1
+                ceiling = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
+                delay = self._rng.uniform(ceiling / 2, ceiling)
+            log.info(
+                "ld.probe",
+                failures=failures,
+                closed=self.reason.name.lower() if self.reason else None,
+                error=_detail(error),
+                next_in_s=round(delay, 2),
+            )
+
+    async def _wait_for_work(self) -> None:
+        """Until the gate closes or a probe is asked for."""
+        while self.is_open and not self._wanted.is_set():
+            await self._changed.wait()
+
+    async def _probe_once(self) -> ApiError | None:
+        error = await self._probe()
+        if error is None or isinstance(error, RateLimited):
+            # A 429 comes after the token check: the API is up and takes the token.
+            self.answered()
+            self._reopen()
+        elif isinstance(error, Unauthorized):
+            self.unauthorized(error)
+        elif is_outage_error(error):
+            if self.reason is Closed.STARTING:
+                self._close(Closed.UNAVAILABLE, error)
+            else:
+                self.failed(error)
+        else:
+            # Answered, but not 2xx (a proxy's 404 for a wrong LD_BASE_URL path, a 403): the
+            # API is not usable as configured; stay closed and say what it answered.
+            self._close(Closed.UNAVAILABLE, error)
+        self._pulse()
+        return error
+
+
+def _detail(error: ApiError | None) -> str:
+    if error is None:
+        return ""
+    return f"HTTP {error.status}" if error.status is not None else error.code.value

@@ -1,0 +1,176 @@
+"""Who owns a partition's records: one lease per assigned partition. Pure, no I/O.
+
+The ownership rules, enforced here and by their callers (app.py, pipeline.py, sender.py):
+
+1. **Grant.** A lease is granted when the group assigns the partition to this member, starting
+   at the consumer's position for it (the group's committed offset, or where
+   `auto_offset_reset` puts a new group). The partition is paused from the moment the
+   assignment is known (before the listener awaits anything) until its lease exists, so no
+   record of it can be fetched for nobody.
+2. **Take.** A fetched run of records is taken only by the *active* lease of its partition,
+   and only where it continues the lease (`admit`): offsets below `next` were taken already
+   and are skipped; a run that starts past `next` is taken only when the consumer's position
+   was set to `next` before that fetch began (the offsets in between are ones the broker
+   skips: transaction markers, compacted records). Anything else is not taken and the
+   partition is seeked back to `next`, the first offset not taken: no record is ever passed
+   over in silence. Runs of a partition without an active lease are not ours: not taken, and
+   the next owner reads them from the committed offset.
+3. **Finish.** A taken record is done when its outcome (and dead-letter copy) is acknowledged
+   by the broker; the lease's commit position is its first taken offset not done (offsets.py).
+4. **Revoke.** A revoked lease stops at once: it takes nothing more, and its batches start no
+   request (no new batch, no retry, no narrowing step; the sender asks `Batch.live()` right
+   before each request). Requests already on the wire are waited for, bounded by
+   CONSUMER_REVOKE_TIMEOUT_MS (> LD_REQUEST_TIMEOUT_MS, so they end in time); outcomes of the
+   answered ones are published and the done prefix committed. Then the lease ends: `done()`
+   on it changes nothing, and this member sends nothing more for the partition's records.
+5. **Rewind.** A partition whose records share a stopped batch with a revoked one is rewound:
+   its lease ends and a new one starts at its commit position (rules 1-2 again, locally), so
+   the records the stopped batch held are taken and sent again, never stranded.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka.structs import TopicPartition
+
+from consumer.offsets import PartitionOffsets
+
+
+class LeaseState(enum.Enum):
+    ACTIVE = "active"
+    REVOKING = "revoking"  # no new work; what is on the wire finishes and is committed
+    ENDED = "ended"
+
+
+class Lease:
+    """This member's claim on one partition for one assignment."""
+
+    __slots__ = ("offsets", "state", "synced_at", "tp")
+
+    def __init__(self, tp: TopicPartition, start: int, fetch: int) -> None:
+        self.tp = tp
+        self.state = LeaseState.ACTIVE
+        self.offsets = PartitionOffsets(start)
+        # The fetch (numbered by `Leases.begin_fetch`) during which the consumer's position
+        # was last set to `next`: runs of later fetches continue it (rule 2).
+        self.synced_at = fetch
+
+    @property
+    def active(self) -> bool:
+        return self.state is LeaseState.ACTIVE
+
+    @property
+    def next(self) -> int:
+        return self.offsets.next
+
+    def done(self, offset: int) -> bool:
+        """An outcome is acknowledged; False (nothing changes) once the lease has ended."""
+        if self.state is LeaseState.ENDED:
+            return False
+        self.offsets.done(offset)
+        return True
+
+    def __repr__(self) -> str:
+        return f"Lease({self.tp.topic}[{self.tp.partition}], next={self.next}, {self.state.value})"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What to do with one fetched run of a partition."""
+
+    take_from: int | None = None  # take the run's records from this offset on; None: none
+    seek_to: int | None = None  # fetch the partition again from here
+
+
+NOTHING = Admission()
+
+
+def admit(lease: Lease | None, first: int, last: int, fetch: int) -> Admission:
+    """Rule 2 for a run of offsets `first`..`last` returned by fetch number `fetch`."""
+    if lease is None or not lease.active:
+        return NOTHING
+    start = lease.next
+    if last < start:
+        return NOTHING  # every one was taken already
+    if first <= start or lease.synced_at < fetch:
+        return Admission(take_from=max(first, start))
+    return Admission(seek_to=start)
+
+
+class Leases:
+    """The leases of this member, by partition, and the fetch counter rule 2 needs."""
+
+    def __init__(self) -> None:
+        self._by_tp: dict[TopicPartition, Lease] = {}
+        self.fetch = 0
+
+    def begin_fetch(self) -> int:
+        """Number the fetch about to start; call right before `getmany`."""
+        self.fetch += 1
+        return self.fetch
+
+    def grant(self, tp: TopicPartition, start: int) -> Lease:
+        previous = self._by_tp.get(tp)
+        if previous is not None:
+            previous.state = LeaseState.ENDED
+        lease = self._by_tp[tp] = Lease(tp, start, self.fetch)
+        return lease
+
+    def get(self, tp: TopicPartition) -> Lease | None:
+        return self._by_tp.get(tp)
+
+    def admit(self, tp: TopicPartition, first: int, last: int, fetch: int) -> Admission:
+        """Rule 2; on `seek_to` the caller seeks the consumer at once (no await between)."""
+        lease = self._by_tp.get(tp)
+        admission = admit(lease, first, last, fetch)
+        if admission.seek_to is not None:
+            assert lease is not None
+            lease.synced_at = self.fetch
+        return admission
+
+    def revoke(self, tps: Iterable[TopicPartition]) -> list[Lease]:
+        """Rule 4, first half: the leases of `tps` stop taking and sending."""
+        revoked = []
+        for tp in tps:
+            lease = self._by_tp.get(tp)
+            if lease is not None and lease.state is LeaseState.ACTIVE:
+                lease.state = LeaseState.REVOKING
+                revoked.append(lease)
+        return revoked
+
+    def end(self, leases: Iterable[Lease]) -> None:
+        """Rule 4, second half: forget them; late outcomes change nothing."""
+        for lease in leases:
+            lease.state = LeaseState.ENDED
+            if self._by_tp.get(lease.tp) is lease:
+                del self._by_tp[lease.tp]
+
+    def all(self) -> list[Lease]:
+        return list(self._by_tp.values())
+
+    def active(self) -> list[Lease]:
+        return [lease for lease in self._by_tp.values() if lease.active]
+
+    def partitions(self) -> set[TopicPartition]:
+        return {tp for tp, lease in self._by_tp.items() if lease.active}
+
+    def to_commit(self, leases: Iterable[Lease] | None = None) -> dict[Lease, int]:
+        """Commit positions that moved, of live leases (all, or those given)."""
+        chosen = self._by_tp.values() if leases is None else leases
+        found: dict[Lease, int] = {}
+        for lease in chosen:
+            if lease.state is LeaseState.ENDED:
+                continue
+            position = lease.offsets.to_commit()
+            if position is not None:
+                found[lease] = position
+        return found
+
+    def pending(self, leases: Iterable[Lease] | None = None) -> int:
+        chosen = self._by_tp.values() if leases is None else leases
+        return sum(
+            lease.offsets.pending() for lease in chosen if lease.state is not LeaseState.ENDED
+        )

@@ -1,0 +1,379 @@
+"""The pipeline: accept -> batch -> send -> publish -> mark done. No Kafka consumer in here.
+
+The commit order, for every record taken (what lets the lifecycle commit its offset):
+
+1. its lease takes it (leases.py, rule 2): the offset is tracked, not done;
+2. it is decoded and routed; an invalid one goes to step 4 with an `invalid` outcome; one the
+   crash-recovery scan found finished is marked done at once (recovery.py: never a reorder);
+3. it waits in the batcher for its URL, goes out in one request (sender.py), and gets one
+   result from the answer;
+4. its dead-letter copy (where due), then its outcome, are published and acknowledged with
+   acks=all (publisher.py);
+5. only then is it marked done on its lease; the lifecycle commits each lease's done prefix.
+
+Flights: each batch handed out runs as one task. Its bookkeeping (the URL's lane, the request
+or publishing slot, the flight table) is released by the task's done callback, so a task
+cancelled at any point, even before it first ran, frees everything it held.
+
+Revoking leases (`revoke`, leases.py rule 4), the caller having marked them REVOKING:
+
+1. no batch holding their records passes `Batch.live()` any more, so none starts a request;
+2. their waiting events leave the batcher (the next owner sends them);
+3. their flights not on the wire are cancelled: waiting at the gate, the rate limiter or a
+   backoff, or not started;
+4. flights on the wire are waited for until the deadline; the answered ones publish their
+   outcomes, which marks their records done for the caller's commit; whatever is still on
+   the wire at the deadline is cancelled (see the README: it cannot happen while
+   CONSUMER_REVOKE_TIMEOUT_MS > LD_REQUEST_TIMEOUT_MS);
+5. leases of other partitions that had records in a stopped batch are returned, for the
+   caller to rewind (leases.py, rule 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import time
+from collections.abc import Callable, Collection, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from consumer.batcher import Batch, Batcher
+from consumer.dlq import DEAD_LETTER_STATUSES
+from consumer.errors import ErrorCode, InternalError
+from consumer.events import Invalid, Status, decode, target_operations
+from consumer.leases import Lease
+from consumer.metrics import Metrics
+from consumer.outcomes import (
+    InstructionResult,
+    OutcomeMessage,
+    invalid_outcome,
+    now,
+    outcome_for,
+    results_from_error,
+)
+from consumer.records import ConsumedRecord, PendingEvent
+from consumer.recovery import Recovered
+from consumer.routing import UnroutableEvent, route
+
+log = structlog.get_logger(__name__)
+
+Pairs = Sequence[tuple[ConsumedRecord, OutcomeMessage]]
+
+
+class Sender(Protocol):
+    async def send(self, batch: Batch) -> list[InstructionResult | None]: ...
+
+    def requesting(self, batch_id: str) -> bool: ...
+
+
+class OutcomePublisher(Protocol):
+    async def publish(self, pairs: Pairs) -> None: ...
+
+
+class Phase(enum.Enum):
+    SENDING = "sending"  # waiting to send, or a request on the wire
+    PUBLISHING = "publishing"  # answered; outcomes on their way to the broker
+
+
+@dataclass(slots=True, eq=False)
+class Flight:
+    batch: Batch
+    phase: Phase = Phase.SENDING
+    task: asyncio.Task[None] | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        batcher: Batcher,
+        sender: Sender,
+        publisher: OutcomePublisher,
+        metrics: Metrics,
+        *,
+        max_in_flight: int,
+        on_published: Callable[[], None] = lambda: None,
+        on_failure: Callable[[BaseException], None] = lambda exc: None,
+    ) -> None:
+        self.batcher = batcher
+        self._sender = sender
+        self._publisher = publisher
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._on_published = on_published
+        self._on_failure = on_failure
+        self.recovered = Recovered()
+        self.skipped_already_done = 0
+        self._flights: dict[str, Flight] = {}
+        self._sending = 0  # flights in Phase.SENDING
+        self._publishing = 0
+        # Invalid records' outcomes on their way, with the lease of each.
+        self._loose: dict[asyncio.Task[None], Lease] = {}
+        self._wake = asyncio.Event()  # something to hand out, or a slot came free
+        self._progress = asyncio.Event()  # a flight or a loose task finished
+
+    # -- accepting ------------------------------------------------------------------------------
+
+    def accept(
+        self,
+        lease: Lease,
+        records: Sequence[Any],
+        take_from: int,
+        now: float,
+        wall_ms: float | None,
+    ) -> int:
+        """Take the records at or past `take_from` (one fetched run, leases.admit); returns
+        how many were taken. `wall_ms`: see Batcher.add."""
+        taken = 0
+        for raw in records:
+            if raw.offset < take_from or not lease.offsets.take(raw.offset):
+                continue
+            taken += 1
+            record = ConsumedRecord.from_kafka(raw, lease)
+            decoded = decode(record.value)
+            item: PendingEvent | None = None
+            if not isinstance(decoded, Invalid):
+                try:
+                    where = route(decoded)
+                except UnroutableEvent as exc:
+                    decoded = Invalid(ErrorCode.INVALID_EVENT, str(exc), decoded.eventId)
+                else:
+                    item = PendingEvent(record, decoded, where, target_operations(decoded))
+            if self.recovered and self.recovered.skip(
+                lease.tp, record.offset, item.route.path if item is not None else None
+            ):
+                record.done()
+                self.skipped_already_done += 1
+                self._metrics.records_skipped.inc()
+                log.info("record.already_done", partition=record.partition, offset=record.offset)
+                continue
+            if item is not None:
+                self.batcher.add(item, now, wall_ms)
+            else:
+                assert isinstance(decoded, Invalid)
+                task = self._spawn(self._publish_invalid(record, decoded))
+                self._loose[task] = lease
+        if taken:
+            self._wake.set()
+        return taken
+
+    async def _publish_invalid(self, record: ConsumedRecord, invalid: Invalid) -> None:
+        await self._publish([(record, invalid_outcome(record, invalid))])
+        record.done()
+        log.info(
+            "record.invalid",
+            partition=record.partition,
+            offset=record.offset,
+            event_id=invalid.event_id,
+            error=invalid.code.value,
+            message=invalid.message,
+        )
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def dispatch(self) -> None:
+        """Hand out due batches while slots are free; runs until cancelled."""
+        limit = self._max_in_flight
+        while True:
+            self._wake.clear()
+            # Up to `limit` requests, and up to `limit` more batches publishing their outcomes
+            # (so publishing never stalls requests): what a crash can leave applied but
+            # without an outcome is bounded by twice the limit (README, crash recovery).
+            free = min(limit - self._sending, 2 * limit - self._sending - self._publishing)
+            for batch in self.batcher.ready(time.monotonic(), free):
+                self._launch(batch)
+            due = self.batcher.next_due(time.monotonic()) if free > 0 else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), due)
+
+    def _launch(self, batch: Batch) -> None:
+        flight = Flight(batch)
+        self._flights[batch.id] = flight
+        self._sending += 1
+        flight.task = self._spawn(self._fly(flight), functools.partial(self._landed, flight))
+
+    def _landed(self, flight: Flight, task: asyncio.Task[None]) -> None:
+        if flight.phase is Phase.SENDING:
+            self._sending -= 1
+        else:
+            self._publishing -= 1
+        self._flights.pop(flight.batch.id, None)
+        self.batcher.done(flight.batch.path)
+
+    async def _fly(self, flight: Flight) -> None:
+        batch = flight.batch
+        started = time.monotonic()
+        structlog.contextvars.bind_contextvars(
+            batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
+        )
+        try:
+            results = await self._sender.send(batch)
+        except Exception as exc:  # a bug must not block the partition: fail and dead-letter
+            log.exception("batch.internal_error")
+            results = list(_internal_failure(batch, exc))
+        # Answered: the request slot is free while the outcomes are published; the URL stays
+        # busy until they are, so the next batch for it still cannot overtake this one.
+        flight.phase = Phase.PUBLISHING
+        self._sending -= 1
+        self._publishing += 1
+        self._wake.set()
+        completed_at = now()
+        pairs = [
+            (item.record, outcome_for(item, result, completed_at))
+            for item, result in zip(batch.items, results, strict=True)
+            if result is not None
+        ]
+        if pairs:
+            await self._publish(pairs)
+        for record, _ in pairs:
+            record.done()
+        endpoint = batch.route.endpoint.value
+        self._metrics.batches.labels(endpoint=endpoint).inc()
+        self._metrics.batch_size.labels(endpoint=endpoint).observe(len(batch))
+        self._log_batch(batch, pairs, time.monotonic() - started)
+
+    async def _publish(self, pairs: Pairs) -> None:
+        await self._publisher.publish(pairs)
+        self._on_published()
+        for status, count in _statuses(pairs).items():
+            self._metrics.outcomes.labels(status=status.value).inc(count)
+            if status in DEAD_LETTER_STATUSES:
+                self._metrics.dead_letters.labels(status=status.value).inc(count)
+
+    def _log_batch(self, batch: Batch, pairs: Pairs, elapsed: float) -> None:
+        last = pairs[-1][1] if pairs else None
+        log.info(
+            "batch.sent" if len(pairs) == len(batch) else "batch.stopped",
+            size=len(batch),
+            without_outcome=len(batch) - len(pairs),
+            endpoint=batch.route.endpoint.value,
+            http_status=last.http_status if last else None,
+            attempts=last.attempts if last else None,
+            outcomes={status.value: n for status, n in _statuses(pairs).items()},
+            duration_ms=round(elapsed * 1000, 1),
+        )
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    def _spawn(
+        self,
+        coroutine: Coroutine[Any, Any, None],
+        first: Callable[[asyncio.Task[None]], None] | None = None,
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine)
+        if first is not None:
+            task.add_done_callback(first)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._loose.pop(task, None)
+        self._progress.set()
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            # Its records keep their offsets uncommitted; stop rather than block in silence.
+            exc = task.exception()
+            assert exc is not None
+            log.error("service.task_failed", error=repr(exc))
+            self._on_failure(exc)
+
+    async def _wait_progress(self, deadline: float) -> bool:
+        """Wait for some task to finish, or the deadline; False once it has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), remaining)
+        return True
+
+    # -- revoking, draining, stopping -----------------------------------------------------------
+
+    async def revoke(self, leases: Collection[Lease], deadline: float) -> set[Lease]:
+        """Stop all work of REVOKING leases (steps 1-5 above); returns the leases to rewind."""
+        gone = set(leases)
+        self.batcher.drop_leases(gone)
+        self.recovered.forget(lease.tp for lease in gone)
+        touched = [f for f in self._flights.values() if not gone.isdisjoint(f.batch.leases())]
+        others = {lease for f in touched for lease in f.batch.leases() if lease.active}
+        for flight in touched:
+            if flight.phase is Phase.SENDING and not self._sender.requesting(flight.batch.id):
+                _cancel(flight)
+
+        def busy() -> bool:
+            return any(f.task is not None and not f.task.done() for f in touched) or any(
+                lease in gone for lease in self._loose.values()
+            )
+
+        while busy() and await self._wait_progress(deadline):
+            pass
+        late = [f for f in touched if f.phase is Phase.SENDING and not _finished(f)]
+        for flight in late:
+            log.warning(
+                "revoke.request_cancelled",
+                batch_id=flight.batch.id,
+                path=flight.batch.path,
+                message="a request outlived CONSUMER_REVOKE_TIMEOUT_MS; LaunchDarkly may apply it",
+            )
+            _cancel(flight)
+        await asyncio.gather(*(f.task for f in late if f.task is not None), return_exceptions=True)
+        return others
+
+    def flush(self) -> None:
+        """Every waiting batch is due at once (stop)."""
+        self.batcher.flush()
+        self._wake.set()
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until nothing waits or flies, or the deadline; True when drained."""
+        self.flush()
+        while not self.idle():
+            if not await self._wait_progress(deadline):
+                return False
+        return True
+
+    def idle(self) -> bool:
+        return self.batcher.idle() and not self._flights and not self._loose
+
+    async def cancel_all(self) -> None:
+        tasks = [f.task for f in self._flights.values() if f.task is not None] + list(self._loose)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def sending(self) -> int:
+        return self._sending
+
+    @property
+    def publishing(self) -> int:
+        return self._publishing
+
+
+def _cancel(flight: Flight) -> None:
+    if flight.task is not None:
+        flight.task.cancel()
+
+
+def _finished(flight: Flight) -> bool:
+    return flight.task is None or flight.task.done()
+
+
+def _statuses(pairs: Pairs) -> dict[Status, int]:
+    counts: dict[Status, int] = {}
+    for _, outcome in pairs:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return counts
+
+
+def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
+    error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
+    return results_from_error(
+        batch.id, batch.items, error, status=Status.FAILED, attempts=[0] * len(batch)
+    )
