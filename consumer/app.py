@@ -21,10 +21,11 @@ module wires them to the Kafka consumer:
   3. wait, up to CONSUMER_SHUTDOWN_TIMEOUT_MS, for every batch to be sent and every outcome
      and dead-letter copy acknowledged; what still runs then is cancelled (its records have no
      outcome and are not committed: the next owner processes them);
-  4. commit the done positions (bounded by KAFKA_COMMIT_TIMEOUT_MS, at most COMMIT_ON_STOP);
-  5. leave the group, flush and stop the producer, close the HTTP session (each bounded by
-     CLOSE_TIMEOUT), so the whole stop ends within CONSUMER_SHUTDOWN_TIMEOUT_MS plus
-     COMMIT_ON_STOP + 2 * CLOSE_TIMEOUT seconds, broker or no broker.
+  4. commit the done positions (bounded by KAFKA_COMMIT_TIMEOUT_MS);
+  5. leave the group, flush and stop the producer, close the HTTP session.
+  Steps 4-5 share what is left of CONSUMER_SHUTDOWN_TIMEOUT_MS plus STOP_GRACE seconds (each
+  close step gets at least CLOSE_MIN), so the whole stop ends within the timeout plus a few
+  seconds, broker or no broker. A second signal ends the process at once (runner.py).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
 
-COMMIT_ON_STOP = 3.0  # seconds, at most, for the last commit of a stop
-CLOSE_TIMEOUT = 2.0  # seconds for leaving the group, and for stopping the producer
+STOP_GRACE = 5.0  # seconds past CONSUMER_SHUTDOWN_TIMEOUT_MS for the last commit and closing
+CLOSE_MIN = 0.5  # seconds each close step gets, however late
 
 T = TypeVar("T")
 
@@ -101,6 +102,7 @@ class Service:
         self._failure: BaseException | None = None
         self._commit_lock = asyncio.Lock()
         self._backpressure = False
+        self._stop_deadline = float("inf")  # set when the stop begins
         self.recovery = Recovery(settings)
         self._consumer = kafka.make_consumer(settings)
         self._producer = kafka.make_producer(settings)
@@ -206,6 +208,8 @@ class Service:
                     self._fail(loop.exception())  # type: ignore[arg-type]
             self._stopping.set()
             self.vitals.stopping = True
+            deadline = time.monotonic() + self.settings.consumer_shutdown_timeout_ms / 1000
+            self._stop_deadline = deadline + STOP_GRACE
             log.info(
                 "service.stopping",
                 waiting=self.pipeline.batcher.waiting,
@@ -213,7 +217,6 @@ class Service:
             )
             fetch.cancel()  # 1. stop fetching
             await asyncio.gather(fetch, return_exceptions=True)
-            deadline = time.monotonic() + self.settings.consumer_shutdown_timeout_ms / 1000
             if await self.pipeline.drain(deadline):  # 2., 3.
                 log.info("service.drained")
             else:
@@ -228,7 +231,7 @@ class Service:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
             await self.pipeline.cancel_all()
-            await asyncio.shield(self._commit(timeout=COMMIT_ON_STOP))  # 4.
+            await asyncio.shield(self._commit(timeout=self._time_left()))  # 4.
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
@@ -236,9 +239,13 @@ class Service:
             log.error("service.failed", error=repr(exc))
         self._stopping.set()
 
+    def _time_left(self) -> float:
+        return max(CLOSE_MIN, self._stop_deadline - time.monotonic())
+
     async def _close(self) -> None:  # 5.
-        await _bounded(self._consumer.stop(), CLOSE_TIMEOUT, "consumer.stop")
-        await _bounded(self._producer.stop(), CLOSE_TIMEOUT, "producer.stop")
+        self._stop_deadline = min(self._stop_deadline, time.monotonic() + STOP_GRACE)
+        await _bounded(self._consumer.stop(), self._time_left(), "consumer.stop")
+        await _bounded(self._producer.stop(), self._time_left(), "producer.stop")
         await self._client.stop()
         if self.health is not None:
             await self.health.stop()

@@ -124,8 +124,8 @@ class Recovery:
             fetch_max_wait_ms=100,
             isolation_level=self._settings.kafka_isolation_level,
         )
-        await consumer.start()
         try:
+            await consumer.start()
             deadline = started + self._timeout
             stamps = await self._first_timestamps(consumer, positions, deadline)
             if not stamps:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -234,6 +235,21 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
     env.update({"LD_API_TOKEN": TOKEN, "LOG_FORMAT": "json", **extra})
     return env
+
+
+async def start_process(
+    settings: Settings, *, stderr: int | None = asyncio.subprocess.PIPE, **extra: str
+) -> asyncio.subprocess.Process:
+    """`ld-targeting-consumer run` as a child process, configured by the environment."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        env=environment(settings, **extra),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
+    )
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

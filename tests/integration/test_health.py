@@ -119,7 +119,7 @@ async def test_readiness_is_false_during_an_auth_outage(
         consumer_http_port=port,
         ld_api_token=None,
         ld_api_token_file=token_file,
-        ld_auth_probe_max_delay_ms=200,
+        ld_probe_max_delay_ms=200,
     )
     await create_topics(settings)
     event = event_dict(key="s0", project=PROJECT, env=ENV)

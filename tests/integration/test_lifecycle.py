@@ -10,10 +10,15 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
+from consumer.app import STOP_GRACE
 from consumer.demo import run_demo
 from consumer.events import Status
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.runner import EXIT_INTERRUPTED
+from consumer.tansu import TansuBroker
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     committed,
@@ -25,6 +30,7 @@ from tests.integration.harness import (
     produce,
     running,
     seed,
+    start_process,
     wait_until,
 )
 
@@ -173,3 +179,49 @@ async def test_a_rebalance_during_a_rate_limit_wait_does_not_send_twice(
                 applied.update(instruction["values"])
     assert applied == Counter({f"k{i}": 1 for i in range(60)})
     assert {o.status for o in results} == {Status.SUCCEEDED}
+
+
+async def test_sigterm_with_the_broker_gone_exits_within_the_bound_and_a_second_signal_at_once(
+    on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    if not on_tansu:
+        pytest.skip("stops its own broker: runs on the embedded one")
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(4)}))
+    await admin.set_faults(latency_ms=[50, 100])
+    shutdown_ms = 2_000
+    with TansuBroker() as broker:
+        settings = make_settings(
+            broker.bootstrap_servers,
+            simulator.base_url,
+            on_tansu=on_tansu,
+            consumer_shutdown_timeout_ms=shutdown_ms,
+        )
+        await create_topics(settings, partitions=2)
+        await produce(settings, events(40, 4))
+        patient, hasty = (
+            await start_process(settings, stderr=asyncio.subprocess.DEVNULL),
+            await start_process(settings, stderr=asyncio.subprocess.DEVNULL),
+        )
+        try:
+            await outcomes(settings, 10)
+            await produce(settings, events(200, 4))  # work in the pipeline when the broker goes
+        finally:
+            broker.stop()
+    try:
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        patient.send_signal(signal.SIGTERM)
+        hasty.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        hasty.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(hasty.wait(), 5)
+        hasty_s = time.monotonic() - started
+        await asyncio.wait_for(patient.wait(), 30)
+        patient_s = time.monotonic() - started
+    finally:
+        for process in (patient, hasty):
+            if process.returncode is None:
+                process.kill()
+    assert hasty.returncode == EXIT_INTERRUPTED and hasty_s < 2
+    # The drain's bound, then the last commit and the closes share STOP_GRACE.
+    assert patient_s < shutdown_ms / 1000 + STOP_GRACE + 2, patient_s

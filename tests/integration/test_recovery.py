@@ -5,40 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections import Counter
 from typing import Any
 
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.samples import recommended_key
-from consumer.settings import Settings
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
     PROJECT,
     committed,
     create_topics,
-    environment,
     make_settings,
     outcomes,
     outcomes_covering,
     produce,
     running,
     seed,
+    start_process,
 )
-
-
-async def start_process(settings: Settings, **extra: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "consumer",
-        "run",
-        env=environment(settings, **extra),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 def applied_values(requests: list[dict[str, Any]]) -> Counter[str]:

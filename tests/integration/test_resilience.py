@@ -167,7 +167,7 @@ async def test_401_pauses_without_rejecting_and_recovers_when_the_token_file_is_
         on_tansu=on_tansu,
         ld_api_token=None,
         ld_api_token_file=token_file,
-        ld_auth_probe_max_delay_ms=300,
+        ld_probe_max_delay_ms=300,
     )
     await create_topics(settings)
     ends = await produce(settings, events(40, 4))
