@@ -235,6 +235,10 @@ class ApiGate:
                 next_in_s=round(delay, 2),
             )
 
+    async def probe_now(self) -> ApiError | None:
+        """One probe at once, its answer applied to the gate (the prober's step)."""
+        return await self._probe_once()
+
     async def _wait_for_work(self) -> None:
         """Until the gate closes or a probe is asked for."""
         while self.is_open and not self._wanted.is_set():

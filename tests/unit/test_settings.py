@@ -97,3 +97,33 @@ def test_run_with_a_bad_setting_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CONSUMER_BATCH_LINGER_MS" in err
     assert "api-very-secret" not in err
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"LD_REQUEST_TIMEOUT_MS": "15000"}, "LD_REQUEST_TIMEOUT_MS"),
+        ({"CONSUMER_REVOKE_TIMEOUT_MS": "5000"}, "CONSUMER_REVOKE_TIMEOUT_MS"),
+        ({"KAFKA_REBALANCE_TIMEOUT_MS": "20000"}, "KAFKA_REBALANCE_TIMEOUT_MS"),
+        ({"LD_OUTAGE_WINDOW_MS": "300000"}, "LD_OUTAGE_WINDOW_MS"),
+    ],
+)
+def test_timeouts_must_nest(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    """A request on the wire at a revoke ends within it; the revoke and its commit end
+    within the rebalance; an outage is noticed before any event's budget is spent."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named):
+        load_settings()
+
+
+def test_the_default_timeouts_nest() -> None:
+    settings = Settings()
+    assert settings.ld_request_timeout_ms < settings.consumer_revoke_timeout_ms
+    assert (
+        settings.consumer_revoke_timeout_ms + settings.kafka_commit_timeout_ms
+        < settings.kafka_rebalance_timeout_ms
+    )
+    assert settings.ld_outage_window_ms < settings.ld_retry_max_elapsed_ms

@@ -1,0 +1,114 @@
+"""The API gate (gate.py): when it closes, how it probes, and what a batch out of budget
+learns from it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from consumer.errors import ApiError, BadRequest, RateLimited, ServerError, Unauthorized
+from consumer.gate import ApiGate, Closed, OutageDetector, Verdict
+from consumer.ld_client import TokenSource
+
+
+def test_an_outage_is_a_window_of_failures_without_any_answer() -> None:
+    detector = OutageDetector(window=10.0)
+    assert not detector.failed(100.0)
+    assert not detector.failed(105.0)
+    detector.answered()  # one answer in between: the window starts again
+    assert not detector.failed(109.0)
+    assert not detector.failed(118.9)
+    assert detector.failed(119.0)
+
+
+class Api:
+    """What the probe gets: the next answer in `answers` (the last one repeats)."""
+
+    def __init__(self, *answers: ApiError | None) -> None:
+        self.answers = list(answers)
+        self.probes = 0
+
+    async def probe(self) -> ApiError | None:
+        self.probes += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def gate_for(api: Api, token: TokenSource | None = None, window: float = 0.3) -> ApiGate:
+    return ApiGate(
+        token or TokenSource(SecretStr("t")),
+        api.probe,
+        outage_window=window,
+        base_delay=0.01,
+        max_delay=0.02,
+    )
+
+
+async def test_it_starts_closed_and_opens_on_the_first_answered_probe() -> None:
+    api = Api(ServerError("down", status=503), None)
+    gate = gate_for(api)
+    assert gate.reason is Closed.STARTING and not gate.is_open
+    prober = asyncio.create_task(gate.run())
+    await asyncio.wait_for(gate.wait_open(), 2)
+    prober.cancel()
+    assert api.probes == 2 and gate.closings == 0
+
+
+async def test_a_401_closes_it_until_a_probe_with_the_fixed_token_file_is_accepted(
+    tmp_path: Path,
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong")
+    token = TokenSource(path=token_file)
+    accepted = {"right"}
+
+    async def probe() -> ApiError | None:
+        return None if token.value() in accepted else Unauthorized("no", status=401)
+
+    gate = ApiGate(token, probe, outage_window=1, base_delay=0.01, max_delay=0.02)
+    prober = asyncio.create_task(gate.run())
+    await asyncio.sleep(0.1)
+    assert gate.reason is Closed.UNAUTHORIZED and "401" in (gate.describe() or "")
+    token_file.write_text("right\n")
+    await asyncio.wait_for(gate.wait_open(), 2)
+    prober.cancel()
+
+
+async def test_an_outage_closes_it_and_waiting_batches_learn_it_reopened() -> None:
+    api = Api(None)
+    gate = gate_for(api)
+    await gate.probe_now()
+    prober = asyncio.create_task(gate.run())
+    api.answers = [ServerError("down", status=503)]
+    failure = ServerError("down", status=503)
+    gate.failed(failure)
+    settled = asyncio.create_task(gate.settle())  # a batch out of budget asks
+    await asyncio.sleep(0.4)  # probes keep failing past the window: the API is down
+    assert gate.reason is Closed.UNAVAILABLE and not settled.done()
+    api.answers = [None]
+    assert await asyncio.wait_for(settled, 2) is Verdict.REOPENED
+    assert gate.is_open and gate.closings == 1
+    prober.cancel()
+
+
+async def test_a_batch_out_of_budget_fails_when_the_api_answers_others() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=60)
+    await gate.probe_now()
+    prober = asyncio.create_task(gate.run())
+    gate.failed(ServerError("one resource", status=500))
+    assert await asyncio.wait_for(gate.settle(), 2) is Verdict.ANSWERING  # the probe answered
+    assert gate.is_open
+    prober.cancel()
+
+
+async def test_a_429_or_another_answer_is_not_an_outage() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=0.0)
+    await gate.probe_now()
+    gate.answered()
+    for error in (RateLimited("slow", retry_after=1), BadRequest("no", status=400)):
+        assert not error.outage
+    gate.failed(ServerError("down", status=502))  # a zero window: the first failure closes
+    assert gate.reason is Closed.UNAVAILABLE

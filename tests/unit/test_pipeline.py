@@ -1,0 +1,172 @@
+"""The pipeline without a broker: an in-memory sender and publisher. The commit order, task
+bookkeeping that survives cancellation at any point, and what a revoke stops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+
+from consumer.batcher import Batch, Batcher
+from consumer.leases import Lease, Leases
+from consumer.metrics import Metrics
+from consumer.outcomes import InstructionResult, OutcomeMessage, results_from_body
+from consumer.pipeline import Pipeline
+from consumer.records import ConsumedRecord
+from tests.factories import encode, event_dict
+
+P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
+
+
+class Sender:
+    """Holds each batch until released, then answers it; `wire` says which are 'on the wire'
+    (a real sender would not start a request for a batch that is not live)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Batch] = []
+        self.release: dict[str, asyncio.Event] = {}
+        self.wire: set[str] = set()
+
+    async def send(self, batch: Batch) -> list[InstructionResult | None]:
+        self.sent.append(batch)
+        gate = self.release.setdefault(batch.id, asyncio.Event())
+        await gate.wait()
+        self.wire.discard(batch.id)
+        return list(
+            results_from_body(
+                batch.id,
+                batch.items,
+                {},
+                http_status=200,
+                attempts=[1] * len(batch),
+                per_instruction_errors=False,
+            )
+        )
+
+    def requesting(self, batch_id: str) -> bool:
+        return batch_id in self.wire
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.published: list[tuple[ConsumedRecord, OutcomeMessage]] = []
+        self.hold: asyncio.Event | None = None
+
+    async def publish(self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
+        self.published.extend(pairs)
+
+
+class Raw:
+    """A fetched record, as aiokafka gives it."""
+
+    def __init__(self, tp: TopicPartition, offset: int, segment: str) -> None:
+        self.topic, self.partition, self.offset = tp.topic, tp.partition, offset
+        self.key = None
+        self.value = encode(event_dict(key=segment, values=[f"k{offset}"]))
+        self.headers: list[tuple[str, bytes]] = []
+        self.timestamp = 0
+
+
+def pipeline_with(sender: Sender, publisher: Publisher, *, batch: int = 10) -> Pipeline:
+    return Pipeline(
+        Batcher(max_size=batch, linger=0.0),
+        sender,
+        publisher,
+        Metrics(),
+        max_in_flight=4,
+    )
+
+
+def take(pipeline: Pipeline, lease: Lease, offsets: range, segment: str) -> None:
+    raws = [Raw(lease.tp, o, segment) for o in offsets]
+    assert pipeline.accept(lease, raws, offsets.start, now=0.0, wall_ms=None) == len(raws)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(300):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+async def running(pipeline: Pipeline) -> asyncio.Task[Any]:
+    return asyncio.create_task(pipeline.dispatch())
+
+
+async def test_a_record_is_done_only_once_its_outcome_is_acknowledged() -> None:
+    sender, publisher = Sender(), Publisher()
+    publisher.hold = asyncio.Event()
+    pipeline = pipeline_with(sender, publisher)
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(3), "s")
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)
+    sender.release[sender.sent[0].id].set()
+    await asyncio.sleep(0.05)
+    assert lease.offsets.to_commit() is None  # answered, not yet acknowledged
+    publisher.hold.set()
+    await until(lambda: lease.offsets.to_commit() == 3)
+    assert [r.offset for r, _ in publisher.published] == [0, 1, 2]
+    dispatch.cancel()
+
+
+async def test_a_flight_cancelled_before_it_ever_ran_frees_its_url_and_slot() -> None:
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher, batch=1)
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(2), "s")  # two batches for one URL
+    [first] = pipeline.batcher.ready(now=0.0, limit=4)
+    pipeline._launch(first)
+    await pipeline.cancel_all()  # cancelled before its first step
+    assert sender.sent == [] and pipeline.sending == 0
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)  # the URL was freed: the next batch goes
+    assert sender.sent[0].items[0].record.offset == 1
+    dispatch.cancel()
+
+
+async def test_a_revoke_cancels_what_waits_and_waits_for_what_is_on_the_wire() -> None:
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher, batch=2)
+    leases = Leases()
+    lease = leases.grant(P0, 0)
+    take(pipeline, lease, range(0, 2), "a")
+    take(pipeline, lease, range(2, 4), "b")
+    take(pipeline, lease, range(4, 6), "a")  # waits behind the first batch for "a"
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 2)
+    on_wire, waiting = sender.sent
+    sender.wire.add(on_wire.id)
+    leases.revoke([P0])
+    revoke = asyncio.create_task(pipeline.revoke([lease], asyncio.get_running_loop().time() + 5))
+    await asyncio.sleep(0.05)
+    assert not revoke.done()  # waits for the request on the wire
+    assert pipeline.batcher.waiting == 0  # the third batch was handed over
+    sender.release[on_wire.id].set()
+    assert await revoke == set()
+    assert [r.offset for r, _ in publisher.published] == [0, 1]  # answered: published
+    assert lease.offsets.to_commit() == 2
+    assert len(sender.sent) == 2 and pipeline.idle()
+    assert waiting.id not in {b.id for b in sender.sent[2:]}
+    dispatch.cancel()
+
+
+async def test_a_revoke_returns_kept_partitions_that_shared_a_stopped_batch() -> None:
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher, batch=2)
+    leases = Leases()
+    gone, kept = leases.grant(P0, 0), leases.grant(P1, 0)
+    take(pipeline, gone, range(0, 1), "shared")
+    take(pipeline, kept, range(0, 1), "shared")
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)
+    leases.revoke([P0])
+    rewind = await pipeline.revoke([gone], asyncio.get_running_loop().time() + 5)
+    assert rewind == {kept}
+    assert publisher.published == [] and pipeline.idle()
+    dispatch.cancel()
