@@ -89,7 +89,5 @@ def stale(state: dict[str, Any], expected: dict[Target, int]) -> dict[Target, in
             if target in expected:
                 found[target] = item["expirationDate"] - BASE_VALUE
     return {
-        target: found.get(target)
-        for target, step in expected.items()
-        if found.get(target) != step
+        target: found.get(target) for target, step in expected.items() if found.get(target) != step
     }
