@@ -147,6 +147,32 @@ async def _count_outcomes(
     return seen, statuses
 
 
+async def _setup(
+    bootstrap: str | None, base_url: str, name: str, partitions: int, tansu: bool
+) -> Settings:
+    """The run's settings (topics and group of its own) and its topics."""
+    suffix = str(int(time.time()))
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        ld_base_url=base_url,
+        consumer_group_id=f"{name}-{suffix}",
+        consumer_input_topic=f"{name}-in-{suffix}",
+        consumer_results_topic=f"{name}-results-{suffix}",
+        consumer_dlq_topic=f"{name}-dlq-{suffix}",
+        consumer_http_port=0,
+        **(TANSU_SETTINGS if tansu else {}),
+    )
+    await kafka.ensure_topics(
+        settings,
+        {
+            settings.consumer_input_topic: partitions,
+            settings.consumer_results_topic: partitions,
+            settings.consumer_dlq_topic: 1,
+        },
+    )
+    return settings
+
+
 def _print(rows: list[tuple[str, object]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -186,25 +212,7 @@ async def main() -> int:
         )
         simulator = Simulator({TOKEN}, faults=faults, limits=limits, seed=seed, max_log=5_000_000)
         async with RunningSimulator(simulator) as api:
-            suffix = str(int(time.time()))
-            settings = Settings(
-                kafka_bootstrap_servers=bootstrap,
-                ld_base_url=api.base_url,
-                consumer_group_id=f"soak-{suffix}",
-                consumer_input_topic=f"soak-in-{suffix}",
-                consumer_results_topic=f"soak-results-{suffix}",
-                consumer_dlq_topic=f"soak-dlq-{suffix}",
-                consumer_http_port=0,
-                **(TANSU_SETTINGS if tansu else {}),
-            )
-            await kafka.ensure_topics(
-                settings,
-                {
-                    settings.consumer_input_topic: args.partitions,
-                    settings.consumer_results_topic: args.partitions,
-                    settings.consumer_dlq_topic: 1,
-                },
-            )
+            settings = await _setup(bootstrap, api.base_url, "soak", args.partitions, tansu)
             producer = kafka.make_producer(settings)
             await producer.start()
             started = time.monotonic()
@@ -367,25 +375,7 @@ async def churn(args: argparse.Namespace) -> int:
         seed = SeedIn.model_validate(chains.seed(found))
         simulator = Simulator({TOKEN}, faults=Faults(), seed=seed, max_log=0)
         async with RunningSimulator(simulator) as api:
-            suffix = str(int(time.time()))
-            settings = Settings(
-                kafka_bootstrap_servers=bootstrap,
-                ld_base_url=api.base_url,
-                consumer_group_id=f"churn-{suffix}",
-                consumer_input_topic=f"churn-in-{suffix}",
-                consumer_results_topic=f"churn-results-{suffix}",
-                consumer_dlq_topic=f"churn-dlq-{suffix}",
-                consumer_http_port=0,
-                **(TANSU_SETTINGS if tansu else {}),
-            )
-            await kafka.ensure_topics(
-                settings,
-                {
-                    settings.consumer_input_topic: args.partitions,
-                    settings.consumer_results_topic: args.partitions,
-                    settings.consumer_dlq_topic: 1,
-                },
-            )
+            settings = await _setup(bootstrap, api.base_url, "churn", args.partitions, tansu)
             adds = [(t, s, k, json.dumps(e).encode()) for t, s, k, e in chains.rounds(found, 0, 0)]
             updates = [
                 (t, s, k, json.dumps(e).encode()) for t, s, k, e in chains.rounds(found, 1, steps)

@@ -93,6 +93,15 @@ async def produce(
     return ends
 
 
+def merge_ends(*found: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """End offsets of several `produce` calls together."""
+    ends: dict[TopicPartition, int] = {}
+    for one in found:
+        for tp, end in one.items():
+            ends[tp] = max(ends.get(tp, 0), end)
+    return ends
+
+
 async def outcomes(settings: Settings, count: int, timeout: float = 30.0) -> list[Outcome]:
     records = await kafka.read_topic(
         settings, settings.consumer_results_topic, until=lambda r: len(r) >= count, timeout=timeout

@@ -20,6 +20,7 @@ from tests.integration.harness import (
     dead_letters,
     events,
     make_settings,
+    merge_ends,
     outcomes,
     outcomes_covering,
     produce,
@@ -71,7 +72,7 @@ async def test_a_refused_token_across_a_rebalance_resumes_once_the_token_file_is
             assert one.service.paused() == one.service.assigned
             assert two.service.paused() == two.service.assigned
             token_file.write_text("api-rotated-token\n")  # the operator fixes the file
-            ends = {tp: max(first.get(tp, 0), more.get(tp, 0)) for tp in set(first) | set(more)}
+            ends = merge_ends(first, more)
             results = await outcomes_covering(settings, ends, timeout=30)
             assert one.service.auth_ok and two.service.auth_ok
             await two.shutdown()
@@ -117,7 +118,7 @@ async def test_an_api_outage_longer_than_the_retry_budget_fails_nothing(
         assert await outcomes(settings, 1, timeout=0.5) == []
         assert await dead_letters(settings, 1, timeout=0.5) == []
         await admin.set_faults()
-        ends = {tp: max(ends.get(tp, 0), more.get(tp, 0)) for tp in set(ends) | set(more)}
+        ends = merge_ends(ends, more)
         results = await outcomes_covering(settings, ends, timeout=30)
         assert (await _readyz(port))[0] == 200
         await handle.shutdown()

@@ -26,6 +26,7 @@ from tests.integration.harness import (
     create_topics,
     dead_letters,
     make_settings,
+    merge_ends,
     outcomes_covering,
     produce,
     running,
@@ -147,7 +148,7 @@ async def test_a_steady_stream_through_joins_leaves_and_kills_loses_and_reorders
         (ends, last_step), log = await asyncio.gather(
             steady_stream(settings, found, 1, 25), churn(settings)
         )
-        ends = {tp: max(ends.get(tp, 0), add_ends.get(tp, 0)) for tp in set(ends) | set(add_ends)}
+        ends = merge_ends(ends, add_ends)
         results = await outcomes_covering(settings, ends, timeout=90)
         await admin.set_faults()
         await steady.shutdown()

@@ -25,6 +25,7 @@ from tests.integration.harness import (
     create_topics,
     events,
     make_settings,
+    merge_ends,
     outcomes,
     outcomes_covering,
     produce,
@@ -110,7 +111,7 @@ async def test_two_members_split_the_partitions_and_a_rebalance_loses_nothing(
             assert len(one.service.assigned | two.service.assigned) == 4
             second = events(150, keys)
             more = await produce(settings, second)
-            ends = {tp: max(ends.get(tp, 0), more.get(tp, 0)) for tp in set(ends) | set(more)}
+            ends = merge_ends(ends, more)
             results = await outcomes(settings, 300, timeout=60)
             await two.shutdown()
         await one.shutdown()
