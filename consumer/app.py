@@ -8,9 +8,12 @@ module wires them to the Kafka consumer:
   `Leases.admit` decides per run (take, skip, or seek back), the pipeline takes the records.
   Partitions are paused while their lease does not exist yet, while the API gate is closed,
   and while too many records are pending.
-- **Assignment** (`on_assigned`): the new partitions are paused before anything is awaited;
-  their positions are read, the results topic scanned for what is already done (crash
-  recovery), and only then the leases granted (and fetching resumed by the fetch loop).
+- **Assignment** (`on_assigned`): the new partitions are paused before anything is awaited,
+  and the callback returns at once: aiokafka does not heartbeat while it runs, and a member
+  that outlives its session there is expelled while it goes on. A task (`_grant`) reads their
+  positions, scans the results topic for what is already done (crash recovery), and only then
+  grants the leases (fetching is resumed by the fetch loop). A revoke cancels a grant still
+  under way: nothing is granted for an assignment that has ended.
 - **Revoke** (`on_revoked`): the leases stop at once (no request starts for their records),
   waiting work is handed over, requests on the wire are waited for (bounded by
   CONSUMER_REVOKE_TIMEOUT_MS), the done prefix is committed (bounded by
@@ -18,9 +21,11 @@ module wires them to the Kafka consumer:
 - **Stop** (one stop flag, `_stopping`), bounded from end to end:
   1. stop fetching;
   2. flush: every open batch is due at once;
-  3. wait, up to CONSUMER_SHUTDOWN_TIMEOUT_MS, for every batch to be sent and every outcome
-     and dead-letter copy acknowledged; what still runs then is cancelled (its records have no
-     outcome and are not committed: the next owner processes them);
+  3. send and publish until LD_REQUEST_TIMEOUT_MS before CONSUMER_SHUTDOWN_TIMEOUT_MS ends;
+     then, if work remains, revoke every lease: no request starts any more, requests on the
+     wire are waited for (they end within the request timeout, so before the deadline) and
+     their outcomes published; what still runs at the deadline is cancelled (its records
+     have no outcome and are not committed: the next owner processes them);
   4. commit the done positions (bounded by KAFKA_COMMIT_TIMEOUT_MS);
   5. leave the group, flush and stop the producer, close the HTTP session.
   Steps 4-5 share what is left of CONSUMER_SHUTDOWN_TIMEOUT_MS plus STOP_GRACE seconds (each
@@ -33,8 +38,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Iterable
+from typing import Any
 
 import structlog
 from aiokafka import ConsumerRebalanceListener
@@ -61,8 +66,6 @@ log = structlog.get_logger(__name__)
 
 STOP_GRACE = 5.0  # seconds past CONSUMER_SHUTDOWN_TIMEOUT_MS for the last commit and closing
 CLOSE_MIN = 0.5  # seconds each close step gets, however late
-
-T = TypeVar("T")
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -103,6 +106,7 @@ class Service:
         self._commit_lock = asyncio.Lock()
         self._backpressure = False
         self._stop_deadline = float("inf")  # set when the stop begins
+        self._granting: asyncio.Task[None] | None = None
         self.recovery = Recovery(settings)
         self._consumer = kafka.make_consumer(settings)
         self._producer = kafka.make_producer(settings)
@@ -216,22 +220,28 @@ class Service:
                 pending=self.leases.pending(),
             )
             fetch.cancel()  # 1. stop fetching
-            await asyncio.gather(fetch, return_exceptions=True)
-            if await self.pipeline.drain(deadline):  # 2., 3.
-                log.info("service.drained")
-            else:
-                log.warning(
-                    "service.drain_timeout",
-                    waiting=self.pipeline.batcher.waiting,
-                    in_flight=self.pipeline.sending,
-                    pending=self.leases.pending(),
-                )
+            await _cancelled(fetch, self._granting)
+            await self._drain(deadline)  # 2., 3.
         finally:
             for task in waits:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+            await _cancelled(self._granting)
             await self.pipeline.cancel_all()
             await asyncio.shield(self._commit(timeout=self._time_left()))  # 4.
+
+    async def _drain(self, deadline: float) -> None:
+        sending_until = max(time.monotonic(), deadline - self.settings.ld_request_timeout_ms / 1000)
+        if await self.pipeline.drain(sending_until):
+            log.info("service.drained")
+            return
+        leases = self.leases.revoke(lease.tp for lease in self.leases.active())
+        await self.pipeline.revoke(leases, deadline)
+        log.warning(
+            "service.drain_timeout",
+            given_up=self.leases.pending(leases),
+            message="work left when no new request could end in time; the next owner does it",
+        )
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
@@ -371,45 +381,48 @@ class Service:
         limit = self.settings.kafka_commit_timeout_ms / 1000
         if timeout is not None:
             limit = min(limit, timeout)
-        async with self._commit_lock:
-            found = self.leases.to_commit(leases)
-            if not found:
-                return
-            positions = {lease.tp: position for lease, position in found.items()}
-            started = time.monotonic()
-            try:
-                await asyncio.wait_for(self._consumer.commit(positions), limit)
-            except (KafkaError, TimeoutError) as exc:
-                self.metrics.commits.labels(result="failed").inc()
-                log.warning("commit.failed", error=repr(exc), partitions=len(positions))
-                return
-            self.vitals.broker_seen()
-            self.metrics.commit_latency.observe(time.monotonic() - started)
-            self.metrics.commits.labels(result="ok").inc()
-            for lease, position in found.items():
-                lease.offsets.mark_committed(position)
-            log.debug(
-                "commit.done",
-                positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
-            )
+        started = time.monotonic()
+        try:
+            # The bound covers waiting for a commit under way (the loop's, or a revoke's).
+            async with asyncio.timeout(limit), self._commit_lock:
+                found = self.leases.to_commit(leases)
+                if not found:
+                    return
+                positions = {lease.tp: position for lease, position in found.items()}
+                await self._consumer.commit(positions)
+                for lease, position in found.items():
+                    lease.offsets.mark_committed(position)
+        except (KafkaError, TimeoutError) as exc:
+            self.metrics.commits.labels(result="failed").inc()
+            log.warning("commit.failed", error=repr(exc))
+            return
+        self.vitals.broker_seen()
+        self.metrics.commit_latency.observe(time.monotonic() - started)
+        self.metrics.commits.labels(result="ok").inc()
+        log.debug(
+            "commit.done",
+            positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
+        )
 
     # -- rebalancing ----------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Rule 1: pause, read positions, scan for finished work, grant (never raises)."""
+        """Rule 1: pause at once, grant in a task (never raises, returns at once)."""
         if assigned:
             self._consumer.pause(*assigned)  # before any await: nothing fetched for nobody
+            self._granting = asyncio.create_task(self._grant(set(assigned)), name="grant")
+
+    async def _grant(self, assigned: set[TopicPartition]) -> None:
+        """Positions, then the recovery scan, then the leases (cancelled by a revoke)."""
         started = time.monotonic()
-        positions: dict[TopicPartition, int] = {}
+        positions = {tp: await self._position(tp) for tp in sorted(assigned)}
         recovered: dict[TopicPartition, set[int]] = {}
-        try:
-            for tp in assigned:
-                positions[tp] = await self._consumer.position(tp)
-            if positions and self.settings.consumer_recovery_lookback_ms >= 0:
-                recovered = await self._unless_stopping(self.recovery.already_done(positions), {})
-        except Exception:  # recovery is an optimisation of at-least-once, never a blocker
-            log.exception("recovery.failed")
-            recovered = {}
+        if self.settings.consumer_recovery_lookback_ms >= 0:
+            try:
+                recovered = await self.recovery.already_done(positions)
+            except Exception:  # recovery is an optimisation of at-least-once, never a blocker
+                log.exception("recovery.failed")
+        # No await from here: the leases are granted for the assignment still current.
         for tp, start in positions.items():
             self.leases.grant(tp, start)
         self.pipeline.recovered = Recovered(recovered)
@@ -421,27 +434,22 @@ class Service:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
-    async def _unless_stopping(self, work: Coroutine[Any, Any, T], fallback: T) -> T:
-        """Run `work`, but give up at once when the service starts stopping.
-
-        Rebalance callbacks hold up `consumer.stop()`, and a stop must end within its bound.
-        """
-        task = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        log.info("recovery.abandoned", reason="stopping")
-        return fallback
+    async def _position(self, tp: TopicPartition) -> int:
+        """The consumer's position for a newly assigned partition, tried again on errors."""
+        delay = 0.2
+        while True:
+            try:
+                position: int = await self._consumer.position(tp)
+                return position
+            except KafkaError as exc:
+                log.warning("partition.position_failed", partition=tp.partition, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Rule 4 (and 5): stop, wait for the wire, commit, end (never raises)."""
         started = time.monotonic()
+        await _cancelled(self._granting)  # an assignment that ended grants nothing
         deadline = started + self.settings.consumer_revoke_timeout_ms / 1000
         leases = self.leases.revoke(revoked)  # from here no request starts for them
         pending = self.leases.pending(leases)
@@ -499,6 +507,14 @@ class Service:
 
     def paused(self) -> set[TopicPartition]:
         return set(self._consumer.paused())
+
+
+async def _cancelled(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel these tasks (None: none) and wait until they have ended."""
+    found = [task for task in tasks if task is not None]
+    for task in found:
+        task.cancel()
+    await asyncio.gather(*found, return_exceptions=True)
 
 
 async def _bounded(work: Awaitable[None], timeout: float, what: str) -> None:

@@ -4,26 +4,30 @@ Nothing waiting at a closed gate is rejected, failed or dead-lettered, and no re
 charged: the token or the API is wrong for every event alike. The rules:
 
 1. **Closing.** A 401 closes it at once (`unauthorized`). An outage closes it when every
-   answer over `outage_window` seconds was a connection error, a timeout or a 5xx, with no
-   other answer in between (`OutageDetector`, pure). The service starts closed ("not checked
-   yet") and opens after its first probe, so nothing is taken before the API was reached.
+   request over `outage_window` seconds failed with a connection error, a timeout or a 5xx,
+   with no other answer in between (`OutageDetector`, pure). Only the service's own writes
+   count as answers: a write path that is down while the probe's read works is an outage
+   too. The service starts closed ("not reached yet") and opens after its first probe, so
+   nothing is taken before the API was reached.
 2. **While closed.** Fetching is paused (the lifecycle asks `is_open`), `/readyz` says why
    (`reason`), batches wait in `wait_open`, and every batch that waited starts a fresh retry
    budget afterwards (`closings` counts closings for that).
-3. **Probing.** A task of its own (`run`) probes with a cheap authenticated read
-   (`GET /api/v2/caller-identity`), with capped exponential backoff and jitter, re-reading the
-   token file before each probe; it does not depend on any batch, partition or rebalance.
-   The first probe that is answered 2xx opens the gate. One line is logged on closing, one
-   on opening.
+3. **Probing.** While closed, a task of its own (`run`) probes with a cheap authenticated
+   read (`GET /api/v2/caller-identity`), with capped exponential backoff and jitter,
+   re-reading the token file before each probe; it does not depend on any batch, partition
+   or rebalance. The first probe answered 2xx (or 429: the token was accepted) opens the
+   gate. One line is logged on closing, one on opening.
 4. **A batch out of budget on an outage-type error** (`settle`) does not fail until the
-   question "is the API down?" is answered: if anything is answered by the API after that
-   moment (a probe is asked for at once), the request failed alone and its events are
-   `failed`; if instead the gate closes, the batch waits for it to open and starts over.
+   question "is the API down?" is answered: if another write is answered after that moment,
+   the request failed alone and its events are `failed`; if none is by the end of the outage
+   window (counted from the first failure with no answer since), the API counts as down: the
+   gate closes, and the batch waits for it to open and starts over with a fresh budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import random
 import time
@@ -102,9 +106,13 @@ class ApiGate:
         self.closings = 0
         self._closed_at = clock()
         self._open = asyncio.Event()
-        self._changed = asyncio.Event()  # pulsed on every answer, failure and state change
-        self._wanted = asyncio.Event()  # a probe is asked for while open
+        self._closed = asyncio.Event()  # the prober's cue
+        self._closed.set()
+        # Resolved (and replaced) on every answer and state change; a waiter takes the current
+        # one with no await after its checks, so it can miss no change.
+        self._change: asyncio.Future[None] | None = None
         self._last_answer_at = float("-inf")
+        self._last_error: ApiError | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -121,9 +129,15 @@ class ApiGate:
     async def wait_open(self) -> None:
         await self._open.wait()
 
+    def _changed(self) -> asyncio.Future[None]:
+        if self._change is None or self._change.done():
+            self._change = asyncio.get_running_loop().create_future()
+        return self._change
+
     def _pulse(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        change, self._change = self._change, None
+        if change is not None and not change.done():
+            change.set_result(None)
 
     def _close(self, reason: Closed, error: ApiError | None) -> None:
         self.detail = _detail(error)
@@ -132,6 +146,7 @@ class ApiGate:
             self.closings += 1
             self._closed_at = self._clock()
             self._open.clear()
+            self._closed.set()
             if reason is Closed.UNAUTHORIZED:
                 log.error(
                     "ld.unauthorized",
@@ -154,6 +169,8 @@ class ApiGate:
         if self.reason is None:
             return
         was, self.reason, self.detail = self.reason, None, ""
+        self._detector.answered()  # a new window after the gate was closed
+        self._closed.clear()
         self._open.set()
         closed_s = round(self._clock() - self._closed_at, 3)
         if was is Closed.UNAUTHORIZED:
@@ -171,7 +188,8 @@ class ApiGate:
     # -- what requests report -----------------------------------------------------------------
 
     def answered(self) -> None:
-        """The API answered a request with something other than 401 or 5xx."""
+        """The API answered one of the service's writes with something other than 401 or
+        5xx (a 4xx, a 409, a 429 included)."""
         self._last_answer_at = self._clock()
         self._detector.answered()
         self._pulse()
@@ -180,16 +198,16 @@ class ApiGate:
         self._close(Closed.UNAUTHORIZED, error)
 
     def failed(self, error: ApiError) -> None:
-        """An outage-type failure (no answer, or a 5xx)."""
+        """An outage-type failure of a write (no answer, or a 5xx)."""
+        self._last_error = error
         if self._detector.failed(self._clock()) and self.reason is None:
             self._close(Closed.UNAVAILABLE, error)
-        self._pulse()
 
     def answered_since(self, moment: float) -> bool:
         return self._last_answer_at >= moment
 
     async def settle(self) -> Verdict:
-        """Rule 4: wait until it is known whether the API answers others, or was down."""
+        """Rule 4: wait until it is known whether the API answers other writes, or is down."""
         since = self._clock()
         closings = self.closings
         while True:
@@ -198,28 +216,26 @@ class ApiGate:
             if self.closings != closings or not self.is_open:
                 await self.wait_open()
                 return Verdict.REOPENED
-            self._wanted.set()
-            self._pulse()  # wakes the prober
-            await self._changed.wait()
+            first = self._detector.first_failure_at
+            remaining = (since if first is None else first) + self._detector.window - self._clock()
+            if remaining <= 0:
+                self._close(Closed.UNAVAILABLE, self._last_error)  # nothing answered: down
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._changed()), remaining)
 
     # -- the prober -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Probe while closed, or when `settle` asks; never returns (cancel it)."""
+        """Probe while closed; never returns (cancel it)."""
         failures = 0  # probes in a row not answered
-        delay = 0.0
         while True:
-            if self.is_open and not self._wanted.is_set():
-                await self._wait_for_work()
-                continue
-            if delay:
-                await asyncio.sleep(delay)
-            self._wanted.clear()
+            await self._closed.wait()
             if self._token.refresh():
                 log.info("ld.token_reloaded")
             error = await self._probe_once()
-            if error is None:
-                failures, delay = 0, 0.0
+            if self.is_open:
+                failures = 0
                 continue
             if isinstance(error, RateLimited):
                 delay = error.retry_after + self._rng.uniform(0, self._base_delay)
@@ -234,29 +250,21 @@ class ApiGate:
                 error=_detail(error),
                 next_in_s=round(delay, 2),
             )
+            await asyncio.sleep(delay)
 
     async def probe_now(self) -> ApiError | None:
         """One probe at once, its answer applied to the gate (the prober's step)."""
         return await self._probe_once()
 
-    async def _wait_for_work(self) -> None:
-        """Until the gate closes or a probe is asked for."""
-        while self.is_open and not self._wanted.is_set():
-            await self._changed.wait()
-
     async def _probe_once(self) -> ApiError | None:
         error = await self._probe()
         if error is None or isinstance(error, RateLimited):
             # A 429 comes after the token check: the API is up and takes the token.
-            self.answered()
             self._reopen()
         elif isinstance(error, Unauthorized):
             self.unauthorized(error)
         elif is_outage_error(error):
-            if self.reason is Closed.STARTING:
-                self._close(Closed.UNAVAILABLE, error)
-            else:
-                self.failed(error)
+            self._close(Closed.UNAVAILABLE, error)
         else:
             # Answered, but not 2xx (a proxy's 404 for a wrong LD_BASE_URL path, a 403): the
             # API is not usable as configured; stay closed and say what it answered.

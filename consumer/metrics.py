@@ -59,6 +59,12 @@ class Metrics:
             "Extra requests made to narrow down a failed all-or-nothing batch",
             registry=r,
         )
+        self.abandoned = Counter(
+            "ldc_api_requests_abandoned",
+            "Requests cancelled while on the wire (a revoke or stop past its bound): LaunchDarkly"
+            " may still apply them. Non-zero means the timeouts do not nest as they should",
+            registry=r,
+        )
         self.rate_limited = Counter("ldc_api_rate_limited", "429 answers received", registry=r)
         self.rate_limit_wait = Counter(
             "ldc_rate_limit_wait_seconds",

@@ -312,16 +312,22 @@ class Pipeline:
         while busy() and await self._wait_progress(deadline):
             pass
         late = [f for f in touched if f.phase is Phase.SENDING and not _finished(f)]
-        for flight in late:
-            log.warning(
-                "revoke.request_cancelled",
-                batch_id=flight.batch.id,
-                path=flight.batch.path,
-                message="a request outlived CONSUMER_REVOKE_TIMEOUT_MS; LaunchDarkly may apply it",
-            )
-            _cancel(flight)
+        self._abandon(late, "a request outlived CONSUMER_REVOKE_TIMEOUT_MS")
         await asyncio.gather(*(f.task for f in late if f.task is not None), return_exceptions=True)
         return others
+
+    def _abandon(self, flights: list[Flight], why: str) -> None:
+        """Cancel these flights, counting and logging those with a request on the wire."""
+        for flight in flights:
+            if self._sender.requesting(flight.batch.id):
+                self._metrics.abandoned.inc()
+                log.warning(
+                    "request.abandoned",
+                    batch_id=flight.batch.id,
+                    path=flight.batch.path,
+                    message=f"{why}; LaunchDarkly may still apply it",
+                )
+            _cancel(flight)
 
     def flush(self) -> None:
         """Every waiting batch is due at once (stop)."""
@@ -340,9 +346,11 @@ class Pipeline:
         return self.batcher.idle() and not self._flights and not self._loose
 
     async def cancel_all(self) -> None:
-        tasks = [f.task for f in self._flights.values() if f.task is not None] + list(self._loose)
-        for task in tasks:
+        flights = list(self._flights.values())
+        self._abandon(flights, "the stop ran out of time")
+        for task in self._loose:
             task.cancel()
+        tasks = [f.task for f in flights if f.task is not None] + list(self._loose)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- state ----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 - **Ownership** (leases.py, rule 4): right before every request (the first, a retry, each
   narrowing step) the batch must be `live()`; there is no await between that check and the
-  request leaving. A batch that is not live sends nothing more: the instructions without a
-  result get `None` (no outcome; the partition's next owner sends them again).
+  request leaving. It is asked again as soon as an answer comes: a batch that is not live
+  keeps the results of a successful answer and sends nothing more; the instructions without
+  a result get `None` (no outcome; the partition's next owner sends them again).
 - Retryable errors wait as `retry.py` says and send the same request again: a retried batch is
   never reordered, and since the batcher hands out one batch per path at a time, no later
   batch for the path can overtake it.
@@ -118,11 +119,16 @@ class BatchSender:
             attempts[:] = [n + 1 for n in attempts]
             if isinstance(error, Unauthorized):
                 self._gate.unauthorized(error)
-                continue
-            if error is not None and error.outage:
+            elif error is not None and error.outage:
                 self._gate.failed(error)
             elif response is not None:
                 self._gate.answered()
+            if error is not None and not batch.live():
+                return [None] * len(batch)  # revoked meanwhile: no retry, no narrowing step
+            if isinstance(error, Unauthorized):
+                continue
+            if error is not None and error.outage and budget.closings != self._gate.closings:
+                continue  # the gate closed while it was on the wire: charged to nobody
             if error is None:
                 assert response is not None
                 return list(
@@ -151,6 +157,8 @@ class BatchSender:
             if delay is None:
                 if error.outage and await self._gate.settle() is Verdict.REOPENED:
                     continue  # the API was down, not this request: start over
+                if not batch.live():
+                    return [None] * len(batch)
                 return list(
                     results_from_error(
                         batch.id, batch.items, error, status=_final_status(error), attempts=attempts

@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     consumer_http_port: int = Field(8080, ge=0, le=65_535)
     consumer_auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest"
     consumer_commit_interval_ms: int = Field(1_000, ge=10)
-    consumer_shutdown_timeout_ms: int = Field(10_000, ge=0)
+    # Bound of the drain on SIGTERM: batches are sent until LD_REQUEST_TIMEOUT_MS before it
+    # ends (a request started later could not end in time), then only the wire is waited for.
+    consumer_shutdown_timeout_ms: int = Field(15_000, ge=0)
     # Bound of a revoke: requests on the wire for revoked partitions are waited for this long.
     consumer_revoke_timeout_ms: int = Field(15_000, ge=0)
     # Crash recovery (see recovery.py): how far before the waiting record's timestamp to look

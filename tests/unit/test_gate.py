@@ -4,6 +4,7 @@ learns from it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -92,14 +93,41 @@ async def test_an_outage_closes_it_and_waiting_batches_learn_it_reopened() -> No
     prober.cancel()
 
 
-async def test_a_batch_out_of_budget_fails_when_the_api_answers_others() -> None:
+async def test_a_batch_out_of_budget_fails_when_other_writes_are_answered() -> None:
     api = Api(None)
     gate = gate_for(api, window=60)
     await gate.probe_now()
-    prober = asyncio.create_task(gate.run())
     gate.failed(ServerError("one resource", status=500))
-    assert await asyncio.wait_for(gate.settle(), 2) is Verdict.ANSWERING  # the probe answered
-    assert gate.is_open
+    settled = asyncio.create_task(gate.settle())
+    await asyncio.sleep(0.05)
+    assert not settled.done()  # the probe's read is no evidence that writes work
+    gate.answered()  # another write is answered: this request failed on its own
+    assert await asyncio.wait_for(settled, 2) is Verdict.ANSWERING
+    assert gate.is_open and gate.closings == 0
+
+
+async def test_with_no_write_answered_by_the_end_of_the_window_the_api_counts_as_down() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=0.2)
+    await gate.probe_now()
+    prober = asyncio.create_task(gate.run())
+    gate.failed(ServerError("writes down", status=503))
+    # The probe's read works: the gate reopens after each closing, and the batch tries again.
+    assert await asyncio.wait_for(gate.settle(), 2) is Verdict.REOPENED
+    assert gate.closings == 1 and gate.is_open
+    prober.cancel()
+
+
+async def test_batches_settling_together_do_not_spin() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=0.6)
+    await gate.probe_now()
+    prober = asyncio.create_task(gate.run())
+    gate.failed(ServerError("down", status=503))
+    cpu = time.process_time()
+    settled = await asyncio.wait_for(asyncio.gather(gate.settle(), gate.settle()), 3)
+    assert settled == [Verdict.REOPENED, Verdict.REOPENED]
+    assert time.process_time() - cpu < 0.3  # waited out the window, not busily
     prober.cancel()
 
 

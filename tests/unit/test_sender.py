@@ -159,3 +159,41 @@ async def test_401_closes_the_gate_and_the_batch_waits_for_it() -> None:
     await gate.probe_now()  # the token was fixed: the probe is answered
     results = await task
     assert results[0] is not None and results[0].status.value == "succeeded"
+
+
+async def test_an_error_answered_after_the_revoke_ends_the_batch_at_once() -> None:
+    """No backoff, no wait at the gate: the revoke need not wait for what will never send."""
+    for answer in [(503, b""), (429, b""), (401, b""), ConnectionFailed("reset")]:
+        leases = Leases()
+        client = FakeClient(answer)
+        client.hold = asyncio.Event()
+        task = asyncio.create_task(
+            (await sender_for(client, backoff=60.0)).send(batch_of(2, leases))
+        )
+        await until(lambda client=client: len(client.requests) == 1)
+        leases.revoke([TP])
+        client.hold.set()
+        assert await asyncio.wait_for(task, 5) == [None, None], answer
+        assert len(client.requests) == 1
+
+
+async def test_a_request_failing_across_a_closed_gate_is_charged_to_nobody() -> None:
+    """It was on the wire while the gate closed (an outage) and opened again: its failure
+    belongs to the outage, so even a budget of one attempt is not spent by it."""
+    client = FakeClient(ConnectionFailed("reset"), (200, OK_SEGMENT))
+    client.hold = asyncio.Event()
+    gate = await open_gate()
+    sender = BatchSender(
+        client,  # type: ignore[arg-type]
+        RetryPolicy(max_attempts=1, base_delay=0.01, max_delay=0.01),
+        gate,
+        rng=random.Random(1),
+    )
+    task = asyncio.create_task(sender.send(batch_of(1, Leases())))
+    await until(lambda: len(client.requests) == 1)
+    gate.unauthorized()  # closed meanwhile (any reason) ...
+    await gate.probe_now()  # ... and open again before the answer came
+    client.hold.set()
+    [result] = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status.value == "succeeded"
+    assert len(client.requests) == 2
