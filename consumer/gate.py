@@ -4,11 +4,11 @@ Nothing waiting at a closed gate is rejected, failed or dead-lettered, and no re
 charged: the token or the API is wrong for every event alike. The rules:
 
 1. **Closing.** A 401 closes it at once (`unauthorized`). An outage closes it when every
-   request over `outage_window` seconds failed with a connection error, a timeout or a 5xx,
-   with no other answer in between (`OutageDetector`, pure). Only the service's own writes
-   count as answers: a write path that is down while the probe's read works is an outage
-   too. The service starts closed ("not reached yet") and opens after its first probe, so
-   nothing is taken before the API was reached.
+   write over `outage_window` seconds failed with a connection error, a timeout or a 5xx,
+   with no answer in between, to more than one URL (`OutageDetector`, pure): a write path
+   that is down while the probe's read works is an outage too. The service starts closed
+   ("not reached yet") and opens after its first probe, so nothing is taken before the API
+   was reached.
 2. **While closed.** Fetching is paused (the lifecycle asks `is_open`), `/readyz` says why
    (`reason`), batches wait in `wait_open`, and every batch that waited starts a fresh retry
    budget afterwards (`closings` counts closings for that).
@@ -19,9 +19,11 @@ charged: the token or the API is wrong for every event alike. The rules:
    gate. One line is logged on closing, one on opening.
 4. **A batch out of budget on an outage-type error** (`settle`) does not fail until the
    question "is the API down?" is answered: if another write is answered after that moment,
-   the request failed alone and its events are `failed`; if none is by the end of the outage
-   window (counted from the first failure with no answer since), the API counts as down: the
-   gate closes, and the batch waits for it to open and starts over with a fresh budget.
+   the request failed alone and its events are `failed`. If none is by the end of the outage
+   window (counted from the first failure with no answer since): when writes to other URLs
+   failed too, the API counts as down; when this URL is the only one that was tried, a probe
+   decides (answered: the request failed alone; not answered: down). Down means the gate
+   closes, and the batch waits for it to open and starts over with a fresh budget.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -66,15 +68,24 @@ class OutageDetector:
 
     window: float
     first_failure_at: float | None = None  # the first failure since the last answer
+    # URLs whose writes failed since the last answer (two are enough to tell).
+    paths: set[str] = field(default_factory=set)
 
     def answered(self) -> None:
         self.first_failure_at = None
+        self.paths.clear()
 
-    def failed(self, now: float) -> bool:
-        """Record an outage-type failure; True when the API counts as down."""
+    def failed(self, now: float, path: str) -> bool:
+        """Record an outage-type failure of a write to `path`; True when the API counts as
+        down: the window passed with no answer, and more than one URL failed."""
         if self.first_failure_at is None:
             self.first_failure_at = now
-        return now - self.first_failure_at >= self.window
+        if len(self.paths) < 2:
+            self.paths.add(path)
+        return self.window_passed(now) and len(self.paths) > 1
+
+    def window_passed(self, now: float) -> bool:
+        return self.first_failure_at is not None and now - self.first_failure_at >= self.window
 
 
 Probe = Callable[[], Awaitable[ApiError | None]]
@@ -197,10 +208,10 @@ class ApiGate:
     def unauthorized(self, error: ApiError | None = None) -> None:
         self._close(Closed.UNAUTHORIZED, error)
 
-    def failed(self, error: ApiError) -> None:
-        """An outage-type failure of a write (no answer, or a 5xx)."""
+    def failed(self, error: ApiError, path: str) -> None:
+        """An outage-type failure (no answer, or a 5xx) of a write to `path`."""
         self._last_error = error
-        if self._detector.failed(self._clock()) and self.reason is None:
+        if self._detector.failed(self._clock(), path) and self.reason is None:
             self._close(Closed.UNAVAILABLE, error)
 
     def answered_since(self, moment: float) -> bool:
@@ -219,7 +230,12 @@ class ApiGate:
             first = self._detector.first_failure_at
             remaining = (since if first is None else first) + self._detector.window - self._clock()
             if remaining <= 0:
-                self._close(Closed.UNAVAILABLE, self._last_error)  # nothing answered: down
+                if len(self._detector.paths) > 1:  # other URLs fail too, nothing answers
+                    self._close(Closed.UNAVAILABLE, self._last_error)
+                else:  # only this URL was tried: does the API answer at all?
+                    error = await self._probe_once()
+                    if self.closings == closings and (error is None or not error.outage):
+                        return Verdict.ANSWERING  # it does: this request failed alone
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._changed()), remaining)

@@ -120,7 +120,7 @@ class BatchSender:
             if isinstance(error, Unauthorized):
                 self._gate.unauthorized(error)
             elif error is not None and error.outage:
-                self._gate.failed(error)
+                self._gate.failed(error, batch.path)
             elif response is not None:
                 self._gate.answered()
             if error is not None and not batch.live():

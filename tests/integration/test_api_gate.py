@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from consumer.events import Status
-from consumer.fake_api import RunningSimulator
+from consumer.fake_api import Faults, RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.tansu import free_port
 from tests.conftest import TOKEN
@@ -110,11 +110,14 @@ async def test_an_api_outage_longer_than_the_retry_budget_fails_nothing(
         assert any("unavailable" in str(reason) for reason in body["reasons"])  # type: ignore[attr-defined]
         await asyncio.sleep(3)  # longer than the per-event budget
         # Back, but answering 503 to everything.
+        simulator.simulator.faults = Faults(error_rate=1.0)  # before it listens again
         await simulator.start()
-        await admin.set_faults(error_rate=1.0)
         more = await produce(settings, events(20, keys))
         await asyncio.sleep(3)
         assert not handle.service.gate.is_open
+        # Then only the writes fail: the probe's read works, the segment PATCHes do not.
+        await admin.set_faults(error_rate=1.0, paths=["/api/v2/segments/*"])
+        await asyncio.sleep(3)
         assert await outcomes(settings, 1, timeout=0.5) == []
         assert await dead_letters(settings, 1, timeout=0.5) == []
         await admin.set_faults()

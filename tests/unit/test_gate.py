@@ -14,14 +14,21 @@ from consumer.gate import ApiGate, Closed, OutageDetector, Verdict
 from consumer.ld_client import TokenSource
 
 
-def test_an_outage_is_a_window_of_failures_without_any_answer() -> None:
+def test_an_outage_is_a_window_of_failures_of_several_urls_without_any_answer() -> None:
     detector = OutageDetector(window=10.0)
-    assert not detector.failed(100.0)
-    assert not detector.failed(105.0)
+    assert not detector.failed(100.0, "/a")
+    assert not detector.failed(105.0, "/b")
     detector.answered()  # one answer in between: the window starts again
-    assert not detector.failed(109.0)
-    assert not detector.failed(118.9)
-    assert detector.failed(119.0)
+    assert not detector.failed(109.0, "/a")
+    assert not detector.failed(118.9, "/b")
+    assert detector.failed(119.0, "/a")
+
+
+def test_one_url_failing_alone_is_not_an_outage() -> None:
+    detector = OutageDetector(window=1.0)
+    assert not detector.failed(0.0, "/a")
+    assert not detector.failed(5.0, "/a")
+    assert detector.window_passed(5.0)
 
 
 class Api:
@@ -82,8 +89,6 @@ async def test_an_outage_closes_it_and_waiting_batches_learn_it_reopened() -> No
     await gate.probe_now()
     prober = asyncio.create_task(gate.run())
     api.answers = [ServerError("down", status=503)]
-    failure = ServerError("down", status=503)
-    gate.failed(failure)
     settled = asyncio.create_task(gate.settle())  # a batch out of budget asks
     await asyncio.sleep(0.4)  # probes keep failing past the window: the API is down
     assert gate.reason is Closed.UNAVAILABLE and not settled.done()
@@ -97,7 +102,7 @@ async def test_a_batch_out_of_budget_fails_when_other_writes_are_answered() -> N
     api = Api(None)
     gate = gate_for(api, window=60)
     await gate.probe_now()
-    gate.failed(ServerError("one resource", status=500))
+    gate.failed(ServerError("one resource", status=500), "/a")
     settled = asyncio.create_task(gate.settle())
     await asyncio.sleep(0.05)
     assert not settled.done()  # the probe's read is no evidence that writes work
@@ -106,15 +111,37 @@ async def test_a_batch_out_of_budget_fails_when_other_writes_are_answered() -> N
     assert gate.is_open and gate.closings == 0
 
 
-async def test_with_no_write_answered_by_the_end_of_the_window_the_api_counts_as_down() -> None:
+async def test_writes_to_several_urls_failing_with_no_answer_are_an_outage() -> None:
     api = Api(None)
     gate = gate_for(api, window=0.2)
     await gate.probe_now()
     prober = asyncio.create_task(gate.run())
-    gate.failed(ServerError("writes down", status=503))
+    gate.failed(ServerError("writes down", status=503), "/a")
+    gate.failed(ServerError("writes down", status=503), "/b")
     # The probe's read works: the gate reopens after each closing, and the batch tries again.
     assert await asyncio.wait_for(gate.settle(), 2) is Verdict.REOPENED
     assert gate.closings == 1 and gate.is_open
+    prober.cancel()
+
+
+async def test_one_url_failing_while_the_api_answers_its_probe_failed_alone() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=0.2)
+    await gate.probe_now()
+    gate.failed(ServerError("this segment", status=500), "/a")
+    assert await asyncio.wait_for(gate.settle(), 2) is Verdict.ANSWERING
+    assert gate.closings == 0 and api.probes == 2
+
+
+async def test_one_url_failing_while_the_probe_fails_too_is_an_outage() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=0.2)
+    await gate.probe_now()
+    prober = asyncio.create_task(gate.run())
+    api.answers = [ServerError("down", status=503), ServerError("down", status=503), None]
+    gate.failed(ServerError("down", status=503), "/a")
+    assert await asyncio.wait_for(gate.settle(), 2) is Verdict.REOPENED
+    assert gate.closings == 1
     prober.cancel()
 
 
@@ -123,7 +150,8 @@ async def test_batches_settling_together_do_not_spin() -> None:
     gate = gate_for(api, window=0.6)
     await gate.probe_now()
     prober = asyncio.create_task(gate.run())
-    gate.failed(ServerError("down", status=503))
+    gate.failed(ServerError("down", status=503), "/a")
+    gate.failed(ServerError("down", status=503), "/b")
     cpu = time.process_time()
     settled = await asyncio.wait_for(asyncio.gather(gate.settle(), gate.settle()), 3)
     assert settled == [Verdict.REOPENED, Verdict.REOPENED]
@@ -138,5 +166,6 @@ async def test_a_429_or_another_answer_is_not_an_outage() -> None:
     gate.answered()
     for error in (RateLimited("slow", retry_after=1), BadRequest("no", status=400)):
         assert not error.outage
-    gate.failed(ServerError("down", status=502))  # a zero window: the first failure closes
+    gate.failed(ServerError("down", status=502), "/a")
+    gate.failed(ServerError("down", status=502), "/b")  # a zero window: two URLs close it
     assert gate.reason is Closed.UNAVAILABLE
