@@ -64,6 +64,7 @@ from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
 
+POSITION_WAIT = 10.0  # seconds the newly assigned partitions' positions are awaited together
 STOP_GRACE = 5.0  # seconds past CONSUMER_SHUTDOWN_TIMEOUT_MS for the last commit and closing
 CLOSE_MIN = 0.5  # seconds each close step gets, however late
 
@@ -235,7 +236,8 @@ class Service:
         if await self.pipeline.drain(sending_until):
             log.info("service.drained")
             return
-        leases = self.leases.revoke(lease.tp for lease in self.leases.active())
+        # Every lease not ended, those a revoke under way is waiting for included.
+        leases = self.leases.revoke(lease.tp for lease in self.leases.unended())
         await self.pipeline.revoke(leases, deadline)
         log.warning(
             "service.drain_timeout",
@@ -407,25 +409,42 @@ class Service:
     # -- rebalancing ----------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Rule 1: pause at once, grant in a task (never raises, returns at once)."""
+        """Rule 1: pause at once, grant in a task (never raises, returns at once). Nothing is
+        granted once the service stops (aiokafka's close waits for a join under way)."""
         if assigned:
             self._consumer.pause(*assigned)  # before any await: nothing fetched for nobody
-            self._granting = asyncio.create_task(self._grant(set(assigned)), name="grant")
+            if not self.stopping:
+                self._granting = asyncio.create_task(self._grant(set(assigned)), name="grant")
 
     async def _grant(self, assigned: set[TopicPartition]) -> None:
-        """Positions, then the recovery scan, then the leases (cancelled by a revoke)."""
+        """Positions, then the recovery scan, then the leases (cancelled by a revoke).
+
+        Positions are read together; partitions whose position is not known within
+        POSITION_WAIT (a partition without a leader, say) do not hold the others up: they are
+        granted when it is, without a scan (recovery only saves repeats)."""
         started = time.monotonic()
-        positions = {tp: await self._position(tp) for tp in sorted(assigned)}
-        recovered: dict[TopicPartition, set[int]] = {}
-        if self.settings.consumer_recovery_lookback_ms >= 0:
-            try:
-                recovered = await self.recovery.already_done(positions)
-            except Exception:  # recovery is an optimisation of at-least-once, never a blocker
-                log.exception("recovery.failed")
-        # No await from here: the leases are granted for the assignment still current.
+        reads = {tp: asyncio.ensure_future(self._position(tp)) for tp in sorted(assigned)}
+        try:
+            await asyncio.wait(reads.values(), timeout=POSITION_WAIT)
+            positions = {tp: read.result() for tp, read in reads.items() if read.done()}
+            recovered: dict[TopicPartition, set[int]] = {}
+            if positions and self.settings.consumer_recovery_lookback_ms >= 0:
+                try:
+                    recovered = await self.recovery.already_done(positions)
+                except Exception:  # recovery is an optimisation of at-least-once, never a blocker
+                    log.exception("recovery.failed")
+            self._grant_now(positions, started)
+            self.pipeline.recovered = Recovered(recovered)
+            for tp, read in reads.items():
+                if tp not in positions:
+                    self._grant_now({tp: await read}, started)
+        finally:
+            for read in reads.values():
+                read.cancel()
+
+    def _grant_now(self, positions: dict[TopicPartition, int], started: float) -> None:
         for tp, start in positions.items():
             self.leases.grant(tp, start)
-        self.pipeline.recovered = Recovered(recovered)
         self.vitals.partitions = len(self.leases.active())
         log.info(
             "partitions.assigned",

@@ -116,6 +116,7 @@ class ApiGate:
         self.detail = ""  # the last error seen while closed (status or error code)
         self.closings = 0
         self._closed_at = clock()
+        self._opened_at = float("-inf")
         self._open = asyncio.Event()
         self._closed = asyncio.Event()  # the prober's cue
         self._closed.set()
@@ -181,6 +182,7 @@ class ApiGate:
             return
         was, self.reason, self.detail = self.reason, None, ""
         self._detector.answered()  # a new window after the gate was closed
+        self._opened_at = self._clock()
         self._closed.clear()
         self._open.set()
         closed_s = round(self._clock() - self._closed_at, 3)
@@ -244,21 +246,29 @@ class ApiGate:
 
     async def run(self) -> None:
         """Probe while closed; never returns (cancel it)."""
-        failures = 0  # probes in a row not answered
+        failures = 0  # probes in a row not answered, and closings soon after an opening
+        seen = self.closings
         while True:
             await self._closed.wait()
+            if self.closings != seen:  # a new closing
+                seen = self.closings
+                if self._clock() - self._opened_at < self._max_delay:
+                    # Closed again soon after it opened (writes refused while the probe's
+                    # read is answered, say): keep backing off rather than flap.
+                    failures += 1
+                    await asyncio.sleep(self._backoff(failures))
+                else:
+                    failures = 0
             if self._token.refresh():
                 log.info("ld.token_reloaded")
             error = await self._probe_once()
             if self.is_open:
-                failures = 0
                 continue
             if isinstance(error, RateLimited):
                 delay = error.retry_after + self._rng.uniform(0, self._base_delay)
             else:
                 failures += 1
-                ceiling = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
-                delay = self._rng.uniform(ceiling / 2, ceiling)
+                delay = self._backoff(failures)
             log.info(
                 "ld.probe",
                 failures=failures,
@@ -267,6 +277,10 @@ class ApiGate:
                 next_in_s=round(delay, 2),
             )
             await asyncio.sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
+        return self._rng.uniform(ceiling / 2, ceiling)
 
     async def probe_now(self) -> ApiError | None:
         """One probe at once, its answer applied to the gate (the prober's step)."""

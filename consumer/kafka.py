@@ -164,8 +164,8 @@ async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartitio
     Not `consumer.topics()`: on Tansu a consumer that listed every topic stalls in `stop()`.
     """
     admin = AIOKafkaAdminClient(**common_config(settings))
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()

@@ -132,14 +132,19 @@ class Leases:
         return admission
 
     def revoke(self, tps: Iterable[TopicPartition]) -> list[Lease]:
-        """Rule 4, first half: the leases of `tps` stop taking and sending."""
+        """Rule 4, first half: the leases of `tps` stop taking and sending. Returns every one
+        not ended, those another caller already revokes included: a rebalance during a
+        stop (or a stop during a rebalance) must wait for the same wire."""
         revoked = []
         for tp in tps:
             lease = self._by_tp.get(tp)
-            if lease is not None and lease.state is LeaseState.ACTIVE:
+            if lease is not None and lease.state is not LeaseState.ENDED:
                 lease.state = LeaseState.REVOKING
                 revoked.append(lease)
         return revoked
+
+    def unended(self) -> list[Lease]:
+        return [lease for lease in self._by_tp.values() if lease.state is not LeaseState.ENDED]
 
     def end(self, leases: Iterable[Lease]) -> None:
         """Rule 4, second half: forget them; late outcomes change nothing."""

@@ -127,7 +127,7 @@ class BatchSender:
                 return [None] * len(batch)  # revoked meanwhile: no retry, no narrowing step
             if isinstance(error, Unauthorized):
                 continue
-            if error is not None and error.outage and budget.closings != self._gate.closings:
+            if error is not None and error.retryable and budget.closings != self._gate.closings:
                 continue  # the gate closed while it was on the wire: charged to nobody
             if error is None:
                 assert response is not None

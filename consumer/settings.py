@@ -142,6 +142,11 @@ class Settings(BaseSettings):
                 "CONSUMER_REVOKE_TIMEOUT_MS + KAFKA_COMMIT_TIMEOUT_MS must be lower than"
                 f" KAFKA_REBALANCE_TIMEOUT_MS ({revoke} >= {self.kafka_rebalance_timeout_ms})"
             )
+        if self.ld_request_timeout_ms >= self.consumer_shutdown_timeout_ms:
+            raise ValueError(
+                "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_SHUTDOWN_TIMEOUT_MS"
+                f" ({self.ld_request_timeout_ms} >= {self.consumer_shutdown_timeout_ms})"
+            )
         if self.ld_outage_window_ms >= self.ld_retry_max_elapsed_ms:
             raise ValueError(
                 "LD_OUTAGE_WINDOW_MS must be lower than LD_RETRY_MAX_ELAPSED_MS"

@@ -65,6 +65,12 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=3, help="churn: most members at once")
     parser.add_argument("--churn-every", type=float, default=3.0, help="churn: seconds")
     parser.add_argument("--seed", type=int, default=1, help="churn: the scheduler's random seed")
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=500,
+        help="churn: KAFKA_FETCH_MAX_WAIT_MS; a long one makes fetches straddle rebalances",
+    )
     args = parser.parse_args()
     if args.churn and "--records" not in sys.argv:
         args.records = 100_000
@@ -363,7 +369,7 @@ async def churn(args: argparse.Namespace) -> int:
             Faults()
             if args.no_faults
             else Faults(
-                latency_ms=(5, 300),
+                latency_ms=(5, 1_000),  # requests on the wire at revokes
                 error_rate=0.1,
                 rate_limit_rate=0.02,
                 rate_limit_reset_ms=300,
@@ -376,6 +382,7 @@ async def churn(args: argparse.Namespace) -> int:
         simulator = Simulator({TOKEN}, faults=Faults(), seed=seed, max_log=0)
         async with RunningSimulator(simulator) as api:
             settings = await _setup(bootstrap, api.base_url, "churn", args.partitions, tansu)
+            settings = settings.model_copy(update={"kafka_fetch_max_wait_ms": args.fetch_wait_ms})
             adds = [(t, s, k, json.dumps(e).encode()) for t, s, k, e in chains.rounds(found, 0, 0)]
             updates = [
                 (t, s, k, json.dumps(e).encode()) for t, s, k, e in chains.rounds(found, 1, steps)

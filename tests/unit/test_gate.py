@@ -159,6 +159,24 @@ async def test_batches_settling_together_do_not_spin() -> None:
     prober.cancel()
 
 
+async def test_a_gate_closed_again_soon_after_opening_backs_off() -> None:
+    """Writes refused (401) while the probe's read is answered: no flapping at probe pace."""
+    api = Api(None)
+    gate = gate_for(api)
+    gate._max_delay = 1.0
+    prober = asyncio.create_task(gate.run())
+    await asyncio.wait_for(gate.wait_open(), 2)
+    for _ in range(30):  # every write is refused as soon as the gate opens
+        gate.unauthorized()
+        try:
+            await asyncio.wait_for(gate.wait_open(), 0.02)
+        except TimeoutError:
+            break
+    await asyncio.sleep(0.5)
+    assert api.probes < 10
+    prober.cancel()
+
+
 async def test_a_429_or_another_answer_is_not_an_outage() -> None:
     api = Api(None)
     gate = gate_for(api, window=0.0)

@@ -134,3 +134,13 @@ def test_a_lease_takes_every_record_from_its_start_in_order_once(data: st.DataOb
         fetch(straddle=False)
     assert lease.next == log[-1] + 1
     check(lease)
+
+
+def test_a_revoke_returns_leases_another_caller_is_revoking() -> None:
+    """A rebalance during a stop (or the reverse) must wait for the same requests."""
+    leases = Leases()
+    lease = leases.grant(TP, 0)
+    assert leases.revoke([TP]) == [lease]  # the stop
+    assert leases.revoke([TP]) == [lease]  # then the rebalance
+    leases.end([lease])
+    assert leases.revoke([TP]) == []

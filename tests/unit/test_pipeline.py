@@ -170,3 +170,23 @@ async def test_a_revoke_returns_kept_partitions_that_shared_a_stopped_batch() ->
     assert rewind == {kept}
     assert publisher.published == [] and pipeline.idle()
     dispatch.cancel()
+
+
+async def test_two_revokes_of_one_lease_both_wait_for_its_wire() -> None:
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher)
+    leases = Leases()
+    lease = leases.grant(P0, 0)
+    take(pipeline, lease, range(2), "a")
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)
+    sender.wire.add(sender.sent[0].id)
+    deadline = asyncio.get_running_loop().time() + 5
+    first = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a stop
+    second = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a rebalance
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done()
+    sender.release[sender.sent[0].id].set()
+    await asyncio.gather(first, second)
+    assert lease.offsets.to_commit() == 2
+    dispatch.cancel()

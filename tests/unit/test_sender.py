@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
@@ -43,8 +44,8 @@ class FakeClient:
             answer = answer(body)
         if isinstance(answer, Exception):
             raise answer
-        status, raw = answer
-        return ApiResponse(status, {}, raw, 0.0)
+        status, raw, *headers = answer
+        return ApiResponse(status, headers[0] if headers else {}, raw, 0.0)
 
     async def patch(self, path: str, body: dict[str, Any]) -> ApiResponse:
         return await self._answer("PATCH", path, body)
@@ -177,15 +178,16 @@ async def test_an_error_answered_after_the_revoke_ends_the_batch_at_once() -> No
         assert len(client.requests) == 1
 
 
-async def test_a_request_failing_across_a_closed_gate_is_charged_to_nobody() -> None:
+@pytest.mark.parametrize("failure", [ConnectionFailed("reset"), (429, b"", {"Retry-After": "0"})])
+async def test_a_request_failing_across_a_closed_gate_is_charged_to_nobody(failure: Any) -> None:
     """It was on the wire while the gate closed (an outage) and opened again: its failure
-    belongs to the outage, so even a budget of one attempt is not spent by it."""
-    client = FakeClient(ConnectionFailed("reset"), (200, OK_SEGMENT))
+    belongs to the outage, so even a budget of one attempt (and no time) is not spent by it."""
+    client = FakeClient(failure, (200, OK_SEGMENT))
     client.hold = asyncio.Event()
     gate = await open_gate()
     sender = BatchSender(
         client,  # type: ignore[arg-type]
-        RetryPolicy(max_attempts=1, base_delay=0.01, max_delay=0.01),
+        RetryPolicy(max_attempts=1, max_elapsed=0.01, base_delay=0.01, max_delay=0.01),
         gate,
         rng=random.Random(1),
     )

@@ -106,6 +106,7 @@ def test_run_with_a_bad_setting_exits_2_with_one_line(
         ({"CONSUMER_REVOKE_TIMEOUT_MS": "5000"}, "CONSUMER_REVOKE_TIMEOUT_MS"),
         ({"KAFKA_REBALANCE_TIMEOUT_MS": "20000"}, "KAFKA_REBALANCE_TIMEOUT_MS"),
         ({"LD_OUTAGE_WINDOW_MS": "300000"}, "LD_OUTAGE_WINDOW_MS"),
+        ({"CONSUMER_SHUTDOWN_TIMEOUT_MS": "10000"}, "CONSUMER_SHUTDOWN_TIMEOUT_MS"),
     ],
 )
 def test_timeouts_must_nest(
@@ -127,3 +128,4 @@ def test_the_default_timeouts_nest() -> None:
         < settings.kafka_rebalance_timeout_ms
     )
     assert settings.ld_outage_window_ms < settings.ld_retry_max_elapsed_ms
+    assert settings.ld_request_timeout_ms < settings.consumer_shutdown_timeout_ms

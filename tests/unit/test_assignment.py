@@ -1,0 +1,103 @@
+"""Assignment and revoke in the lifecycle (app.py), against an in-memory consumer: a grant
+runs outside aiokafka's callback, a revoke cancels it, a partition without a position does
+not hold the others up, and a stop grants nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiokafka.structs import TopicPartition
+
+from consumer import app
+from consumer.app import Service
+from consumer.settings import Settings
+
+P0, P1, P2 = (TopicPartition("in", p) for p in range(3))
+
+
+class Consumer:
+    """What the lifecycle asks of the aiokafka consumer during a rebalance."""
+
+    def __init__(self, positions: dict[TopicPartition, int | None]) -> None:
+        self.positions = positions  # None: never known (no leader, say)
+        self.paused_tps: set[TopicPartition] = set()
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused_tps.update(tps)
+
+    async def position(self, tp: TopicPartition) -> int:
+        while (known := self.positions[tp]) is None:  # aiokafka waits for it, too
+            await asyncio.sleep(0.01)
+        return known
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[Service]:
+    settings = Settings(
+        ld_api_token="api-test",  # type: ignore[arg-type]
+        consumer_http_port=0,
+        consumer_recovery_lookback_ms=-1,  # no scan: nothing here reaches a broker
+    )
+    found = Service(settings)
+    await found._consumer.stop()  # never started: stopped so that nothing is left open
+    await found._producer.stop()
+    yield found
+    if found._granting is not None:
+        found._granting.cancel()
+        await asyncio.gather(found._granting, return_exceptions=True)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(300):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+async def test_the_callback_pauses_and_returns_the_grant_follows(service: Service) -> None:
+    consumer = Consumer({P0: 5, P1: 9})
+    service._consumer = consumer  # type: ignore[assignment]
+    await service.on_assigned({P0, P1})  # returns at once: aiokafka heartbeats again
+    assert consumer.paused_tps == {P0, P1}
+    await until(lambda: service.assigned == {P0, P1})
+    assert [(lease.tp, lease.next) for lease in service.leases.active()] == [(P0, 5), (P1, 9)]
+
+
+async def test_a_revoke_during_the_grant_grants_nothing(service: Service) -> None:
+    consumer = Consumer({P0: None})  # the grant is stuck on its position
+    service._consumer = consumer  # type: ignore[assignment]
+    await service.on_assigned({P0})
+    await asyncio.sleep(0.05)
+    await service.on_revoked({P0})
+    consumer.positions[P0] = 3  # too late: that assignment ended
+    await asyncio.sleep(0.05)
+    assert service.assigned == set() and service.leases.all() == []
+
+
+async def test_a_partition_without_a_position_does_not_hold_the_others_up(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "POSITION_WAIT", 0.1)
+    consumer = Consumer({P0: 1, P1: None, P2: 2})
+    service._consumer = consumer  # type: ignore[assignment]
+    await service.on_assigned({P0, P1, P2})
+    await until(lambda: service.assigned == {P0, P2})
+    consumer.positions[P1] = 7  # known at last: granted too
+    await until(lambda: service.assigned == {P0, P1, P2})
+    assert service.leases.get(P1) is not None and service.leases.get(P1).next == 7  # type: ignore[union-attr]
+
+
+async def test_nothing_is_granted_once_the_service_stops(service: Service) -> None:
+    consumer = Consumer({P0: 0})
+    service._consumer = consumer  # type: ignore[assignment]
+    service._stopping.set()
+    await service.on_assigned({P0})
+    await asyncio.sleep(0.05)
+    assert consumer.paused_tps == {P0} and service.assigned == set()
