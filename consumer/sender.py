@@ -12,8 +12,9 @@
 - The API gate (`gate.py`): a request waits while it is closed; a 401 closes it, and so does a
   run of outage-type failures (no answer, 5xx) with no other answer. A batch that waited at a
   closed gate starts a fresh budget. A batch out of budget on an outage-type error asks the
-  gate to settle whether the API answers others (then `failed`) or was down (then it waits
-  and tries again).
+  gate to settle whether the API answers others or was down (then it waits and tries again);
+  when others are answered it tries once more, and only if that fails too are its events
+  `failed`.
 - 400/422 on a request of several instructions is narrowed down: the batch is split in halves
   sent in order, recursively, so only instructions that fail alone are rejected and all the
   others are applied, in their original order.
@@ -67,6 +68,8 @@ class _Budget:
     closings: int
     failures: int = 0
     conflicts: int = 0
+    # Out of budget and the gate said other writes are answered: one more try decides.
+    last_try: bool = False
 
 
 class BatchSender:
@@ -155,8 +158,13 @@ class BatchSender:
                 rng=self._rng,
             )
             if delay is None:
-                if error.outage and await self._gate.settle() is Verdict.REOPENED:
-                    continue  # the API was down, not this request: start over
+                if error.outage and not budget.last_try:
+                    if await self._gate.settle() is Verdict.REOPENED:
+                        continue  # the API was down, not this request: start over
+                    # Others are answered now; this failure may be the end of an outage:
+                    # one more try, which fails only if the request fails on its own.
+                    budget.last_try = True
+                    continue
                 if not batch.live():
                     return [None] * len(batch)
                 return list(

@@ -34,7 +34,9 @@ Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides: Any) -> Settings:
     suffix = uuid.uuid4().hex[:10]
-    values: dict[str, Any] = {
+    values: dict[str, Any] = dict(TANSU_SETTINGS) if on_tansu else {}
+    # The tests' own timeouts (short, nested as the settings require) win over the broker's.
+    values |= {
         "kafka_bootstrap_servers": bootstrap,
         "ld_api_token": TOKEN,
         "ld_base_url": base_url,
@@ -54,8 +56,6 @@ def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides:
         "ld_retry_max_delay_ms": 200,
         "log_level": "debug",
     }
-    if on_tansu:
-        values.update(TANSU_SETTINGS)
     values.update(overrides)
     return Settings(**values)
 

@@ -199,3 +199,31 @@ async def test_a_request_failing_across_a_closed_gate_is_charged_to_nobody(failu
     [result] = await asyncio.wait_for(task, 5)
     assert result is not None and result.status.value == "succeeded"
     assert len(client.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("answers", "status", "requests"),
+    [
+        ([(503, b""), (200, OK_SEGMENT)], "succeeded", 2),  # the outage had just ended
+        ([(503, b""), (503, b"")], "failed", 2),  # this resource fails on its own
+    ],
+)
+async def test_out_of_budget_while_others_are_answered_one_more_try_decides(
+    answers: list[Any], status: str, requests: int
+) -> None:
+    client = FakeClient(*answers)
+    gate = await open_gate()
+    sender = BatchSender(
+        client,  # type: ignore[arg-type]
+        RetryPolicy(max_attempts=1, base_delay=0.01, max_delay=0.01),
+        gate,
+        rng=random.Random(1),
+    )
+    task = asyncio.create_task(sender.send(batch_of(1, Leases())))
+    await until(lambda: len(client.requests) == 1)
+    await asyncio.sleep(0.05)
+    assert not task.done()  # settling: is the API down?
+    gate.answered()  # another write is answered
+    [result] = await asyncio.wait_for(task, 5)
+    assert result is not None and result.status.value == status
+    assert len(client.requests) == requests
