@@ -1,9 +1,12 @@
-"""Event builders shared by unit and integration tests."""
+"""Event builders shared by unit and integration tests, and `until` for unit tests that wait
+on tasks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -148,3 +151,12 @@ def pending(
         lease=lease,
     )
     return PendingEvent(record, parsed, route(parsed), target_operations(parsed))
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until `predicate()` holds, checking every 10 ms; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

@@ -5,7 +5,7 @@ not hold the others up, and a stop grants nothing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.structs import TopicPartition
@@ -13,6 +13,7 @@ from aiokafka.structs import TopicPartition
 from consumer import app
 from consumer.app import Service
 from consumer.settings import Settings
+from tests.factories import until
 
 P0, P1, P2 = (TopicPartition("in", p) for p in range(3))
 
@@ -51,14 +52,6 @@ async def service() -> AsyncIterator[Service]:
     if found._granting is not None:
         found._granting.cancel()
         await asyncio.gather(found._granting, return_exceptions=True)
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(300):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met")
 
 
 async def test_the_callback_pauses_and_returns_the_grant_follows(service: Service) -> None:

@@ -4,7 +4,7 @@ bookkeeping that survives cancellation at any point, and what a revoke stops."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.structs import TopicPartition
@@ -15,7 +15,7 @@ from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, OutcomeMessage, results_from_body
 from consumer.pipeline import Pipeline
 from consumer.records import ConsumedRecord
-from tests.factories import encode, event_dict
+from tests.factories import encode, event_dict, until
 
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
 
@@ -84,14 +84,6 @@ def pipeline_with(sender: Sender, publisher: Publisher, *, batch: int = 10) -> P
 def take(pipeline: Pipeline, lease: Lease, offsets: range, segment: str) -> None:
     raws = [Raw(lease.tp, o, segment) for o in offsets]
     assert pipeline.accept(lease, raws, offsets.start, now=0.0, wall_ms=None) == len(raws)
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(300):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met")
 
 
 async def running(pipeline: Pipeline) -> asyncio.Task[Any]:

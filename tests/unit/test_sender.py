@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -20,7 +19,7 @@ from consumer.ld_client import ApiResponse, TokenSource
 from consumer.leases import Leases
 from consumer.retry import RetryPolicy
 from consumer.sender import BatchSender
-from tests.factories import event_dict, pending
+from tests.factories import event_dict, pending, until
 
 TP = TopicPartition("in", 7)
 OK_SEGMENT = orjson.dumps({"key": "s"})
@@ -81,14 +80,6 @@ def batch_of(size: int, leases: Leases) -> Batch:
         batcher.add(pending(event_dict(key="s", values=[f"k{i}"]), lease=lease), now=0.0)
     [batch] = batcher.ready(now=0.0, limit=1)
     return batch
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met")
 
 
 async def test_a_revoked_batch_sends_no_retry() -> None:
