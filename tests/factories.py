@@ -116,6 +116,17 @@ def parse(event: dict[str, Any]) -> TargetingEvent:
     return decoded  # type: ignore[return-value]
 
 
+class FetchedRecord:
+    """A record as aiokafka's getmany returns it: a segment-target event adding key k{offset}."""
+
+    def __init__(self, tp: TopicPartition, offset: int, segment: str) -> None:
+        self.topic, self.partition, self.offset = tp.topic, tp.partition, offset
+        self.key = None
+        self.value = encode(event_dict(key=segment, values=[f"k{offset}"]))
+        self.headers: list[tuple[str, bytes]] = []
+        self.timestamp = 0
+
+
 _leases = Leases()
 _offsets = iter(range(10**9))
 

@@ -13,7 +13,7 @@ from aiokafka.structs import TopicPartition
 from consumer import app
 from consumer.app import Service
 from consumer.settings import Settings
-from tests.factories import until
+from tests.factories import FetchedRecord, until
 
 P0, P1, P2 = (TopicPartition("in", p) for p in range(3))
 
@@ -25,6 +25,10 @@ class Consumer:
         self.positions = positions  # None: never known (no leader, say)
         self.paused_tps: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
 
     def pause(self, *tps: TopicPartition) -> None:
         self.paused_tps.update(tps)
@@ -94,3 +98,26 @@ async def test_nothing_is_granted_once_the_service_stops(service: Service) -> No
     await service.on_assigned({P0})
     await asyncio.sleep(0.05)
     assert consumer.paused_tps == {P0} and service.assigned == set()
+
+
+async def test_a_kept_partition_sharing_a_stopped_batch_is_rewound(service: Service) -> None:
+    """Rule 5: records of a kept partition in a batch stopped by a revoke are taken again."""
+    consumer = Consumer({P0: 0, P1: 4})
+    service._consumer = consumer  # type: ignore[assignment]
+    await service.on_assigned({P0, P1})
+    await until(lambda: service.assigned == {P0, P1})
+    kept = service.leases.get(P1)
+    assert kept is not None
+    for tp, offset in ((P0, 0), (P1, 4)):  # one URL, two partitions: one batch
+        lease = service.leases.get(tp)
+        assert lease is not None
+        service.pipeline.accept(lease, [FetchedRecord(tp, offset, "shared")], offset, 0.0, None)
+    service.pipeline.flush()
+    dispatch = asyncio.create_task(service.pipeline.dispatch())
+    await until(lambda: service.pipeline.sending == 1)  # waiting at the gate, not on the wire
+    await service.on_revoked({P0})
+    rewound = service.leases.get(P1)
+    assert rewound is not None and rewound is not kept and rewound.next == 4
+    assert consumer.seeks == [(P1, 4)] and service.assigned == {P1}
+    dispatch.cancel()
+    await service.pipeline.cancel_all()

@@ -15,7 +15,7 @@ from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, OutcomeMessage, results_from_body
 from consumer.pipeline import Pipeline
 from consumer.records import ConsumedRecord
-from tests.factories import encode, event_dict, until
+from tests.factories import FetchedRecord, until
 
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
 
@@ -60,17 +60,6 @@ class Publisher:
         self.published.extend(pairs)
 
 
-class Raw:
-    """A fetched record, as aiokafka gives it."""
-
-    def __init__(self, tp: TopicPartition, offset: int, segment: str) -> None:
-        self.topic, self.partition, self.offset = tp.topic, tp.partition, offset
-        self.key = None
-        self.value = encode(event_dict(key=segment, values=[f"k{offset}"]))
-        self.headers: list[tuple[str, bytes]] = []
-        self.timestamp = 0
-
-
 def pipeline_with(sender: Sender, publisher: Publisher, *, batch: int = 10) -> Pipeline:
     return Pipeline(
         Batcher(max_size=batch, linger=0.0),
@@ -82,7 +71,7 @@ def pipeline_with(sender: Sender, publisher: Publisher, *, batch: int = 10) -> P
 
 
 def take(pipeline: Pipeline, lease: Lease, offsets: range, segment: str) -> None:
-    raws = [Raw(lease.tp, o, segment) for o in offsets]
+    raws = [FetchedRecord(lease.tp, o, segment) for o in offsets]
     assert pipeline.accept(lease, raws, offsets.start, now=0.0, wall_ms=None) == len(raws)
 
 
