@@ -517,9 +517,6 @@ class Service:
 
     # -- health (kept for callers that ask the service) -----------------------------------------
 
-    def readiness(self) -> dict[str, bool]:
-        return self.vitals.readiness()
-
     @property
     def auth_ok(self) -> bool:
         return not self.vitals.api_token_refused

@@ -19,7 +19,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.app import Service
-from consumer.events import Outcome
+from consumer.events import Outcome, Status
 from consumer.samples import recommended_key
 from consumer.settings import Settings
 from consumer.tansu import TANSU_SETTINGS
@@ -91,6 +91,15 @@ async def produce(
     finally:
         await producer.stop()
     return ends
+
+
+async def assert_all_succeeded(
+    settings: Settings, results: Sequence[Outcome], ends: dict[TopicPartition, int]
+) -> None:
+    """Every outcome `succeeded`, nothing dead-lettered, the committed offsets at the end."""
+    assert {o.status for o in results} == {Status.SUCCEEDED}
+    assert await dead_letters(settings, 1, timeout=1) == []
+    assert await committed(settings, list(ends)) == ends
 
 
 def merge_ends(*found: dict[TopicPartition, int]) -> dict[TopicPartition, int]:

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import aiohttp
 
-from consumer.events import Status
 from consumer.fake_api import Faults, RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.tansu import free_port
 from tests.conftest import TOKEN
 from tests.integration.harness import (
-    committed,
+    assert_all_succeeded,
     create_topics,
     dead_letters,
     events,
@@ -77,9 +76,7 @@ async def test_a_refused_token_across_a_rebalance_resumes_once_the_token_file_is
             assert one.service.auth_ok and two.service.auth_ok
             await two.shutdown()
         await one.shutdown()
-    assert {o.status for o in results} == {Status.SUCCEEDED}
-    assert await dead_letters(settings, 1, timeout=1) == []
-    assert await committed(settings, list(ends)) == ends
+    await assert_all_succeeded(settings, results, ends)
 
 
 async def test_an_api_outage_longer_than_the_retry_budget_fails_nothing(
@@ -125,6 +122,4 @@ async def test_an_api_outage_longer_than_the_retry_budget_fails_nothing(
         results = await outcomes_covering(settings, ends, timeout=30)
         assert (await _readyz(port))[0] == 200
         await handle.shutdown()
-    assert {o.status for o in results} == {Status.SUCCEEDED}
-    assert await dead_letters(settings, 1, timeout=1) == []
-    assert await committed(settings, list(ends)) == ends
+    await assert_all_succeeded(settings, results, ends)

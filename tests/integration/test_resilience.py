@@ -19,6 +19,7 @@ from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
     PROJECT,
+    assert_all_succeeded,
     committed,
     create_topics,
     dead_letters,
@@ -184,9 +185,7 @@ async def test_401_pauses_without_rejecting_and_recovers_when_the_token_file_is_
         results = await outcomes(settings, 40, timeout=20)
         assert handle.service.auth_ok
         await handle.shutdown()
-    assert {o.status for o in results} == {Status.SUCCEEDED}
-    assert await dead_letters(settings, 1, timeout=1) == []
-    assert await committed(settings, list(ends)) == ends
+    await assert_all_succeeded(settings, results, ends)
 
 
 async def test_retry_budget_spent_means_failed_and_dead_lettered(
