@@ -22,6 +22,11 @@ Scenarios (figures in parentheses):
 - rate-limit: the simulator allows N requests per route per window; a backlog larger than
   that, measured over whole windows from the first outcome (events/s against the bound
   limit x batch size / window, share of requests answered 429);
+- steady-limit: a steady stream (--steady-rate events/s) spread over --steady-segments
+  segments, so over many URLs of one route, under a route limit; after --warmup-windows, over
+  --steady-windows whole windows: events applied per second against the bound
+  min(arrival, limit x batch size / window), events per request, share of 429s; with one
+  member and with --members members of one group (they share the account's budget);
 - naive: bench/naive.py, one request per event awaited in order, against the service on the
   same workload with 20 ms of API latency;
 - memory: peak RSS of the service draining a 1,000,000-record backlog.
@@ -48,7 +53,16 @@ from common import Child, Members, Stack, Workload, follow, percentile, produce_
 from consumer.settings import Settings
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS = ("ceiling", "backlog", "scale-out", "latency", "rate-limit", "naive", "memory")
+SCENARIOS = (
+    "ceiling",
+    "backlog",
+    "scale-out",
+    "latency",
+    "rate-limit",
+    "steady-limit",
+    "naive",
+    "memory",
+)
 
 
 def _args() -> argparse.Namespace:
@@ -66,6 +80,10 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--route-limit", type=int, default=20, help="requests per window")
     parser.add_argument("--window-ms", type=int, default=10_000)
     parser.add_argument("--windows", type=int, default=3, help="rate-limit: windows measured")
+    parser.add_argument("--steady-rate", type=int, default=100, help="steady-limit: events/s")
+    parser.add_argument("--steady-segments", type=int, default=100)
+    parser.add_argument("--warmup-windows", type=int, default=6)
+    parser.add_argument("--steady-windows", type=int, default=6, help="steady-limit: measured")
     parser.add_argument("--naive-records", type=int, default=300)
     parser.add_argument("--naive-latency-ms", type=int, default=20)
     parser.add_argument(
@@ -349,6 +367,70 @@ class Bench:
         self.figures[name] = figures
         self._print(name, figures)
 
+    async def steady_limit(self, members: int) -> None:
+        """A steady stream over many URLs of one route under its limit, `members` members."""
+        args = self.args
+        window_s = args.window_ms / 1000
+        bound = min(args.steady_rate, args.route_limit * args.batch_size / window_s)
+        seconds = (args.warmup_windows + args.steady_windows) * window_s
+        count = int(args.steady_rate * seconds)
+        name = f"steady-limit-{members}m"
+        settings = self._settings(name)
+        await self.stack.topics(settings, args.partitions)
+        workload = Workload(args.steady_segments, 0)  # segments only: one route
+        await self.stack.simulator(
+            workload.seed(count + 1, name), route_limit=args.route_limit, window_ms=args.window_ms
+        )
+        group = Members(
+            [
+                Child([self.args.service_python, "-m", "consumer", "run"], self._env(settings))
+                for _ in range(members)
+            ]
+        )
+        await group.start()
+        try:
+            follower = asyncio.create_task(
+                follow(
+                    settings,
+                    settings.consumer_results_topic,
+                    until=count,
+                    timeout=seconds + 5,
+                    sources=True,
+                    on_poll=group.sample,
+                )
+            )
+            stream = asyncio.create_task(_paced(settings, workload, count, args.steady_rate, name))
+            await asyncio.sleep(args.warmup_windows * window_s)
+            start_ms, before = time.time() * 1000, await self.stack.admin.stats()
+            await asyncio.sleep(args.steady_windows * window_s)
+            end_ms, after = time.time() * 1000, await self.stack.admin.stats()
+            await stream
+            seen = await follower
+        finally:
+            await group.stop()
+        applied = sum(1 for ts, _ in seen.by_source.values() if start_ms <= ts < end_ms)
+        requests = after.get("requests", 0) - before.get("requests", 0)
+        answered_429 = after.get("status_429", 0) - before.get("status_429", 0)
+        achieved = applied / ((end_ms - start_ms) / 1000)
+        figures = {
+            "members": members,
+            "arrival_events_per_s": args.steady_rate,
+            "urls": args.steady_segments,
+            "route_limit": args.route_limit,
+            "window_s": window_s,
+            "bound_events_per_s": round(bound, 1),
+            "events_per_s": round(achieved, 1),
+            "share_of_bound": round(achieved / bound, 3),
+            "api_requests": requests,
+            "events_per_request": round(applied / max(1, requests), 2),
+            "events_per_request_ratio": round(applied / max(1, requests) / args.batch_size, 3),
+            "answered_429": answered_429,
+            "share_429": round(answered_429 / max(1, requests), 4),
+            "backlog_at_end": count - seen.count,
+        }
+        self.figures[name] = figures
+        self._print(name, figures)
+
     async def naive(self) -> None:
         args = self.args
         latency = args.naive_latency_ms
@@ -472,6 +554,11 @@ TARGETS: list[tuple[str, str, str, Any]] = [
     ("latency-0ms", "p99_ms", "<=", "linger+100"),
     ("rate-limit", "share_of_bound", ">=", 0.9),
     ("rate-limit", "share_429", "<=", 0.02),
+    ("steady-limit-1m", "share_of_bound", ">=", 0.95),
+    ("steady-limit-1m", "events_per_request_ratio", ">=", 0.95),
+    ("steady-limit-1m", "share_429", "<=", 0.01),
+    ("steady-limit-2m", "share_of_bound", ">=", 0.9),
+    ("steady-limit-2m", "share_429", "<=", 0.02),
     ("memory", "peak_rss_mib", "<=", 200),
     ("naive", "speedup", ">=", 20),
 ]
@@ -565,6 +652,9 @@ async def main() -> int:
             await bench.latency(50)
         if "rate-limit" in chosen:
             await bench.rate_limited()
+        if "steady-limit" in chosen:
+            await bench.steady_limit(1)
+            await bench.steady_limit(args.members)
         if "naive" in chosen:
             await bench.naive()
         if "memory" in chosen and args.memory_records > 0:

@@ -514,6 +514,7 @@ class Service:
         self.vitals.api_token_refused = reason is Closed.UNAUTHORIZED
         self.metrics.auth_ok.set(0 if reason is Closed.UNAUTHORIZED else 1)
         self.metrics.api_available.set(0 if reason is not None else 1)
+        self.pipeline.wake()  # batches held back by the closed gate may go
 
     # -- health (kept for callers that ask the service) -----------------------------------------
 

@@ -12,7 +12,11 @@ Rules (contract section 2):
   sends them; a batch handed out is `live()` only while every lease it holds records of is
   active (leases.py, rule 4);
 - at most one batch per path is handed out at a time (`ready` ... `done`), so a later change
-  can never overtake an earlier one; paths that wait longest go first.
+  can never overtake an earlier one; paths that wait longest go first;
+- late binding: a due lane is cut into a request only when the caller's `admit` says that
+  request can go now (rate limits, the API gate). Until then its events stay in the lane,
+  which keeps filling up to the size cap: a throttled path sends full requests, not the
+  small batches that were due when the budget ran out.
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ class Batch:
 class _Lane:
     """Everything waiting for one path."""
 
+    route: Route
     closed: deque[Batch] = field(default_factory=deque)
     open: Batch | None = None
     in_flight: bool = False
@@ -152,7 +157,7 @@ class Batcher:
         """
         lane = self._lanes.get(item.route.path)
         if lane is None:
-            lane = self._lanes[item.route.path] = _Lane()
+            lane = self._lanes[item.route.path] = _Lane(item.route)
         batch = lane.open
         if batch is not None and not self._fits(batch, item):
             self._close(lane)
@@ -185,27 +190,36 @@ class Batcher:
 
     # -- handing out ------------------------------------------------------------------------
 
-    def ready(self, now: float, limit: int) -> list[Batch]:
-        """Up to `limit` due batches, oldest first, each on a path with nothing in flight."""
+    def ready(
+        self, now: float, limit: int, admit: Callable[[Route], bool] = lambda route: True
+    ) -> list[Batch]:
+        """Up to `limit` due batches, oldest first, each on a path with nothing in flight and
+        admitted: `admit(route)` is asked once per due lane, oldest first, and a lane is cut
+        only when it answers True (it takes whatever the request needs, e.g. a rate-limit
+        unit). A lane not admitted is left as it is and goes on filling."""
         if limit <= 0:
             return []
-        due: list[tuple[float, str]] = []
-        for path, lane in self._lanes.items():
-            if lane.in_flight:
-                continue
-            if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
-                due.append((lane.head_created_at(), path))
-        due.sort()
         batches: list[Batch] = []
-        for _, path in due[:limit]:
+        for _, path in sorted(self._due(now)):
             lane = self._lanes[path]
+            if not admit(lane.route):
+                continue
             if not lane.closed:
                 self._close(lane)
             batch = lane.closed.popleft()
             lane.in_flight = True
             self._waiting -= len(batch)
             batches.append(batch)
+            if len(batches) >= limit:
+                break
         return batches
+
+    def _due(self, now: float) -> Iterable[tuple[float, str]]:
+        for path, lane in self._lanes.items():
+            if lane.in_flight:
+                continue
+            if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
+                yield lane.head_created_at(), path
 
     def done(self, path: str) -> None:
         """The batch handed out for `path` is finished; the next one may go."""
@@ -217,16 +231,18 @@ class Batcher:
             del self._lanes[path]
 
     def next_due(self, now: float) -> float | None:
-        """Seconds until some batch becomes due (0 when one is due now); None when none waits."""
+        """Seconds until a lane that is not due yet becomes due; None when there is none.
+
+        Lanes already due are not counted: they wait for a slot or for `admit`, and the
+        caller knows when those come free."""
         soonest: float | None = None
         for lane in self._lanes.values():
-            if lane.in_flight:
+            if lane.in_flight or lane.closed or lane.open is None:
                 continue
-            if lane.closed:
-                return 0.0
-            if lane.open is not None:
-                wait = max(0.0, lane.open.created_at + self.linger - now)
-                soonest = wait if soonest is None else min(soonest, wait)
+            wait = lane.open.created_at + self.linger - now
+            if wait <= 0:
+                continue
+            soonest = wait if soonest is None else min(soonest, wait)
         return soonest
 
     # -- flushing and giving up ---------------------------------------------------------------

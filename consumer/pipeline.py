@@ -11,6 +11,12 @@ The commit order, for every record taken (what lets the lifecycle commit its off
    acks=all (publisher.py);
 5. only then is it marked done on its lease; the lifecycle commits each lease's done prefix.
 
+Dispatch (late binding, batcher.py): a due lane is cut into a batch only when its request can
+go now: its URL has nothing in flight, a request slot is free, the API gate is open and the
+rate limiter has a unit for its route, which is taken for it there and then (sender.py,
+`grant`). While any of these waits, the lane keeps filling; among lanes that may go, the one
+waiting longest goes first.
+
 Flights: each batch handed out runs as one task. Its bookkeeping (the URL's lane, the request
 or publishing slot, the flight table) is released by the task's done callback, so a task
 cancelled at any point, even before it first ran, frees everything it held.
@@ -35,6 +41,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import random
 import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
@@ -58,7 +65,8 @@ from consumer.outcomes import (
 )
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.recovery import Recovered
-from consumer.routing import UnroutableEvent, route
+from consumer.routing import Route, UnroutableEvent, route
+from consumer.throttle import JITTER_MS, Permit
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +74,15 @@ Pairs = Sequence[tuple[ConsumedRecord, OutcomeMessage]]
 
 
 class Sender(Protocol):
-    async def send(self, batch: Batch) -> list[InstructionResult | None]: ...
+    def delay(self, route: Route) -> float | None: ...
+
+    def grant(self, route: Route, waited: float) -> Permit: ...
+
+    def release(self, permit: Permit | None) -> None: ...
+
+    async def send(
+        self, batch: Batch, permit: Permit | None = None
+    ) -> list[InstructionResult | None]: ...
 
     def requesting(self, batch_id: str) -> bool: ...
 
@@ -83,6 +99,7 @@ class Phase(enum.Enum):
 @dataclass(slots=True, eq=False)
 class Flight:
     batch: Batch
+    permit: Permit | None = None
     phase: Phase = Phase.SENDING
     task: asyncio.Task[None] | None = None
 
@@ -114,6 +131,9 @@ class Pipeline:
         # Invalid records' outcomes on their way, with the lease of each.
         self._loose: dict[asyncio.Task[None], Lease] = {}
         self._wake = asyncio.Event()  # something to hand out, or a slot came free
+        # Path -> when its due lane was first held back by the rate limiter (the wait metric).
+        self._held: dict[str, float] = {}
+        self._rng = random.Random()
         self._progress = asyncio.Event()  # a flight or a loose task finished
 
     # -- accepting ------------------------------------------------------------------------------
@@ -176,7 +196,7 @@ class Pipeline:
     # -- sending --------------------------------------------------------------------------------
 
     async def dispatch(self) -> None:
-        """Hand out due batches while slots are free; runs until cancelled."""
+        """Hand out batches whose requests may go now; runs until cancelled."""
         limit = self._max_in_flight
         while True:
             self._wake.clear()
@@ -184,14 +204,24 @@ class Pipeline:
             # (so publishing never stalls requests): what a crash can leave applied but
             # without an outcome is bounded by twice the limit (README, crash recovery).
             free = min(limit - self._sending, 2 * limit - self._sending - self._publishing)
-            for batch in self.batcher.ready(time.monotonic(), free):
-                self._launch(batch)
-            due = self.batcher.next_due(time.monotonic()) if free > 0 else None
+            now = time.monotonic()
+            admission = _Admission(self._sender, self._held, now)
+            for batch in self.batcher.ready(now, free, admission.admit):
+                self._launch(batch, admission.granted.pop(batch.path))
+            waits = [admission.wait] if admission.wait is not None else []
+            if free > 0 and (due := self.batcher.next_due(now)) is not None:
+                waits.append(due)
+            if admission.wait is not None:  # members of a group should not wake in step
+                waits[0] += self._rng.uniform(0, JITTER_MS) / 1000
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), due)
+                await asyncio.wait_for(self._wake.wait(), min(waits, default=None))
 
-    def _launch(self, batch: Batch) -> None:
-        flight = Flight(batch)
+    def wake(self) -> None:
+        """Something the dispatch waits for changed (the API gate opened)."""
+        self._wake.set()
+
+    def _launch(self, batch: Batch, permit: Permit | None) -> None:
+        flight = Flight(batch, permit)
         self._flights[batch.id] = flight
         self._sending += 1
         flight.task = self._spawn(self._fly(flight), functools.partial(self._landed, flight))
@@ -202,6 +232,7 @@ class Pipeline:
         else:
             self._publishing -= 1
         self._flights.pop(flight.batch.id, None)
+        self._sender.release(flight.permit)  # cancelled before its request: give it back
         self.batcher.done(flight.batch.path)
 
     async def _fly(self, flight: Flight) -> None:
@@ -211,7 +242,7 @@ class Pipeline:
             batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
         )
         try:
-            results = await self._sender.send(batch)
+            results = await self._sender.send(batch, flight.permit)
         except Exception as exc:  # a bug must not block the partition: fail and dead-letter
             log.exception("batch.internal_error")
             results = list(_internal_failure(batch, exc))
@@ -296,7 +327,8 @@ class Pipeline:
     async def revoke(self, leases: Collection[Lease], deadline: float) -> set[Lease]:
         """Stop all work of REVOKING leases (steps 1-5 above); returns the leases to rewind."""
         gone = set(leases)
-        self.batcher.drop_leases(gone)
+        for item in self.batcher.drop_leases(gone):
+            self._held.pop(item.route.path, None)
         self.recovered.forget(lease.tp for lease in gone)
         touched = [f for f in self._flights.values() if not gone.isdisjoint(f.batch.leases())]
         others = {lease for f in touched for lease in f.batch.leases() if lease.active}
@@ -362,6 +394,34 @@ class Pipeline:
     @property
     def publishing(self) -> int:
         return self._publishing
+
+
+class _Admission:
+    """One dispatch pass's answers to `Batcher.ready`'s `admit`: a route the rate limiter or
+    the gate holds back is asked once per pass, and `wait` is how long until one may go."""
+
+    __slots__ = ("_held", "_held_back", "_now", "_sender", "granted", "wait")
+
+    def __init__(self, sender: Sender, held: dict[str, float], now: float) -> None:
+        self._sender = sender
+        self._held = held
+        self._now = now
+        self._held_back: set[str] = set()
+        self.granted: dict[str, Permit] = {}
+        self.wait: float | None = None  # None: nothing held back, or only by the gate
+
+    def admit(self, route: Route) -> bool:
+        endpoint = route.endpoint.value
+        delay = None if endpoint in self._held_back else self._sender.delay(route)
+        if endpoint in self._held_back or delay != 0:
+            self._held_back.add(endpoint)
+            self._held.setdefault(route.path, self._now)
+            if delay is not None:
+                self.wait = delay if self.wait is None else min(self.wait, delay)
+            return False
+        since = self._held.pop(route.path, self._now)
+        self.granted[route.path] = self._sender.grant(route, self._now - since)
+        return True
 
 
 def _cancel(flight: Flight) -> None:

@@ -8,7 +8,12 @@
 - Retryable errors wait as `retry.py` says and send the same request again: a retried batch is
   never reordered, and since the batcher hands out one batch per path at a time, no later
   batch for the path can overtake it.
-- Every request goes through the rate limiter (`throttle.py`), shared by all batches.
+- Every request goes through the rate limiter (`throttle.py`), shared by all batches. A
+  batch's first request is bound late: the pipeline cuts a batch only when `delay` says a
+  request on its route may go now, and takes the unit for it at once (`grant`); the batch
+  carries that permit into `send`. A permit not spent on a request is given back
+  (`release`, idempotent), so a batch stopped or cancelled before it was sent costs nothing.
+  Retries and narrowing steps wait at the limiter (`acquire`).
 - The API gate (`gate.py`): a request waits while it is closed; a 401 closes it, and so does a
   run of outage-type failures (no answer, 5xx) with no other answer. A batch that waited at a
   closed gate starts a fresh budget. A batch out of budget on an outage-type error asks the
@@ -47,8 +52,8 @@ from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, results_from_body, results_from_error
 from consumer.retry import RetryPolicy
-from consumer.routing import CALLER_IDENTITY_PATH, CALLER_IDENTITY_ROUTE, request_body
-from consumer.throttle import RateLimiter
+from consumer.routing import CALLER_IDENTITY_PATH, CALLER_IDENTITY_ROUTE, Route, request_body
+from consumer.throttle import Permit, RateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -92,17 +97,59 @@ class BatchSender:
         # Batches (by the id given to `send`) with a request on the wire right now: cancelling
         # one of those would leave unknown what LaunchDarkly applied.
         self._requesting: set[str] = set()
+        # Units granted to batches not sent yet: permit seq -> rate-limit route.
+        self._granted: dict[int, str] = {}
 
     def requesting(self, batch_id: str) -> bool:
         return batch_id in self._requesting
 
-    async def send(self, batch: Batch) -> Results:
-        """One result per instruction, in the batch's order (None: stopped before one came)."""
+    # -- late binding (the pipeline asks before it cuts a batch) --------------------------------
+
+    def delay(self, route: Route) -> float | None:
+        """Seconds until a request on `route` may go (0: now); None while the API gate is
+        closed (it says when it opens)."""
+        if not self._gate.is_open:
+            return None
+        return self._throttle.delay(route.endpoint.value, time.time() * 1000) / 1000
+
+    def grant(self, route: Route, waited: float = 0.0) -> Permit:
+        """Take the unit for a request on `route` that `delay` let go; `waited`: seconds its
+        batch was held back for it."""
+        endpoint = route.endpoint.value
+        permit = Permit(self._throttle.take(endpoint), waited)
+        self._granted[permit.seq] = endpoint
+        return permit
+
+    def release(self, permit: Permit | None) -> None:
+        """Give back a granted unit that no request used (nothing when one did)."""
+        if permit is None:
+            return
+        endpoint = self._granted.pop(permit.seq, None)
+        if endpoint is not None:
+            self._throttle.release(endpoint, permit.seq)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send(self, batch: Batch, permit: Permit | None = None) -> Results:
+        """One result per instruction, in the batch's order (None: stopped before one came).
+        `permit`: the unit granted for its first request (see `grant`)."""
         budget = _Budget(time.monotonic(), self._gate.closings)
-        return await self._send(batch, [0] * len(batch), budget, narrowing=False, top=batch.id)
+        try:
+            return await self._send(
+                batch, [0] * len(batch), budget, narrowing=False, top=batch.id, permit=permit
+            )
+        finally:
+            self.release(permit)
 
     async def _send(
-        self, batch: Batch, attempts: list[int], budget: _Budget, *, narrowing: bool, top: str
+        self,
+        batch: Batch,
+        attempts: list[int],
+        budget: _Budget,
+        *,
+        narrowing: bool,
+        top: str,
+        permit: Permit | None = None,
     ) -> Results:
         """`budget`: the time budget started with the batch (narrowing shares it); failures
         and conflicts are counted per request."""
@@ -112,11 +159,15 @@ class BatchSender:
         budget = _Budget(budget.started, budget.closings)
         while True:
             if not self._gate.is_open:
+                self.release(permit)  # not held while waiting: it counts against the budget
                 await self._gate.wait_open()
             if budget.closings != self._gate.closings:  # a closed gate charges nothing
                 budget = _Budget(time.monotonic(), self._gate.closings)
+            granted, permit = permit, None
             try:
-                response, error = await self._attempt(batch, body, narrowing=narrowing, top=top)
+                response, error = await self._attempt(
+                    batch, body, narrowing=narrowing, top=top, permit=granted
+                )
             except _Stopped:
                 return [None] * len(batch)
             attempts[:] = [n + 1 for n in attempts]
@@ -185,21 +236,30 @@ class BatchSender:
             await asyncio.sleep(delay)
 
     async def _attempt(
-        self, batch: Batch, body: dict[str, object], *, narrowing: bool, top: str
+        self,
+        batch: Batch,
+        body: dict[str, object],
+        *,
+        narrowing: bool,
+        top: str,
+        permit: Permit | None,
     ) -> tuple[ApiResponse | None, ApiError | None]:
-        """One request, within the rate limits; every acquired unit is given back.
+        """One request, within the rate limits: on `permit` when one was granted and is still
+        unspent, else on a unit acquired here. Every unit not used is given back.
 
         Raises `_Stopped`, sending nothing, when the batch is not live right before the
         request would leave.
         """
         endpoint = batch.route.endpoint.value
         if not batch.live():
+            self.release(permit)
             raise _Stopped
-        permit = await self._throttle.acquire(endpoint)
+        if permit is None or self._granted.pop(permit.seq, None) is None:
+            permit = await self._throttle.acquire(endpoint)
         if permit.waited:
             self._metrics.rate_limit_wait.inc(permit.waited)
         if not batch.live():  # no await from here until the request is on the wire
-            self._throttle.observe(endpoint, None, None, permit.seq)
+            self._throttle.release(endpoint, permit.seq)
             raise _Stopped
         if narrowing:
             self._metrics.narrowing.inc()

@@ -73,6 +73,13 @@ class Budget:
         if self.remaining is not None:
             self.remaining -= 1
 
+    def give_back(self, seq: int) -> None:
+        """Request `seq` took its unit and was never sent: the server did not count it."""
+        if seq in self.in_flight:
+            self.in_flight.discard(seq)
+            if self.remaining is not None:
+                self.remaining += 1
+
     def update(self, seq: int | None, remaining: str | None, reset: str | None) -> None:
         """The answer to request `seq` (None: the oldest in flight) said what is left.
 
@@ -133,6 +140,11 @@ class RateLimiter:
         self._global.take(seq)
         self._route(route).take(seq)
         return seq
+
+    def release(self, route: str, seq: int) -> None:
+        """Give back the unit of a request that was never sent (its batch stopped first)."""
+        self._global.give_back(seq)
+        self._route(route).give_back(seq)
 
     async def acquire(self, route: str) -> Permit:
         """Wait until a request on `route` may go and take its unit."""

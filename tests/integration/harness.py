@@ -93,6 +93,32 @@ async def produce(
     return ends
 
 
+async def produce_steadily(
+    settings: Settings, messages: Sequence[Message], per_tick: int, tick: float
+) -> dict[TopicPartition, int]:
+    """Publish `per_tick` messages every `tick` seconds (a steady stream, not a backlog);
+    returns the end offsets like `produce`."""
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    futures = []
+    try:
+        for start in range(0, len(messages), per_tick):
+            for key, value, headers in messages[start : start + per_tick]:
+                futures.append(
+                    await producer.send(
+                        settings.consumer_input_topic, value, key=key, headers=headers
+                    )
+                )
+            await asyncio.sleep(tick)
+        ends: dict[TopicPartition, int] = {}
+        for metadata in await asyncio.gather(*futures):
+            tp = TopicPartition(metadata.topic, metadata.partition)
+            ends[tp] = max(ends.get(tp, 0), metadata.offset + 1)
+    finally:
+        await producer.stop()
+    return ends
+
+
 async def assert_all_succeeded(
     settings: Settings, results: Sequence[Outcome], ends: dict[TopicPartition, int]
 ) -> None:

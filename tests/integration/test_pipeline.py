@@ -30,6 +30,7 @@ from tests.integration.harness import (
     outcomes,
     outcomes_covering,
     produce,
+    produce_steadily,
     running,
     seed,
 )
@@ -452,6 +453,46 @@ async def test_a_backlog_fills_every_batch_even_without_a_linger(
     sizes = [len(r["body"]["instructions"]) for r in requests if r["status"] == 200]
     assert sum(sizes) == count
     assert count / len(sizes) >= 0.9 * 50, Counter(sizes)
+
+
+async def test_a_steady_stream_under_a_route_limit_goes_out_in_full_requests(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    """Late binding: events arriving steadily for many URLs of one route, faster than its limit
+    lets requests go. A lane is cut only when its request may go, so while the limit holds
+    requests back every one of them is full, not what happened to be due when the budget ran
+    out."""
+    keys = [f"s{i}" for i in range(16)]
+    await admin.seed(seed(segments={key: {} for key in keys}))
+    await admin.set_limits(route_limit=8, window_ms=2_000)  # 40 events/s at 10 per request
+    settings = make_settings(
+        kafka_bootstrap,
+        simulator.base_url,
+        on_tansu=on_tansu,
+        consumer_batch_max_size=10,
+        consumer_batch_linger_ms=50,
+    )
+    await create_topics(settings)
+    count, per_tick = 320, 8  # 80 events/s for 4 s
+    events = [_event(key=keys[i % len(keys)], values=[f"k{i}"]) for i in range(count)]
+    async with running(settings):
+        ends = await produce_steadily(settings, [_message(e) for e in events], per_tick, 0.1)
+        results = await outcomes_covering(settings, ends)
+    assert {o.status for o in results} == {Status.SUCCEEDED}
+    requests = [r for r in await admin.requests() if r["method"] == "PATCH"]
+    assert not [r for r in requests if r["status"] == 429]
+    sizes = [len(r["body"]["instructions"]) for r in requests]
+    assert sum(sizes) == count
+    # Every URL's requests are full but its first (the budget was not known yet, or the URL
+    # was served before it had filled) and its last (the stream had ended).
+    per_url: dict[str, list[int]] = {}
+    for r in requests:
+        per_url.setdefault(r["path"], []).append(len(r["body"]["instructions"]))
+    middles = {path: found[1:-1] for path, found in per_url.items()}
+    assert all(size == 10 for found in middles.values() for size in found), middles
+    for segment in (await admin.state())["segments"]:  # applied in the order produced
+        expected = [f"k{i}" for i in range(count) if keys[i % len(keys)] == segment["key"]]
+        assert segment["includedContexts"] == [{"contextKind": "org", "values": expected}]
 
 
 async def test_the_linger_counts_from_the_record_timestamp(

@@ -112,7 +112,10 @@ async def test_a_kept_partition_sharing_a_stopped_batch_is_rewound(service: Serv
         lease = service.leases.get(tp)
         assert lease is not None
         service.pipeline.accept(lease, [FetchedRecord(tp, offset, "shared")], offset, 0.0, None)
-    service.pipeline.flush()
+    # Launched by hand: the dispatch would not cut it while the gate is closed, but a retry
+    # can wait there (the gate closed after its first request).
+    [batch] = service.pipeline.batcher.ready(now=1.0, limit=1)
+    service.pipeline._launch(batch, None)
     dispatch = asyncio.create_task(service.pipeline.dispatch())
     await until(lambda: service.pipeline.sending == 1)  # waiting at the gate, not on the wire
     await service.on_revoked({P0})

@@ -66,7 +66,7 @@ def test_one_request_in_flight_per_path() -> None:
     assert batcher.next_due(now=1.0) is None  # the only path is busy
     assert batcher.ready(now=1.0, limit=5) == []
     batcher.done("/api/v2/segments/proj/production/beta")
-    assert batcher.next_due(now=1.0) == 0.0
+    assert batcher.next_due(now=1.0) is None  # due already: the caller's to hand out
     assert len(batcher.ready(now=1.0, limit=5)) == 1
 
 
@@ -202,9 +202,74 @@ def test_linger_counts_from_the_record_timestamp_when_the_wall_clock_is_given() 
     assert batcher.next_due(now=10.0) == pytest.approx(0.05)
     old = seg("old")
     batcher.add(old, now=10.0, wall_ms=old.record.timestamp + 60_000)  # waited long: due now
-    assert batcher.next_due(now=10.0) == 0.0
+    assert batcher.next_due(now=10.0) == pytest.approx(0.05)  # "old" is due, not counted
     future = seg("future")  # a producer clock ahead of ours: counts from now, never longer
     batcher.add(future, now=10.0, wall_ms=future.record.timestamp - 5_000)
     ready = batcher.ready(now=10.0, limit=10)
     assert [b.path.rsplit("/", 1)[-1] for b in ready] == ["old"]
     assert batcher.ready(now=10.2, limit=10)[0].path.endswith("/beta")
+
+
+# -- late binding: a lane is cut only when its request may go ------------------------------------
+
+
+def test_a_lane_not_admitted_is_not_cut_and_keeps_filling_to_the_cap() -> None:
+    batcher = Batcher(max_size=5, linger=0.1)
+    batcher.add(seg(), now=0.0)
+    assert batcher.ready(now=1.0, limit=5, admit=lambda route: False) == []
+    for _ in range(11):
+        batcher.add(seg(), now=1.0)
+    assert batcher.waiting == 12
+    [batch] = batcher.ready(now=2.0, limit=5)
+    assert len(batch) == 5  # the lane filled to the cap while it was held back
+    batcher.done(batch.path)
+    [batch] = batcher.ready(now=2.0, limit=5)
+    assert len(batch) == 5
+    batcher.done(batch.path)
+    [batch] = batcher.ready(now=2.0, limit=5)
+    assert len(batch) == 2
+
+
+def test_admit_is_asked_oldest_lane_first_and_a_refusal_does_not_hold_up_others() -> None:
+    batcher = Batcher(max_size=50, linger=0.0)
+    for i, key in enumerate(["a", "b", "c", "d"]):
+        batcher.add(seg(key), now=float(i))
+    asked: list[str] = []
+
+    def admit(route: object) -> bool:
+        key = route.path.rsplit("/", 1)[1]  # type: ignore[attr-defined]
+        asked.append(key)
+        return key != "a"
+
+    batches = batcher.ready(now=10.0, limit=2, admit=admit)
+    assert asked == ["a", "b", "c"]  # stops asking once the limit is handed out
+    assert [b.route.path.rsplit("/", 1)[1] for b in batches] == ["b", "c"]
+    late = batcher.ready(now=10.0, limit=5)
+    assert [b.route.path.rsplit("/", 1)[1] for b in late] == ["a", "d"]  # oldest first still
+
+
+def test_admit_is_not_asked_for_lanes_not_due_or_in_flight() -> None:
+    batcher = Batcher(max_size=50, linger=1.0)
+    batcher.add(seg("busy"), now=0.0)
+    [busy] = batcher.ready(now=1.0, limit=5)
+    batcher.add(seg("busy"), now=1.0)
+    batcher.add(seg("young"), now=1.5)
+    asked: list[str] = []
+    batcher.ready(now=2.2, limit=5, admit=lambda route: asked.append(route.path) is None)
+    assert asked == []
+    assert batcher.next_due(now=2.2) == pytest.approx(0.3)
+    batcher.done(busy.path)
+
+
+def test_full_batches_of_a_held_lane_go_in_order() -> None:
+    batcher = Batcher(max_size=2, linger=0.0)
+    items = [seg() for _ in range(5)]
+    for item in items:
+        batcher.add(item, now=0.0)
+    batcher.ready(now=1.0, limit=5, admit=lambda route: False)
+    sent: list[PendingEvent] = []
+    while not batcher.idle():
+        for batch in batcher.ready(now=1.0, limit=5):
+            sent.extend(batch.items)
+            batcher.done(batch.path)
+    assert sent == items

@@ -15,6 +15,8 @@ from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, OutcomeMessage, results_from_body
 from consumer.pipeline import Pipeline
 from consumer.records import ConsumedRecord
+from consumer.routing import Route
+from consumer.throttle import Permit
 from tests.factories import FetchedRecord, until
 
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)
@@ -26,12 +28,32 @@ class Sender:
 
     def __init__(self) -> None:
         self.sent: list[Batch] = []
-        self.release: dict[str, asyncio.Event] = {}
+        self.answer: dict[str, asyncio.Event] = {}
         self.wire: set[str] = set()
+        # Late binding: seconds until a route may go (missing: now); the permits handed out
+        # and those given back.
+        self.delays: dict[str, float | None] = {}
+        self.granted: list[Permit] = []
+        self.released: set[int] = set()
 
-    async def send(self, batch: Batch) -> list[InstructionResult | None]:
+    def delay(self, route: Route) -> float | None:
+        return self.delays.get(route.path, 0.0)
+
+    def grant(self, route: Route, waited: float) -> Permit:
+        permit = Permit(len(self.granted) + 1, waited)
+        self.granted.append(permit)
+        return permit
+
+    def release(self, permit: Permit | None) -> None:
+        if permit is not None:
+            self.released.add(permit.seq)
+
+    async def send(
+        self, batch: Batch, permit: Permit | None = None
+    ) -> list[InstructionResult | None]:
+        assert permit is not None and permit.seq not in self.released
         self.sent.append(batch)
-        gate = self.release.setdefault(batch.id, asyncio.Event())
+        gate = self.answer.setdefault(batch.id, asyncio.Event())
         await gate.wait()
         self.wire.discard(batch.id)
         return list(
@@ -87,7 +109,7 @@ async def test_a_record_is_done_only_once_its_outcome_is_acknowledged() -> None:
     take(pipeline, lease, range(3), "s")
     dispatch = await running(pipeline)
     await until(lambda: len(sender.sent) == 1)
-    sender.release[sender.sent[0].id].set()
+    sender.answer[sender.sent[0].id].set()
     await asyncio.sleep(0.05)
     assert lease.offsets.to_commit() is None  # answered, not yet acknowledged
     publisher.hold.set()
@@ -102,9 +124,11 @@ async def test_a_flight_cancelled_before_it_ever_ran_frees_its_url_and_slot() ->
     lease = Leases().grant(P0, 0)
     take(pipeline, lease, range(2), "s")  # two batches for one URL
     [first] = pipeline.batcher.ready(now=0.0, limit=4)
-    pipeline._launch(first)
+    permit = sender.grant(first.route, 0.0)
+    pipeline._launch(first, permit)
     await pipeline.cancel_all()  # cancelled before its first step
     assert sender.sent == [] and pipeline.sending == 0
+    assert permit.seq in sender.released  # its rate-limit unit was given back
     dispatch = await running(pipeline)
     await until(lambda: len(sender.sent) == 1)  # the URL was freed: the next batch goes
     assert sender.sent[0].items[0].record.offset == 1
@@ -128,7 +152,7 @@ async def test_a_revoke_cancels_what_waits_and_waits_for_what_is_on_the_wire() -
     await asyncio.sleep(0.05)
     assert not revoke.done()  # waits for the request on the wire
     assert pipeline.batcher.waiting == 0  # the third batch was handed over
-    sender.release[on_wire.id].set()
+    sender.answer[on_wire.id].set()
     assert await revoke == set()
     assert [r.offset for r, _ in publisher.published] == [0, 1]  # answered: published
     assert lease.offsets.to_commit() == 2
@@ -167,7 +191,46 @@ async def test_two_revokes_of_one_lease_both_wait_for_its_wire() -> None:
     second = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a rebalance
     await asyncio.sleep(0.05)
     assert not first.done() and not second.done()
-    sender.release[sender.sent[0].id].set()
+    sender.answer[sender.sent[0].id].set()
     await asyncio.gather(first, second)
     assert lease.offsets.to_commit() == 2
+    dispatch.cancel()
+
+
+async def test_a_lane_held_back_by_the_rate_limiter_fills_while_others_go() -> None:
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher, batch=5)
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(2), "held")
+    held_path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].route.path
+    sender.delays[held_path] = 0.5
+    dispatch = await running(pipeline)
+    take(pipeline, lease, range(2, 3), "free")
+    await until(lambda: len(sender.sent) == 1)
+    assert sender.sent[0].path != held_path  # the free URL went; the held one was not cut
+    take(pipeline, lease, range(3, 9), "held")  # six more for the held URL
+    await asyncio.sleep(0.05)
+    assert len(sender.sent) == 1 and pipeline.batcher.waiting == 8
+    sender.delays[held_path] = 0.0
+    pipeline.wake()
+    await until(lambda: len(sender.sent) == 2)
+    assert len(sender.sent[1]) == 5  # cut when it could go: full
+    assert sender.granted[1].waited > 0  # the hold is measured
+    dispatch.cancel()
+
+
+async def test_a_closed_gate_holds_every_lane_until_woken() -> None:
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher)
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(3), "s")
+    path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].route.path
+    sender.delays[path] = None  # the gate is closed: no timer, only a wake
+    dispatch = await running(pipeline)
+    await asyncio.sleep(0.1)
+    assert sender.sent == []
+    sender.delays[path] = 0.0
+    pipeline.wake()
+    await until(lambda: len(sender.sent) == 1)
+    assert len(sender.sent[0]) == 3
     dispatch.cancel()
