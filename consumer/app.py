@@ -360,6 +360,10 @@ class Service:
         m.in_flight.set(self.pipeline.sending)
         m.paused.set(len(consumer.paused()))
         m.assigned.set(len(leases))
+        # Only the partitions held now: a revoked partition's last value would otherwise stay
+        # served for ever, and a dashboard summing lag over members would count it twice.
+        # No await until the new values are set, so no scrape sees the gauge empty.
+        m.lag.clear()
         for lease in leases:
             highwater = consumer.highwater(lease.tp)
             if highwater is not None:

@@ -243,6 +243,8 @@ class Pipeline:
             self._metrics.outcomes.labels(status=status.value).inc(count)
             if status in DEAD_LETTER_STATUSES:
                 self._metrics.dead_letters.labels(status=status.value).inc(count)
+        for (status, code), count in _errors(pairs).items():
+            self._metrics.outcome_errors.labels(status=status.value, code=code.value).inc(count)
 
     def _log_batch(self, batch: Batch, pairs: Pairs, elapsed: float) -> None:
         last = pairs[-1][1] if pairs else None
@@ -377,6 +379,15 @@ def _statuses(pairs: Pairs) -> dict[Status, int]:
     counts: dict[Status, int] = {}
     for _, outcome in pairs:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return counts
+
+
+def _errors(pairs: Pairs) -> dict[tuple[Status, ErrorCode], int]:
+    counts: dict[tuple[Status, ErrorCode], int] = {}
+    for _, outcome in pairs:
+        if outcome.error is not None:
+            key = (outcome.status, outcome.error.code)
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 
