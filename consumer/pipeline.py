@@ -59,6 +59,7 @@ from consumer.outcomes import (
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.recovery import Recovered
 from consumer.routing import UnroutableEvent, route
+from consumer.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -98,8 +99,10 @@ class Pipeline:
         max_in_flight: int,
         on_published: Callable[[], None] = lambda: None,
         on_failure: Callable[[BaseException], None] = lambda exc: None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.batcher = batcher
+        self._tracing = tracing or Tracing(None)
         self._sender = sender
         self._publisher = publisher
         self._metrics = metrics
@@ -151,6 +154,9 @@ class Pipeline:
                 self._metrics.records_skipped.inc()
                 log.info("record.already_done", partition=record.partition, offset=record.offset)
                 continue
+            if self._tracing.enabled:
+                event_id = decoded.event_id if isinstance(decoded, Invalid) else decoded.eventId
+                record.span = self._tracing.start_event(record, event_id)
             if item is not None:
                 self.batcher.add(item, now, wall_ms)
             else:

@@ -158,11 +158,16 @@ def test_grafana_has_prometheus_and_the_dashboard_provisioned(compose: dict[str,
     assert "3000:3000" in service["ports"]
 
 
-def test_jaeger_takes_otlp(compose: dict[str, Any]) -> None:
+def test_the_consumer_sends_traces_to_jaeger(compose: dict[str, Any]) -> None:
     service = compose["services"]["jaeger"]
     assert service["image"].startswith("jaegertracing/all-in-one:")
     assert _environment(service)["COLLECTOR_OTLP_ENABLED"] == "true"
     assert {"16686:16686", "4318:4318"} <= set(service["ports"])
+    env = _environment(compose["services"]["consumer"])
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"  # OTLP over HTTP
+    assert env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf") == "http/protobuf"
+    # The image has the extra that tracing needs.
+    assert "'.[otel]'" in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_readme_says_how_to_produce_from_the_host_and_open_each_tool(
@@ -209,7 +214,8 @@ def test_consumer_service_is_configured_by_the_contract_variables(compose: dict[
     env = _environment(consumer)
     assert set(env) >= CONTRACT_VARIABLES
     known = {name.upper() for name in Settings.model_fields}
-    assert set(env) - {"LOG_FORMAT"} <= known
+    # OTEL_* are OpenTelemetry's own (consumer/tracing.py), not settings.
+    assert {name for name in env if not name.startswith("OTEL_")} - {"LOG_FORMAT"} <= known
     settings = Settings(**{k.lower(): v for k, v in env.items()})  # every value is valid
     assert settings.kafka_producer_idempotence is True  # real Kafka
     assert settings.ld_base_url == "http://fake-api:8765"
