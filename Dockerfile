@@ -3,7 +3,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY consumer ./consumer
-RUN pip install --no-cache-dir --prefix=/install .
+# With the otel extra: tracing stays off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+RUN pip install --no-cache-dir --prefix=/install '.[otel]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --no-create-home app

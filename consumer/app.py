@@ -39,7 +39,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import ConsumerRebalanceListener
@@ -61,6 +61,10 @@ from consumer.retry import RetryPolicy
 from consumer.sender import BatchSender
 from consumer.settings import Settings
 from consumer.throttle import RateLimiter
+from consumer.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +97,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Service:
-    def __init__(self, settings: Settings, token: TokenSource | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        token: TokenSource | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        """`tracer_provider`: OpenTelemetry tracing (tracing.py), off when None."""
         self.settings = settings
         self.token = token or TokenSource(settings.ld_api_token, settings.ld_api_token_file)
         self.metrics = Metrics()
@@ -109,6 +120,9 @@ class Service:
         self._stop_deadline = float("inf")  # set when the stop begins
         self._granting: asyncio.Task[None] | None = None
         self.recovery = Recovery(settings)
+        self.tracing = Tracing(
+            tracer_provider, group_id=settings.consumer_group_id, base_url=settings.ld_base_url
+        )
         self._consumer = kafka.make_consumer(settings)
         self._producer = kafka.make_producer(settings)
         self._client = LdClient(
@@ -133,6 +147,7 @@ class Service:
             throttle=self.throttle,
             metrics=self.metrics,
             rng=self._rng,
+            tracing=self.tracing,
         )
         self.pipeline = Pipeline(
             Batcher(
@@ -150,6 +165,7 @@ class Service:
             max_in_flight=settings.consumer_max_in_flight_requests,
             on_published=self.vitals.broker_seen,
             on_failure=self._fail,
+            tracing=self.tracing,
         )
         self.health = (
             HealthServer(self.vitals, self.registry, port=settings.consumer_http_port)
@@ -360,6 +376,10 @@ class Service:
         m.in_flight.set(self.pipeline.sending)
         m.paused.set(len(consumer.paused()))
         m.assigned.set(len(leases))
+        # Only the partitions held now: a revoked partition's last value would otherwise stay
+        # served for ever, and a dashboard summing lag over members would count it twice.
+        # No await until the new values are set, so no scrape sees the gauge empty.
+        m.lag.clear()
         for lease in leases:
             highwater = consumer.highwater(lease.tp)
             if highwater is not None:

@@ -25,6 +25,14 @@ class Metrics:
         self.outcomes = Counter(
             "ldc_outcomes", "Outcomes published, by status", ["status"], registry=r
         )
+        # The code as well as the status: the dashboard's "what went wrong" panel and the
+        # dead-letter alert's first question. Bounded: one series per error code (errors.py).
+        self.outcome_errors = Counter(
+            "ldc_outcome_errors",
+            "Outcomes with an error (every status but succeeded), by status and error code",
+            ["status", "code"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "ldc_dead_letters", "Dead-letter copies published, by status", ["status"], registry=r
         )

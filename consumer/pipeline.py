@@ -67,6 +67,7 @@ from consumer.records import ConsumedRecord, PendingEvent
 from consumer.recovery import Recovered
 from consumer.routing import Route, UnroutableEvent, route
 from consumer.throttle import JITTER_MS, Permit
+from consumer.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -115,8 +116,10 @@ class Pipeline:
         max_in_flight: int,
         on_published: Callable[[], None] = lambda: None,
         on_failure: Callable[[BaseException], None] = lambda exc: None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.batcher = batcher
+        self._tracing = tracing or Tracing(None)
         self._sender = sender
         self._publisher = publisher
         self._metrics = metrics
@@ -171,6 +174,9 @@ class Pipeline:
                 self._metrics.records_skipped.inc()
                 log.info("record.already_done", partition=record.partition, offset=record.offset)
                 continue
+            if self._tracing.enabled:
+                event_id = decoded.event_id if isinstance(decoded, Invalid) else decoded.eventId
+                record.span = self._tracing.start_event(record, event_id)
             if item is not None:
                 self.batcher.add(item, now, wall_ms)
             else:
@@ -274,6 +280,8 @@ class Pipeline:
             self._metrics.outcomes.labels(status=status.value).inc(count)
             if status in DEAD_LETTER_STATUSES:
                 self._metrics.dead_letters.labels(status=status.value).inc(count)
+        for (status, code), count in _errors(pairs).items():
+            self._metrics.outcome_errors.labels(status=status.value, code=code.value).inc(count)
 
     def _log_batch(self, batch: Batch, pairs: Pairs, elapsed: float) -> None:
         last = pairs[-1][1] if pairs else None
@@ -437,6 +445,15 @@ def _statuses(pairs: Pairs) -> dict[Status, int]:
     counts: dict[Status, int] = {}
     for _, outcome in pairs:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return counts
+
+
+def _errors(pairs: Pairs) -> dict[tuple[Status, ErrorCode], int]:
+    counts: dict[tuple[Status, ErrorCode], int] = {}
+    for _, outcome in pairs:
+        if outcome.error is not None:
+            key = (outcome.status, outcome.error.code)
+            counts[key] = counts.get(key, 0) + 1
     return counts
 
 

@@ -29,6 +29,7 @@ from consumer.kafka import KeyPartitioner, value_for_send
 from consumer.outcomes import OutcomeMessage
 from consumer.records import ConsumedRecord
 from consumer.recovery import source_headers
+from consumer.tracing import end_events, trace_headers
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,10 @@ class Publisher:
         """
         letters = [
             _Message(
-                self._dlq_topic, record.key, record.value, dead_letter_headers(record, outcome)
+                self._dlq_topic,
+                record.key,
+                record.value,
+                dead_letter_headers(record, outcome) + trace_headers(record.span),
             )
             for record, outcome in pairs
             if needs_dead_letter(outcome)
@@ -74,12 +78,14 @@ class Publisher:
                     topic,
                     record.key,
                     outcome.value,
-                    source_headers(record.topic, record.partition, record.offset),
+                    source_headers(record.topic, record.partition, record.offset)
+                    + trace_headers(record.span),
                     partition_of(record.key, count),
                 )
                 for record, outcome in pairs
             ]
         )
+        end_events(pairs)
 
     async def _send_all(self, pending: list[_Message]) -> None:
         failures = 0

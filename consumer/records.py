@@ -23,6 +23,8 @@ class ConsumedRecord:
     headers: tuple[tuple[str, bytes], ...]
     timestamp: int
     lease: Lease
+    # Its processing's OpenTelemetry span (tracing.py), None unless tracing is on.
+    span: Any = None
 
     @classmethod
     def from_kafka(cls, record: Any, lease: Lease) -> ConsumedRecord:

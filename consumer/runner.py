@@ -14,6 +14,7 @@ from consumer.ld_client import TokenSource
 from consumer.logs import REDACTOR
 from consumer.settings import Settings
 from consumer.signals import on_stop
+from consumer.tracing import provider_from_environment
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +52,17 @@ async def run_service(settings: Settings) -> int:
     REDACTOR.watch(token.value)  # a token file may change while running
     stop = asyncio.Event()
     on_stop(stop, on_second=exit_now)
-    service = Service(settings, token)
+    # OpenTelemetry's own variables (OTEL_*), read as the SDK defines them, not settings.
+    tracer_provider = provider_from_environment(os.environ)
+    service = Service(settings, token, tracer_provider=tracer_provider)
     tune_gc()
     try:
         await service.run(stop)
     except Exception:
         log.exception("service.failed")
         return 1
+    finally:
+        if tracer_provider is not None:
+            # Exports what is left; bounded by OTEL_BSP_EXPORT_TIMEOUT (a thread, not the loop).
+            await asyncio.to_thread(tracer_provider.shutdown)  # type: ignore[attr-defined]
     return 0

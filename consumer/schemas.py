@@ -49,6 +49,16 @@ def generate() -> dict[str, dict[str, Any]]:
     }
 
 
+# W3C trace context of the event's processing span (tracing.py), when tracing is on.
+TRACE_HEADERS: dict[str, Any] = {
+    "traceparent": {
+        "type": "string",
+        "description": "W3C trace context of the event's processing span (OpenTelemetry on)",
+    },
+    "tracestate": {"type": "string", "description": "W3C trace state, when there is one"},
+}
+
+
 def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3 document of the three topics; payloads refer to the JSON Schema files."""
 
@@ -127,6 +137,7 @@ def asyncapi() -> dict[str, Any]:
                             "ldc.source.topic": string,
                             "ldc.source.partition": {**string, "pattern": "^[0-9]+$"},
                             "ldc.source.offset": {**string, "pattern": "^[0-9]+$"},
+                            **TRACE_HEADERS,
                         },
                     },
                     "bindings": {
@@ -141,6 +152,9 @@ def asyncapi() -> dict[str, Any]:
                     "title": "Dead-letter copy",
                     "contentType": "application/octet-stream",
                     "payload": {"description": "The original record value, byte for byte."},
+                    "description": "Headers: the original record's, byte for byte, then the"
+                    " ldc.* ones, then (when tracing is on) the trace headers of the event's"
+                    " processing (the last traceparent).",
                     "headers": schema("dead-letter-headers.schema.json"),
                 },
             }

@@ -52,8 +52,15 @@ from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, results_from_body, results_from_error
 from consumer.retry import RetryPolicy
-from consumer.routing import CALLER_IDENTITY_PATH, CALLER_IDENTITY_ROUTE, Route, request_body
+from consumer.routing import (
+    CALLER_IDENTITY_PATH,
+    CALLER_IDENTITY_ROUTE,
+    METHOD,
+    Route,
+    request_body,
+)
 from consumer.throttle import Permit, RateLimiter
+from consumer.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +94,10 @@ class BatchSender:
         throttle: RateLimiter | None = None,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._client = client
+        self._tracing = tracing or Tracing(None)
         self._policy = policy
         self._gate = gate
         self._throttle = throttle or RateLimiter()
@@ -135,9 +144,10 @@ class BatchSender:
         `permit`: the unit granted for its first request (see `grant`)."""
         budget = _Budget(time.monotonic(), self._gate.closings)
         try:
-            return await self._send(
-                batch, [0] * len(batch), budget, narrowing=False, top=batch.id, permit=permit
-            )
+            with self._tracing.batch(batch):
+                return await self._send(
+                    batch, [0] * len(batch), budget, narrowing=False, top=batch.id, permit=permit
+                )
         finally:
             self.release(permit)
 
@@ -224,6 +234,7 @@ class BatchSender:
                     )
                 )
             self._metrics.retries.labels(reason=error.code.value).inc()
+            self._tracing.retry(error, delay, budget.failures)
             log.info(
                 "ld.retry",
                 batch_id=batch.id,
@@ -258,6 +269,7 @@ class BatchSender:
             permit = await self._throttle.acquire(endpoint)
         if permit.waited:
             self._metrics.rate_limit_wait.inc(permit.waited)
+            self._tracing.rate_limit_wait(permit.waited)
         if not batch.live():  # no await from here until the request is on the wire
             self._throttle.release(endpoint, permit.seq)
             raise _Stopped
@@ -268,7 +280,9 @@ class BatchSender:
         started = time.monotonic()
         self._requesting.add(top)
         try:
-            response, error = await self._request(batch, body)
+            with self._tracing.request(batch, METHOD, narrowing=narrowing) as span:
+                response, error = await self._request(batch, body)
+                span.answered(response.status if response is not None else None, error)
         finally:
             self._requesting.discard(top)
             self._throttle.observe(
@@ -305,6 +319,7 @@ class BatchSender:
         self, batch: Batch, attempts: list[int], budget: _Budget, error: ApiError, top: str
     ) -> Results:
         middle = len(batch) // 2
+        self._tracing.narrowing(len(batch), error)
         log.info(
             "batch.narrowing",
             batch_id=batch.id,

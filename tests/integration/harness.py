@@ -208,9 +208,12 @@ class RunningService:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, wait: bool = True) -> AsyncIterator[RunningService]:
+async def running(
+    settings: Settings, *, wait: bool = True, **options: Any
+) -> AsyncIterator[RunningService]:
+    """The service in-process; `options` go to `Service` (e.g. `tracer_provider`)."""
     stop = asyncio.Event()
-    service = Service(settings)
+    service = Service(settings, **options)
     handle = RunningService(service, stop, asyncio.create_task(service.run(stop)))
     try:
         if wait:
