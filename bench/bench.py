@@ -60,6 +60,7 @@ SCENARIOS = (
     "latency",
     "rate-limit",
     "steady-limit",
+    "steady-limit-members",
     "naive",
     "memory",
 )
@@ -654,6 +655,7 @@ async def main() -> int:
             await bench.rate_limited()
         if "steady-limit" in chosen:
             await bench.steady_limit(1)
+        if "steady-limit" in chosen or "steady-limit-members" in chosen:
             await bench.steady_limit(args.members)
         if "naive" in chosen:
             await bench.naive()

@@ -388,9 +388,8 @@ class Service:
                 )
         if leases and self.vitals.broker_quiet_for() > BROKER_PROBE_AFTER:
             try:
-                await asyncio.wait_for(
-                    consumer.committed(leases[0].tp), self.settings.kafka_commit_timeout_ms / 1000
-                )
+                async with asyncio.timeout(self.settings.kafka_commit_timeout_ms / 1000):
+                    await consumer.committed(leases[0].tp)
                 self.vitals.broker_seen()
             except (KafkaError, TimeoutError) as exc:
                 log.warning("broker.unreachable", error=repr(exc))
@@ -556,7 +555,8 @@ async def _cancelled(*tasks: asyncio.Task[Any] | None) -> None:
 
 async def _bounded(work: Awaitable[None], timeout: float, what: str) -> None:
     try:
-        await asyncio.wait_for(work, timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (3.11)
+            await work
     except TimeoutError:
         log.warning("service.close_timeout", step=what, timeout_s=timeout)
     except KafkaError as exc:

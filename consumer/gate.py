@@ -240,7 +240,10 @@ class ApiGate:
                         return Verdict.ANSWERING  # it does: this request failed alone
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._changed()), remaining)
+                # asyncio.timeout, not wait_for: wait_for swallows a cancel that comes as the
+                # wait ends (Python 3.11).
+                async with asyncio.timeout(remaining):
+                    await asyncio.shield(self._changed())
 
     # -- the prober -----------------------------------------------------------------------------
 

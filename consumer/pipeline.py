@@ -219,8 +219,11 @@ class Pipeline:
                 waits.append(due)
             if admission.wait is not None:  # members of a group should not wake in step
                 waits[0] += self._rng.uniform(0, JITTER_MS) / 1000
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as
+            # the wait ends, and the stop then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(waits, default=None))
+                async with asyncio.timeout(min(waits, default=None)):
+                    await self._wake.wait()
 
     def wake(self) -> None:
         """Something the dispatch waits for changed (the API gate opened)."""
@@ -327,7 +330,8 @@ class Pipeline:
             return False
         self._progress.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._progress.wait(), remaining)
+            async with asyncio.timeout(remaining):  # not wait_for: see dispatch
+                await self._progress.wait()
         return True
 
     # -- revoking, draining, stopping -----------------------------------------------------------

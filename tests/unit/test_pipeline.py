@@ -4,6 +4,7 @@ bookkeeping that survives cancellation at any point, and what a revoke stops."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -234,3 +235,32 @@ async def test_a_closed_gate_holds_every_lane_until_woken() -> None:
     await until(lambda: len(sender.sent) == 1)
     assert len(sender.sent[0]) == 3
     dispatch.cancel()
+
+
+async def test_the_dispatch_stops_when_cancelled_as_it_is_woken() -> None:
+    """Python 3.11's wait_for returns the inner result when the waiter is cancelled as it
+    completes, swallowing the cancel: a dispatch built on it never stopped (a stop hung)."""
+    sender = Sender()
+    pipeline = pipeline_with(sender, Publisher())
+    take(pipeline, Leases().grant(P0, 0), range(1), "held")
+    [lane] = pipeline.batcher._lanes.values()
+    sender.delays[lane.route.path] = 5.0  # the dispatch waits with a timeout
+    for _ in range(3):
+        dispatch = await running(pipeline)
+        await asyncio.sleep(0.01)
+        pipeline.wake()
+        dispatch.cancel()
+        async with asyncio.timeout(2):
+            await asyncio.gather(dispatch, return_exceptions=True)
+        assert dispatch.cancelled()
+
+
+async def test_waiting_for_progress_stops_when_cancelled_as_it_is_woken() -> None:
+    pipeline = pipeline_with(Sender(), Publisher())
+    waiter = asyncio.create_task(pipeline._wait_progress(time.monotonic() + 10))
+    await asyncio.sleep(0.01)
+    pipeline._progress.set()
+    waiter.cancel()
+    async with asyncio.timeout(2):
+        await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
