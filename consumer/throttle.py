@@ -10,7 +10,14 @@ numbers win over any local count:
   in-flight batches together never run past it;
 - a response sets the budget to what the server says, less the requests sent after it and
   still in flight (the server had not seen those yet);
-- a 429 blocks every request until its reset: the answer does not say which budget ran out.
+- a 429 blocks every request until its reset: the answer does not say which budget ran out;
+- a budget other clients spend too (other members of the group, other tools on the account)
+  is paced: when an answer shows more of the window used than our own requests explain, the
+  budget is *shared* for the next few windows. A shared budget is spent no faster than an even
+  spread over the window allows (plus a small burst), keeps one unit back at its end, and a
+  new window starts with that burst rather than the whole last window's size: each client
+  only learns what the others spent from its own answers, and without this every client of
+  the account spends the whole budget at each reset and most of them get 429s.
 
 `delay` and `observe` are pure (time is passed in); `acquire` adds the sleeping.
 """
@@ -30,6 +37,7 @@ from consumer.errors import ApiError, RateLimited
 GUARD_MS = 100.0  # lands just after the reset even with a little clock skew
 JITTER_MS = 100.0
 ANSWER_WAIT_MS = 50.0
+SHARED_WINDOWS = 3  # a budget seen shared stays paced this many windows after the last sign
 
 
 @dataclass(slots=True)
@@ -46,6 +54,15 @@ class Budget:
     measured: bool = False
     # Any answer came back (with or without rate-limit headers).
     answered: bool = False
+    # -- sharing: who else spends this budget ------------------------------------------------------
+    window_ms: float = 0.0  # a window's length: the longest `reset - now` an answer showed
+    counted_reset_ms: float | None = None  # the window `own` counts requests for
+    own: int = 0  # our requests taken in that window
+    own_next: int = 0  # ours taken after its reset, before an answer showed the next window
+    shared_until_ms: float = 0.0  # others were seen spending it: paced until then
+
+    def shared(self, now_ms: float) -> bool:
+        return now_ms < self.shared_until_ms
 
     def delay_ms(self, now_ms: float) -> float:
         if self.blocked_until_ms > now_ms:
@@ -58,20 +75,57 @@ class Budget:
                 return self.reset_at_ms + GUARD_MS - now_ms
             if not self.measured and self.in_flight:
                 return ANSWER_WAIT_MS  # a guessed budget is spent: the answers will tell
-            # A new window: presumably as large as the last one, until an answer says.
-            self.remaining = self.capacity
+            # A new window: presumably as large as the last one, until an answer says; a
+            # shared one only by its burst: the others start spending it too.
+            shared = self.shared(now_ms) and self.capacity is not None
+            self.remaining = self._burst() if shared else self.capacity
             self.reset_at_ms = None
             self.measured = False
             if self.remaining is not None:
                 self.remaining -= len(self.in_flight)
                 if self.remaining <= 0:
                     self.remaining = 1  # let one go and ask: the capacity is only a guess
-        return 0.0
+        return self._pace_ms(now_ms)
 
-    def take(self, seq: int) -> None:
+    def _burst(self) -> int:
+        return max(1, (self.capacity or 0) // 10)
+
+    def _pace_ms(self, now_ms: float) -> float:
+        """How long a shared budget holds the next request back (0 when it is not shared).
+
+        Spending one unit must leave at least what an even spread over the rest of the
+        window needs (less a burst), and never the last unit: another client's request may
+        be on its way to it."""
+        if (
+            not self.shared(now_ms)
+            or not self.measured
+            or self.remaining is None
+            or self.reset_at_ms is None
+            or self.capacity is None
+            or self.window_ms <= 0
+        ):
+            return 0.0
+        time_left = self.reset_at_ms - now_ms
+        if time_left <= 0:
+            return 0.0
+        after = self.remaining - 1
+        if after < 1:
+            return time_left + GUARD_MS
+        burst = self._burst()
+        line = self.capacity * time_left / self.window_ms - burst
+        if after >= line:
+            return 0.0
+        # The line falls to `after` when this much of the window is left:
+        return max(0.0, time_left - (after + burst) * self.window_ms / self.capacity)
+
+    def take(self, seq: int, now_ms: float) -> None:
         self.in_flight.add(seq)
         if self.remaining is not None:
             self.remaining -= 1
+        if self.counted_reset_ms is not None and now_ms >= self.counted_reset_ms:
+            self.own_next += 1
+        else:
+            self.own += 1
 
     def give_back(self, seq: int) -> None:
         """Request `seq` took its unit and was never sent: the server did not count it."""
@@ -79,8 +133,14 @@ class Budget:
             self.in_flight.discard(seq)
             if self.remaining is not None:
                 self.remaining += 1
+            if self.own_next:
+                self.own_next -= 1
+            elif self.own:
+                self.own -= 1
 
-    def update(self, seq: int | None, remaining: str | None, reset: str | None) -> None:
+    def update(
+        self, seq: int | None, remaining: str | None, reset: str | None, now_ms: float
+    ) -> None:
         """The answer to request `seq` (None: the oldest in flight) said what is left.
 
         The server counted every request that reached it before this one, so only those
@@ -106,6 +166,24 @@ class Budget:
         self.reset_at_ms = reset_at
         self.measured = True
         self.capacity = max(self.capacity or 0, told + 1)
+        if reset_at is not None:
+            self._count_others(told, reset_at, now_ms)
+
+    def _count_others(self, told: int, reset_at: float, now_ms: float) -> None:
+        """Mark the budget shared when the server counted more of this window than all of our
+        own requests in it could be (a lower bound: some of ours may not have reached it)."""
+        self.window_ms = max(self.window_ms, reset_at - now_ms)
+        if self.counted_reset_ms is None or reset_at > self.counted_reset_ms:
+            if self.counted_reset_ms is not None:  # a new window: ours since its reset move in
+                self.own, self.own_next = self.own_next, 0
+            self.counted_reset_ms = reset_at
+        elif reset_at < self.counted_reset_ms:
+            return  # a late answer from the last window
+        assert self.capacity is not None
+        others = (self.capacity - told) - self.own
+        # Two, not one: a request of ours sent just before a reset can be counted after it.
+        if others >= 2:
+            self.shared_until_ms = now_ms + SHARED_WINDOWS * self.window_ms
 
 
 class Permit(NamedTuple):
@@ -137,8 +215,9 @@ class RateLimiter:
     def take(self, route: str) -> int:
         """Take a unit of each budget for a request about to go; returns its sequence number."""
         seq = next(self._seq)
-        self._global.take(seq)
-        self._route(route).take(seq)
+        now_ms = self._clock_ms()
+        self._global.take(seq, now_ms)
+        self._route(route).take(seq, now_ms)
         return seq
 
     def release(self, route: str, seq: int) -> None:
@@ -168,8 +247,9 @@ class RateLimiter:
         """Account for the answer to request `seq` (from `acquire`; headers None: no answer)."""
         headers = headers or {}
         reset = headers.get("X-Ratelimit-Reset")
-        self._global.update(seq, headers.get("X-Ratelimit-Global-Remaining"), reset)
-        self._route(route).update(seq, headers.get("X-Ratelimit-Route-Remaining"), reset)
+        now_ms = self._clock_ms()
+        self._global.update(seq, headers.get("X-Ratelimit-Global-Remaining"), reset, now_ms)
+        self._route(route).update(seq, headers.get("X-Ratelimit-Route-Remaining"), reset, now_ms)
         if isinstance(error, RateLimited):
             until = self._clock_ms() + error.retry_after * 1000 + GUARD_MS
             self._global.blocked_until_ms = max(self._global.blocked_until_ms, until)

@@ -121,3 +121,62 @@ def test_the_first_request_learns_the_budget_before_others_go() -> None:
     assert limiter.delay(ROUTE, NOW) == 0
     limiter.take(ROUTE)
     assert limiter.delay(ROUTE, NOW) == 0  # from then on, nothing to wait for
+
+
+# -- budgets shared with other clients -------------------------------------------------------
+
+
+def _alone_for_a_window(limiter: RateLimiter, clock: list[float], limit: int) -> None:
+    """One request answered first in its window: the limit is learnt, nobody else seen."""
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(None, limit - 1, clock[0] + 10_000), None)
+
+
+def test_a_budget_only_we_spend_is_not_paced() -> None:
+    clock = [NOW]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    _alone_for_a_window(limiter, clock, 20)
+    for n in range(18):  # the rest of the window at once, answers saying what we spent
+        assert limiter.delay(ROUTE, clock[0]) == 0
+        limiter.take(ROUTE)
+        limiter.observe(ROUTE, headers(None, 18 - n, NOW + 10_000), None)
+    assert limiter.delay(ROUTE, clock[0]) == 0  # the last unit too
+    limiter.take(ROUTE)
+    assert limiter.delay(ROUTE, clock[0]) > 9_000  # spent: until the reset
+
+
+def test_a_budget_others_spend_too_is_spread_over_its_window() -> None:
+    clock = [NOW]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    _alone_for_a_window(limiter, clock, 20)
+    limiter.take(ROUTE)
+    # 20 - 1 - 1 of ours = 18 expected; 14 means somebody else sent 4.
+    limiter.observe(ROUTE, headers(None, 14, NOW + 10_000), None)
+    sent = 0
+    while limiter.delay(ROUTE, clock[0]) == 0:
+        limiter.take(ROUTE)
+        sent += 1
+    # With 14 left and 10 s to go the spread allows 14 - 1 - (20 - 2) < 0: none until it falls.
+    assert sent == 0
+    wait = limiter.delay(ROUTE, clock[0])
+    assert 0 < wait < 10_000
+    clock[0] += wait
+    assert limiter.delay(ROUTE, clock[0]) == 0
+
+
+def test_a_shared_budget_keeps_its_last_unit_and_starts_each_window_with_a_burst() -> None:
+    clock = [NOW]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    _alone_for_a_window(limiter, clock, 20)
+    clock[0] = NOW + 9_900  # the end of the window
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(None, 2, NOW + 10_000), None)  # others spent 16
+    assert limiter.delay(ROUTE, clock[0]) == 0
+    limiter.take(ROUTE)  # 1 left: kept back
+    assert limiter.delay(ROUTE, clock[0]) == pytest.approx(100 + GUARD_MS)
+    clock[0] = NOW + 10_000 + GUARD_MS  # a new window
+    sent = 0
+    while limiter.delay(ROUTE, clock[0]) == 0:
+        limiter.take(ROUTE)
+        sent += 1
+    assert sent == 2  # the burst (a tenth of 20), then the answers tell what is left
