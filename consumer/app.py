@@ -173,17 +173,15 @@ class Service:
         """Run until `stop` is set, then drain. Raises when a background loop failed."""
         settings = self.settings
         if self.health is not None:
-            try:
-                await self.health.start()
-                log.info("health.listening", port=self.health.port)
-            except OSError as exc:  # a member without probes beats a member that does not run
-                log.error("health.bind_failed", port=settings.consumer_http_port, error=str(exc))
-                self.health = None
-        await self._producer.start()
+            # A port in use stops the service (web.PortInUse): a member whose probes and
+            # metrics cannot be reached is not one an orchestrator can run.
+            await self.health.start()
+            log.info("health.listening", port=self.health.port)
+        await kafka.start(self._producer, settings)
         try:
             await self._client.start()
             self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
-            await self._consumer.start()
+            await kafka.start(self._consumer, settings)
             log.info(
                 "service.started",
                 topic=settings.consumer_input_topic,

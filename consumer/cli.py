@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from consumer import __version__, logs
-from consumer.settings import Settings, SettingsError, load_settings, require_token
+from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
+from consumer.settings import Settings, load_settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,28 +96,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "schemas":
-            return _schemas(args)
-        if args.command == "fake-api":
-            return _fake_api(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "replay":
-            return _replay(args)
-        if args.command == "produce":
-            return _produce(args)
-    except SettingsError as exc:
-        print(f"ld-targeting-consumer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
-    raise AssertionError(args.command)
+    command = COMMANDS[args.command]
+    # Tracebacks are for bugs, and for LOG_LEVEL=debug (cli_errors.handled).
+    debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
+    return handled(lambda: command(args), debug=debug)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, need_token: bool = False) -> Settings:
     overrides = {
         name: value
         for name, value in (
@@ -126,15 +113,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
         if value is not None
     }
-    settings = load_settings(**overrides)
+    settings = load_settings(need_token=need_token, **overrides)
     for secret in settings.secrets():
         logs.REDACTOR.add(secret)
     return settings
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    require_token(settings)
+    settings = _settings(args, need_token=True)
     logs.configure(settings.log_level, settings.log_format)
     from consumer.runner import run_service
 
@@ -161,13 +147,11 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    import os
-
     from consumer.fake_api.main import serve
 
     tokens = args.token or ([os.environ["LD_API_TOKEN"]] if os.environ.get("LD_API_TOKEN") else [])
     if not tokens:
-        raise SettingsError("fake-api needs --token or LD_API_TOKEN")
+        raise UsageError("fake-api needs --token or LD_API_TOKEN")
     logs.configure(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "auto"))
     return serve(
         host=args.host,
@@ -204,7 +188,7 @@ def _replay(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
     except ValueError as exc:
-        raise SettingsError(f"replay: {exc}") from None
+        raise UsageError(f"replay: {exc}") from None
     replayer = replay.Replayer(
         settings,
         selection,
@@ -228,7 +212,7 @@ def _produce(args: argparse.Namespace) -> int:
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     except OSError as exc:
-        raise SettingsError(f"produce: {exc}") from None
+        raise UsageError(f"produce: cannot read {args.file}: {exc.strerror}") from None
     topic = args.topic or settings.consumer_input_topic
     total = sum(1 for _ in produce.read_lines(text))
     started_ms = int(time.time() * 1000) - 60_000
@@ -246,3 +230,13 @@ def _produce(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_OK if (not report.invalid or args.allow_invalid) and not missing else EXIT_FAILURE
+
+
+COMMANDS = {
+    "run": _run,
+    "schemas": _schemas,
+    "fake-api": _fake_api,
+    "demo": _demo,
+    "replay": _replay,
+    "produce": _produce,
+}

@@ -90,7 +90,7 @@ async def _run(
     started = time.monotonic()
     try:
         producer = kafka.make_producer(settings)
-        await producer.start()
+        await kafka.start(producer, settings)
         try:
             for sample in samples:
                 await producer.send(settings.consumer_input_topic, sample.value, key=sample.key)

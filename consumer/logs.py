@@ -6,9 +6,10 @@ and the redactor sees all of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -60,6 +61,36 @@ class Redactor:
 
 
 REDACTOR = Redactor()
+
+
+class _Quiet:
+    """While any client starts, the aiokafka logger keeps only critical lines: a failed start
+    is reported once, as the CLI's line (cli_errors), not also as the library's error lines.
+    Counted, so overlapping starts restore the level once the last one ends."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+        self._depth = 0
+        self._saved = logging.NOTSET
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if logging.getLogger().level <= logging.DEBUG:
+            yield  # LOG_LEVEL=debug shows everything
+            return
+        if self._depth == 0:
+            self._saved = self._logger.level
+            self._logger.setLevel(logging.CRITICAL)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._logger.setLevel(self._saved)
+
+
+quiet_kafka_client = _Quiet("aiokafka")
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

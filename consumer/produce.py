@@ -88,7 +88,7 @@ async def produce(
     if not to_send:
         return report
     producer = kafka.make_producer(settings)
-    await producer.start()
+    await kafka.start(producer, settings)
     try:
         futures = []
         for line, decoded in to_send:
@@ -135,7 +135,7 @@ async def wait_for_outcomes(
         fetch_max_wait_ms=100,
         isolation_level=settings.kafka_isolation_level,
     )
-    await consumer.start()
+    await kafka.start(consumer, settings)
     try:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

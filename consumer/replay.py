@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
+from consumer.cli_errors import CommandFailed
 from consumer.events import DLQ_HEADER_PREFIX
 from consumer.settings import Settings
 
@@ -145,14 +146,17 @@ class Replayer:
         dlq = self.settings.consumer_dlq_topic
         partitions = await kafka.topic_partitions(self.settings, dlq)
         if not partitions:
-            raise SystemExit(f"replay: the dead-letter topic {dlq} does not exist")
+            raise CommandFailed(
+                f"the dead-letter topic {dlq} does not exist (CONSUMER_DLQ_TOPIC): nothing to"
+                " replay"
+            )
         if not self.dry_run:
             await kafka.ensure_topics(self.settings, {ledger_topic(self.settings): 1})
         producer = None if self.dry_run else kafka.make_producer(self.settings)
         if producer is not None:
-            await producer.start()
+            await kafka.start(producer, self.settings)
         consumer = _reader(self.settings)
-        await consumer.start()
+        await kafka.start(consumer, self.settings)
         try:
             ends = await _ends(consumer, partitions)
             await self._seek_start(consumer, partitions)
@@ -257,7 +261,7 @@ class Replayer:
         if not partitions:
             return set()
         consumer = _reader(self.settings)
-        await consumer.start()
+        await kafka.start(consumer, self.settings)
         markers: set[str] = set()
         try:
             ends = await _ends(consumer, partitions)

@@ -10,6 +10,7 @@ import sys
 import structlog
 
 from consumer.app import Service
+from consumer.cli_errors import explain
 from consumer.ld_client import TokenSource
 from consumer.logs import REDACTOR
 from consumer.settings import Settings
@@ -55,7 +56,9 @@ async def run_service(settings: Settings) -> int:
     tune_gc()
     try:
         await service.run(stop)
-    except Exception:
+    except Exception as exc:
+        if explain(exc) is not None:
+            raise  # expected (a broker gone, a port in use): the CLI says it in one line
         log.exception("service.failed")
         return 1
     return 0
