@@ -172,11 +172,7 @@ class Service:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain. Raises when a background loop failed."""
         settings = self.settings
-        if self.health is not None:
-            # A port in use stops the service (web.PortInUse): a member whose probes and
-            # metrics cannot be reached is not one an orchestrator can run.
-            await self.health.start()
-            log.info("health.listening", port=self.health.port)
+        await self.start_health()
         await kafka.start(self._producer, settings)
         try:
             await self._client.start()
@@ -193,6 +189,22 @@ class Service:
             await self._close()
         if self._failure is not None:
             raise self._failure
+
+    async def start_health(self) -> None:
+        """Serve /healthz, /readyz and /metrics (idempotent). A port in use raises
+        `web.CannotListen`: a member whose probes and metrics cannot be reached is not one an
+        orchestrator can run."""
+        if self.health is not None and not self.health.started:
+            await self.health.start()
+            log.info("health.listening", port=self.health.port)
+
+    async def discard(self) -> None:
+        """Close what `__init__` made, for a service that never ran (a failed preflight):
+        aiokafka warns of unclosed clients otherwise."""
+        await self._consumer.stop()
+        await self._producer.stop()
+        if self.health is not None:
+            await self.health.stop()
 
     async def _run_loops(self, stop: asyncio.Event) -> None:
         fetch = asyncio.create_task(self._fetch_loop(), name="fetch")

@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
+    check = commands.add_parser(
+        "check",
+        help="preflight: broker, topics, the group's lag, LaunchDarkly and the token",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    check.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    check.add_argument("--group-id", help="overrides CONSUMER_GROUP_ID")
+    check.add_argument("--base-url", help="overrides LD_BASE_URL")
+
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     return parser
@@ -232,7 +241,20 @@ def _produce(args: argparse.Namespace) -> int:
     return EXIT_OK if (not report.invalid or args.allow_invalid) and not missing else EXIT_FAILURE
 
 
+def _check(args: argparse.Namespace) -> int:
+    from consumer import check
+    from consumer.ld_client import TokenSource
+
+    settings = _settings(args, need_token=True)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
+    report = asyncio.run(check.preflight(settings, token))
+    (check.print_json if args.json else check.print_table)(report, sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
 COMMANDS = {
+    "check": _check,
     "run": _run,
     "schemas": _schemas,
     "fake-api": _fake_api,

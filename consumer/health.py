@@ -92,6 +92,10 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics)
         return app
 
+    @property
+    def started(self) -> bool:
+        return self._runner is not None
+
     async def start(self) -> None:
         if self._runner is not None:
             return

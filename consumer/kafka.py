@@ -212,6 +212,53 @@ def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     return stable if stable is not None else highwater
 
 
+async def end_offsets(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's end as of now (assigns `partitions` to the group-less `consumer`).
+
+    The larger of ListOffsets(latest) and the high watermark of a first fetch: Tansu answers
+    the former too low, and a fetch alone says nothing for an empty partition.
+    """
+    consumer.assign(partitions)
+    listed = await consumer.end_offsets(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        readable_end(consumer, tp) is None for tp in partitions
+    ):
+        await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
+    return {tp: max(listed.get(tp, 0), readable_end(consumer, tp) or 0) for tp in partitions}
+
+
+def reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer without a group, for reading topics (replay, outcomes, check)."""
+    return AIOKafkaConsumer(
+        **common_config(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        isolation_level=settings.kafka_isolation_level,
+    )
+
+
+async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Partition counts of those of `names` that exist.
+
+    Listed before they are described: describing an unknown topic creates it on brokers that
+    auto-create topics (Tansu always does), listing does not.
+    """
+    async with admin_client(settings) as admin:
+        listed = set(await admin.list_topics())
+        wanted = [name for name in names if name in listed]
+        described = await admin.describe_topics(wanted) if wanted else []
+    return {
+        entry["topic"]: len(entry["partitions"])
+        for entry in described
+        if entry.get("error_code") == 0
+    }
+
+
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
     """The partitions of a topic (empty when it does not exist), from the admin API.
 

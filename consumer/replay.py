@@ -158,7 +158,7 @@ class Replayer:
         consumer = _reader(self.settings)
         await kafka.start(consumer, self.settings)
         try:
-            ends = await _ends(consumer, partitions)
+            ends = await kafka.end_offsets(consumer, partitions)
             await self._seek_start(consumer, partitions)
             last_progress = time.monotonic()
             open_ = {tp for tp in partitions if ends[tp] > 0}
@@ -264,7 +264,7 @@ class Replayer:
         await kafka.start(consumer, self.settings)
         markers: set[str] = set()
         try:
-            ends = await _ends(consumer, partitions)
+            ends = await kafka.end_offsets(consumer, partitions)
             await consumer.seek_to_beginning(*partitions)
             open_ = {tp for tp in partitions if ends[tp] > 0}
             while open_:
@@ -286,25 +286,6 @@ def _reader(settings: Settings) -> AIOKafkaConsumer:
         fetch_max_wait_ms=100,
         isolation_level=settings.kafka_isolation_level,
     )
-
-
-async def _ends(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """Each partition's end as of now.
-
-    The larger of ListOffsets(latest) and the high watermark of a first fetch: Tansu answers
-    the former too low, and a fetch alone says nothing for an empty partition.
-    """
-    consumer.assign(partitions)
-    listed = await consumer.end_offsets(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        kafka.readable_end(consumer, tp) is None for tp in partitions
-    ):
-        await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
-    return {tp: max(listed.get(tp, 0), kafka.readable_end(consumer, tp) or 0) for tp in partitions}
 
 
 def print_report(report: Report, out: TextIO, *, dry_run: bool) -> None:
