@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,14 +77,26 @@ def _parser() -> argparse.ArgumentParser:
     produce = commands.add_parser("produce", help="publish events from a JSON/JSONL file or stdin")
     produce.add_argument("file", help="a .json or .jsonl file, or - for stdin")
     produce.add_argument("--topic", help="default: CONSUMER_INPUT_TOPIC")
-    produce.add_argument("--allow-invalid", action="store_true", help="send invalid events too")
+    invalid = produce.add_mutually_exclusive_group()
+    invalid.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="send the valid events when some are invalid (exit 1 all the same)",
+    )
+    invalid.add_argument(
+        "--allow-invalid", action="store_true", help="send invalid events too, as they are"
+    )
+    produce.add_argument(
+        "--dry-run", action="store_true", help="validate and show what would go; send nothing"
+    )
     produce.add_argument(
         "--wait",
         type=float,
         nargs="?",
         const=60.0,
         metavar="SECONDS",
-        help="then wait for each event's outcome and show them (default 60 s)",
+        help="then wait for each event's outcome and show them (default 60 s); exit 1"
+        " unless every one succeeded",
     )
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
@@ -217,28 +228,28 @@ def _produce(args: argparse.Namespace) -> int:
     from consumer import produce
 
     settings = _settings(args)
-    logs.configure("warning", settings.log_format)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    name = "stdin" if args.file == "-" else args.file
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
-        raise UsageError(f"produce: cannot read {args.file}: {exc.strerror}") from None
-    topic = args.topic or settings.consumer_input_topic
-    total = sum(1 for _ in produce.read_lines(text))
-    started_ms = int(time.time() * 1000) - 60_000
-    report = asyncio.run(
-        produce.produce(settings, text, topic=topic, allow_invalid=args.allow_invalid)
+        raise UsageError(f"produce: cannot read {name}: {exc.strerror}") from None
+    mode: produce.Mode = (
+        "skip-invalid" if args.skip_invalid else "allow-invalid" if args.allow_invalid else "all"
     )
-    produce.print_report(
-        report, sys.stdout, total=total, topic=topic, allow_invalid=args.allow_invalid
-    )
-    missing = 0
-    if args.wait is not None and report.sent:
-        missing = asyncio.run(
-            produce.wait_for_outcomes(
-                settings, report, since_ms=started_ms, timeout=args.wait, out=sys.stdout
-            )
+    return asyncio.run(
+        produce.run(
+            settings,
+            data,
+            name=name,
+            topic=args.topic or settings.consumer_input_topic,
+            mode=mode,
+            dry_run=args.dry_run,
+            wait=args.wait,
+            out=sys.stdout,
+            err=sys.stderr,
         )
-    return EXIT_OK if (not report.invalid or args.allow_invalid) and not missing else EXIT_FAILURE
+    )
 
 
 def _check(args: argparse.Namespace) -> int:

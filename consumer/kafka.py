@@ -259,6 +259,20 @@ async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int
     }
 
 
+async def group_members(settings: Settings, group: str) -> int | None:
+    """How many members the consumer group has now; None when the broker does not say."""
+    try:
+        async with admin_client(settings) as admin:
+            responses = await admin.describe_consumer_groups([group])
+    except Exception:  # noqa: BLE001 - a hint, never a failure
+        return None
+    for response in responses:
+        for described in response.groups:
+            if described[1] == group and described[0] == 0:
+                return len(described[5])
+    return None
+
+
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
     """The partitions of a topic (empty when it does not exist), from the admin API.
 
