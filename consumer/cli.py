@@ -11,16 +11,47 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from consumer import __version__, logs
 from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
+from consumer.errors import ErrorCode
 from consumer.settings import Settings, load_settings
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (and exit 2), like every other failure (cli_errors)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _wait_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=60.0,
+        metavar="SECONDS",
+        help=f"then wait for the outcome of each {what} and show them (60 s without a value);"
+        " exit 1 unless every one succeeded",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ld-targeting-consumer",
         description="Apply targeting-change events from Kafka to LaunchDarkly.",
     )
@@ -58,20 +89,34 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="copy dead-letter records back to the input topic")
     replay.add_argument("--status", action="append", choices=["rejected", "invalid", "failed"])
-    replay.add_argument("--error-code", action="append", help="e.g. not_found (repeatable)")
+    replay.add_argument(
+        "--error-code",
+        action="append",
+        choices=[code.value for code in ErrorCode],
+        metavar="CODE",
+        help="e.g. not_found (repeatable; the codes are in the README's outcome table)",
+    )
     replay.add_argument("--event-id", action="append", help="repeatable")
     replay.add_argument(
         "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
     )
     replay.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
     replay.add_argument("--until", help="RFC 3339 time or a duration ago")
-    replay.add_argument("--limit", type=int, help="replay at most this many records")
+    replay.add_argument(
+        "--limit",
+        type=_at_least_one,
+        help="replay at most this many records (records replayed before do not count, so"
+        " runs page forward)",
+    )
     replay.add_argument("--to", help="target topic (default: CONSUMER_INPUT_TOPIC)")
     replay.add_argument(
-        "--max-replays", type=int, help="refuse records replayed this often (default 3)"
+        "--max-replays",
+        type=_at_least_one,
+        help="refuse records replayed this often (default: CONSUMER_REPLAY_MAX_COUNT)",
     )
     replay.add_argument("--again", action="store_true", help="also replay records replayed before")
     replay.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+    _wait_option(replay, "record replayed")
     replay.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
     produce = commands.add_parser("produce", help="publish events from a JSON/JSONL file or stdin")
@@ -89,15 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument(
         "--dry-run", action="store_true", help="validate and show what would go; send nothing"
     )
-    produce.add_argument(
-        "--wait",
-        type=float,
-        nargs="?",
-        const=60.0,
-        metavar="SECONDS",
-        help="then wait for each event's outcome and show them (default 60 s); exit 1"
-        " unless every one succeeded",
-    )
+    _wait_option(produce, "event")
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
     check = commands.add_parser(
@@ -221,7 +258,22 @@ def _replay(args: argparse.Namespace) -> int:
     )
     report = asyncio.run(replayer.run())
     replay.print_report(report, sys.stdout, dry_run=args.dry_run)
-    return EXIT_OK
+    if args.wait is None or args.dry_run or not report.placed:
+        return EXIT_OK
+    from consumer.produce import wait_for_outcomes
+
+    found, missing = asyncio.run(
+        wait_for_outcomes(
+            settings,
+            report.placed,
+            since_ms=report.started_ms,
+            timeout=args.wait,
+            out=sys.stdout,
+            progress=sys.stderr,
+        )
+    )
+    succeeded = not missing and all(o["status"] == "succeeded" for o in found.values())
+    return EXIT_OK if succeeded else EXIT_FAILURE
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -167,7 +167,7 @@ async def run(
     code = EXIT_FAILURE if invalid and mode == "skip-invalid" else EXIT_OK
     if wait is not None and report.sent:
         found, missing = await wait_for_outcomes(
-            settings, report, since_ms=started_ms, timeout=wait, out=out, progress=err
+            settings, report.placed, since_ms=started_ms, timeout=wait, out=out, progress=err
         )
         if missing or any(o["status"] != "succeeded" for o in found.values()):
             code = EXIT_FAILURE
@@ -176,18 +176,19 @@ async def run(
 
 async def wait_for_outcomes(
     settings: Settings,
-    report: ProduceReport,
+    placed: dict[tuple[str, int, int], str],
     *,
     since_ms: int,
     timeout: float,
     out: TextIO,
     progress: TextIO,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """Follow the results topic until every sent record has an outcome; print them.
+    """Follow the results topic until every record `placed` (where it went -> its label) has an
+    outcome; print them. Used by `produce --wait` and `replay --wait`.
 
     Returns the outcomes by label and how many records got none within `timeout`.
     """
-    wanted = dict(report.placed)
+    wanted = dict(placed)
     found: dict[str, dict[str, Any]] = {}
     order = list(wanted.values())
     partitions = await kafka.topic_partitions(settings, settings.consumer_results_topic)
