@@ -137,6 +137,32 @@ def _parser() -> argparse.ArgumentParser:
     _wait_option(produce, "event")
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
+    outcomes = commands.add_parser(
+        "outcomes", help="read the results topic: what happened to an event"
+    )
+    outcomes.add_argument("--event-id", action="append", help="repeatable; stops once all found")
+    outcomes.add_argument(
+        "--status", action="append", choices=["succeeded", "rejected", "invalid", "failed"]
+    )
+    outcomes.add_argument(
+        "--error-code",
+        action="append",
+        choices=[code.value for code in ErrorCode],
+        metavar="CODE",
+        help="e.g. not_found (repeatable)",
+    )
+    outcomes.add_argument(
+        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
+    )
+    outcomes.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
+    outcomes.add_argument("--until", help="RFC 3339 time or a duration ago")
+    outcomes.add_argument("--limit", type=_at_least_one, help="show at most this many")
+    outcomes.add_argument(
+        "--follow", action="store_true", help="keep reading new outcomes (Ctrl-C stops)"
+    )
+    outcomes.add_argument("--json", action="store_true", help="one outcome per line, as published")
+    outcomes.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+
     check = commands.add_parser(
         "check",
         help="preflight: broker, topics, the group's lag, LaunchDarkly and the token",
@@ -316,7 +342,39 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
+def _outcomes(args: argparse.Namespace) -> int:
+    from consumer import outcomes_reader
+    from consumer.replay import parse_when
+
+    settings = _settings(args)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    try:
+        query = outcomes_reader.Query(
+            event_ids=frozenset(args.event_id or ()),
+            statuses=frozenset(args.status or ()),
+            error_codes=frozenset(args.error_code or ()),
+            resource=args.resource,
+            since_ms=parse_when(args.since) if args.since else None,
+            until_ms=parse_when(args.until) if args.until else None,
+            limit=args.limit,
+            follow=args.follow,
+        )
+    except ValueError as exc:
+        raise UsageError(f"outcomes: {exc}") from None
+    printer = outcomes_reader.Printer(sys.stdout, as_json=args.json)
+    try:
+        shown, missing = asyncio.run(outcomes_reader.read(settings, query, printer))
+    except KeyboardInterrupt:  # how --follow ends
+        return EXIT_OK
+    print(f"{shown} outcome{'s' * (shown != 1)}", file=sys.stderr)
+    if missing:
+        print(f"no outcome for: {', '.join(sorted(missing))}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 COMMANDS = {
+    "outcomes": _outcomes,
     "check": _check,
     "run": _run,
     "schemas": _schemas,
