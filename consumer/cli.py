@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from consumer import __version__, logs
 from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
@@ -23,6 +23,10 @@ __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
 class _Parser(argparse.ArgumentParser):
     """A usage error is one line (and exit 2), like every other failure (cli_errors)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -50,27 +54,59 @@ def _wait_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default shown (options whose default is unset say what they override);
+    epilogs (the environment table) kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def environment_help() -> str:
+    """Every environment variable with its default, from `Settings`: it cannot go stale."""
+    names = [name.upper() for name in Settings.model_fields]
+    width = max(map(len, names))
+    lines = ["environment variables (default):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "none"
+        else:
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+        lines.append(f"  {name.upper():<{width}}  {shown}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ld-targeting-consumer",
         description="Apply targeting-change events from Kafka to LaunchDarkly.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    run = commands.add_parser("run", help="run the service (configured by the environment)")
+    run = commands.add_parser(
+        "run", help="run the service (configured by the environment)", epilog=environment_help()
+    )
     run.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--group-id", help="overrides CONSUMER_GROUP_ID")
     run.add_argument("--base-url", help="overrides LD_BASE_URL")
     run.add_argument("--http-port", type=int, help="overrides CONSUMER_HTTP_PORT (0: off)")
 
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every message")
-    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.add_argument(
+        "--dir", type=Path, default=Path("schemas"), help="where the schema files are"
+    )
     schemas.add_argument("--check", action="store_true", help="fail when the files are stale")
 
     fake = commands.add_parser("fake-api", help="serve the LaunchDarkly API simulator")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    fake.add_argument("--port", type=int, default=8765, help="port to listen on")
     fake.add_argument(
         "--token",
         action="append",
@@ -88,7 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     replay = commands.add_parser("replay", help="copy dead-letter records back to the input topic")
-    replay.add_argument("--status", action="append", choices=["rejected", "invalid", "failed"])
+    replay.add_argument(
+        "--status",
+        action="append",
+        choices=["rejected", "invalid", "failed"],
+        help="the dead letter's status (repeatable)",
+    )
     replay.add_argument(
         "--error-code",
         action="append",
@@ -142,7 +183,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     outcomes.add_argument("--event-id", action="append", help="repeatable; stops once all found")
     outcomes.add_argument(
-        "--status", action="append", choices=["succeeded", "rejected", "invalid", "failed"]
+        "--status",
+        action="append",
+        choices=["succeeded", "rejected", "invalid", "failed"],
+        help="repeatable",
     )
     outcomes.add_argument(
         "--error-code",
