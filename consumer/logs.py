@@ -7,7 +7,9 @@ and the redactor sees all of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TextIO
@@ -39,10 +41,7 @@ class Redactor:
 
     def scrub(self, value: Any, secrets: set[str]) -> Any:
         if isinstance(value, str):
-            for secret in secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return _pattern(frozenset(secrets)).sub(REDACTED, value) if secrets else value
         if isinstance(value, dict):
             return {k: self.scrub(v, secrets) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -58,6 +57,15 @@ class Redactor:
         if not secrets:
             return event
         return {key: self.scrub(value, secrets) for key, value in event.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str]:
+    """Whole tokens only: a secret is replaced where it is not part of a longer run of letters
+    and digits, so it can never mangle other text (a token `x` leaves `Unexpected` alone).
+    Tokens shorter than settings.MIN_TOKEN_LENGTH are refused at start anyway."""
+    alternatives = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
 REDACTOR = Redactor()
