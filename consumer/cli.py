@@ -216,6 +216,35 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--group-id", help="overrides CONSUMER_GROUP_ID")
     check.add_argument("--base-url", help="overrides LD_BASE_URL")
 
+    broker = commands.add_parser(
+        "broker",
+        help="run the embedded broker (Tansu) with the topics, for the other commands by hand",
+        description="Start Tansu (memory storage), create the three topics (names from"
+        " CONSUMER_INPUT_TOPIC, CONSUMER_RESULTS_TOPIC, CONSUMER_DLQ_TOPIC), print the"
+        " environment for the other commands, and run until Ctrl-C or SIGTERM.",
+    )
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    broker.add_argument("--port", type=int, default=9092, help="port to listen on")
+    broker.add_argument(
+        "--advertised-host",
+        help="address clients are told to use (default: --host, or 127.0.0.1 for 0.0.0.0)",
+    )
+    broker.add_argument(
+        "--input-partitions", type=_at_least_one, default=4, help="partitions of the input topic"
+    )
+    broker.add_argument(
+        "--results-partitions",
+        type=_at_least_one,
+        default=4,
+        help="partitions of the results topic (as many as the input topic's, or more)",
+    )
+    broker.add_argument(
+        "--dlq-partitions",
+        type=_at_least_one,
+        default=1,
+        help="partitions of the dead-letter topic",
+    )
+
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     return parser
@@ -290,6 +319,32 @@ def _fake_api(args: argparse.Namespace) -> int:
         limits_json=args.limits,
         request_log=max(0, args.request_log),
     )
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from consumer import broker
+    from consumer.tansu import TANSU_SETTINGS, TansuBroker
+
+    if not 0 < args.port < 65_536:
+        raise UsageError(f"broker: --port must be 1-65535, not {args.port}")
+    tansu = TansuBroker(args.port, host=args.host, advertised_host=args.advertised_host)
+    # The clients' settings for this broker: topic names (and anything else) from the
+    # environment, the address and the Tansu settings from here.
+    overrides: dict[str, object] = {
+        **TANSU_SETTINGS,
+        "kafka_bootstrap_servers": tansu.bootstrap_servers,
+        "kafka_security_protocol": "PLAINTEXT",
+    }
+    settings = load_settings(need_token=False, **overrides)
+    logs.configure("debug" if settings.log_level == "debug" else "error", settings.log_format)
+    partitions = {
+        settings.consumer_input_topic: args.input_partitions,
+        settings.consumer_results_topic: args.results_partitions,
+        settings.consumer_dlq_topic: args.dlq_partitions,
+    }
+    if len(partitions) < 3:
+        raise UsageError("broker: the input, results and dead-letter topics must differ")
+    return asyncio.run(broker.serve(tansu, settings, partitions, sys.stdout))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -423,6 +478,7 @@ COMMANDS = {
     "run": _run,
     "schemas": _schemas,
     "fake-api": _fake_api,
+    "broker": _broker,
     "demo": _demo,
     "replay": _replay,
     "produce": _produce,

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from consumer import kafka, logs
 from consumer.settings import SettingsError
+from consumer.tansu import BrokerNotStarted
 from consumer.web import CannotListen
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -68,6 +69,8 @@ def explain(exc: BaseException) -> CommandFailed | None:
             f"cannot listen on port {exc.port}{setting}: {exc.reason}; stop what uses it or"
             " choose another port"
         )
+    if isinstance(exc, BrokerNotStarted):
+        return CommandFailed(str(exc))
     if isinstance(exc, KafkaError):
         return CommandFailed(f"the Kafka broker refused: {type(exc).__name__}: {exc}")
     return None

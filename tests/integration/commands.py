@@ -50,3 +50,31 @@ async def command(
         raise
     assert process.returncode is not None
     return Result(process.returncode, out.decode(), err.decode())
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc: Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while listed
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def gone(pid: int, timeout: float = 10) -> bool:
+    """Whether process `pid` ends (or is a zombie) within `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        await asyncio.sleep(0.1)
+    return False

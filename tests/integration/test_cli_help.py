@@ -18,6 +18,7 @@ COMMANDS = [
     "outcomes",
     "schemas",
     "fake-api",
+    "broker",
     "demo",
 ]
 
