@@ -27,7 +27,7 @@ from consumer.samples import recommended_key
 from consumer.settings import Settings
 from consumer.tansu import TANSU_SETTINGS, TansuBroker, free_port
 
-TOKEN = "api-bench-token"
+TOKEN = "api-bench-token-0123456789"
 PROJECT = "bench"
 ENV = "production"
 ON = "bench-variation-on"

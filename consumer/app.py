@@ -188,18 +188,12 @@ class Service:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain. Raises when a background loop failed."""
         settings = self.settings
-        if self.health is not None:
-            try:
-                await self.health.start()
-                log.info("health.listening", port=self.health.port)
-            except OSError as exc:  # a member without probes beats a member that does not run
-                log.error("health.bind_failed", port=settings.consumer_http_port, error=str(exc))
-                self.health = None
-        await self._producer.start()
+        await self.start_health()
+        await kafka.start(self._producer, settings)
         try:
             await self._client.start()
             self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
-            await self._consumer.start()
+            await kafka.start(self._consumer, settings)
             log.info(
                 "service.started",
                 topic=settings.consumer_input_topic,
@@ -211,6 +205,22 @@ class Service:
             await self._close()
         if self._failure is not None:
             raise self._failure
+
+    async def start_health(self) -> None:
+        """Serve /healthz, /readyz and /metrics (idempotent). A port in use raises
+        `web.CannotListen`: a member whose probes and metrics cannot be reached is not one an
+        orchestrator can run."""
+        if self.health is not None and not self.health.started:
+            await self.health.start()
+            log.info("health.listening", port=self.health.port)
+
+    async def discard(self) -> None:
+        """Close what `__init__` made, for a service that never ran (a failed preflight):
+        aiokafka warns of unclosed clients otherwise."""
+        await self._consumer.stop()
+        await self._producer.stop()
+        if self.health is not None:
+            await self.health.stop()
 
     async def _run_loops(self, stop: asyncio.Event) -> None:
         fetch = asyncio.create_task(self._fetch_loop(), name="fetch")

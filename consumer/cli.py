@@ -7,38 +7,106 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from consumer import __version__, logs
-from consumer.settings import Settings, SettingsError, load_settings, require_token
+from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
+from consumer.errors import ErrorCode
+from consumer.settings import Settings, load_settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (and exit 2), like every other failure (cli_errors)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _wait_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=60.0,
+        metavar="SECONDS",
+        help=f"then wait for the outcome of each {what} and show them (60 s without a value);"
+        " exit 1 unless every one succeeded",
+    )
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default shown (options whose default is unset say what they override);
+    epilogs (the environment table) kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def environment_help() -> str:
+    """Every environment variable with its default, from `Settings`: it cannot go stale."""
+    names = [name.upper() for name in Settings.model_fields]
+    width = max(map(len, names))
+    lines = ["environment variables (default):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "none"
+        else:
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+        lines.append(f"  {name.upper():<{width}}  {shown}")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ld-targeting-consumer",
         description="Apply targeting-change events from Kafka to LaunchDarkly.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    run = commands.add_parser("run", help="run the service (configured by the environment)")
+    run = commands.add_parser(
+        "run", help="run the service (configured by the environment)", epilog=environment_help()
+    )
     run.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     run.add_argument("--group-id", help="overrides CONSUMER_GROUP_ID")
     run.add_argument("--base-url", help="overrides LD_BASE_URL")
     run.add_argument("--http-port", type=int, help="overrides CONSUMER_HTTP_PORT (0: off)")
 
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every message")
-    schemas.add_argument("--dir", type=Path, default=Path("schemas"))
+    schemas.add_argument(
+        "--dir", type=Path, default=Path("schemas"), help="where the schema files are"
+    )
     schemas.add_argument("--check", action="store_true", help="fail when the files are stale")
 
     fake = commands.add_parser("fake-api", help="serve the LaunchDarkly API simulator")
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    fake.add_argument("--port", type=int, default=8765, help="port to listen on")
     fake.add_argument(
         "--token",
         action="append",
@@ -56,36 +124,126 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     replay = commands.add_parser("replay", help="copy dead-letter records back to the input topic")
-    replay.add_argument("--status", action="append", choices=["rejected", "invalid", "failed"])
-    replay.add_argument("--error-code", action="append", help="e.g. not_found (repeatable)")
+    replay.add_argument(
+        "--status",
+        action="append",
+        choices=["rejected", "invalid", "failed"],
+        help="the dead letter's status (repeatable)",
+    )
+    replay.add_argument(
+        "--error-code",
+        action="append",
+        choices=[code.value for code in ErrorCode],
+        metavar="CODE",
+        help="e.g. not_found (repeatable; the codes are in the README's outcome table)",
+    )
     replay.add_argument("--event-id", action="append", help="repeatable")
     replay.add_argument(
         "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
     )
     replay.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
     replay.add_argument("--until", help="RFC 3339 time or a duration ago")
-    replay.add_argument("--limit", type=int, help="replay at most this many records")
+    replay.add_argument(
+        "--limit",
+        type=_at_least_one,
+        help="replay at most this many records (records replayed before do not count, so"
+        " runs page forward)",
+    )
     replay.add_argument("--to", help="target topic (default: CONSUMER_INPUT_TOPIC)")
     replay.add_argument(
-        "--max-replays", type=int, help="refuse records replayed this often (default 3)"
+        "--max-replays",
+        type=_at_least_one,
+        help="refuse records replayed this often (default: CONSUMER_REPLAY_MAX_COUNT)",
     )
     replay.add_argument("--again", action="store_true", help="also replay records replayed before")
     replay.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+    _wait_option(replay, "record replayed")
     replay.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
     produce = commands.add_parser("produce", help="publish events from a JSON/JSONL file or stdin")
     produce.add_argument("file", help="a .json or .jsonl file, or - for stdin")
     produce.add_argument("--topic", help="default: CONSUMER_INPUT_TOPIC")
-    produce.add_argument("--allow-invalid", action="store_true", help="send invalid events too")
-    produce.add_argument(
-        "--wait",
-        type=float,
-        nargs="?",
-        const=60.0,
-        metavar="SECONDS",
-        help="then wait for each event's outcome and show them (default 60 s)",
+    invalid = produce.add_mutually_exclusive_group()
+    invalid.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="send the valid events when some are invalid (exit 1 all the same)",
     )
+    invalid.add_argument(
+        "--allow-invalid", action="store_true", help="send invalid events too, as they are"
+    )
+    produce.add_argument(
+        "--dry-run", action="store_true", help="validate and show what would go; send nothing"
+    )
+    _wait_option(produce, "event")
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+
+    outcomes = commands.add_parser(
+        "outcomes", help="read the results topic: what happened to an event"
+    )
+    outcomes.add_argument("--event-id", action="append", help="repeatable; stops once all found")
+    outcomes.add_argument(
+        "--status",
+        action="append",
+        choices=["succeeded", "rejected", "invalid", "failed"],
+        help="repeatable",
+    )
+    outcomes.add_argument(
+        "--error-code",
+        action="append",
+        choices=[code.value for code in ErrorCode],
+        metavar="CODE",
+        help="e.g. not_found (repeatable)",
+    )
+    outcomes.add_argument(
+        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
+    )
+    outcomes.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
+    outcomes.add_argument("--until", help="RFC 3339 time or a duration ago")
+    outcomes.add_argument("--limit", type=_at_least_one, help="show at most this many")
+    outcomes.add_argument(
+        "--follow", action="store_true", help="keep reading new outcomes (Ctrl-C stops)"
+    )
+    outcomes.add_argument("--json", action="store_true", help="one outcome per line, as published")
+    outcomes.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+
+    check = commands.add_parser(
+        "check",
+        help="preflight: broker, topics, the group's lag, LaunchDarkly and the token",
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    check.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    check.add_argument("--group-id", help="overrides CONSUMER_GROUP_ID")
+    check.add_argument("--base-url", help="overrides LD_BASE_URL")
+
+    broker = commands.add_parser(
+        "broker",
+        help="run the embedded broker (Tansu) with the topics, for the other commands by hand",
+        description="Start Tansu (memory storage), create the three topics (names from"
+        " CONSUMER_INPUT_TOPIC, CONSUMER_RESULTS_TOPIC, CONSUMER_DLQ_TOPIC), print the"
+        " environment for the other commands, and run until Ctrl-C or SIGTERM.",
+    )
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    broker.add_argument("--port", type=int, default=9092, help="port to listen on")
+    broker.add_argument(
+        "--advertised-host",
+        help="address clients are told to use (default: --host, or 127.0.0.1 for 0.0.0.0)",
+    )
+    broker.add_argument(
+        "--input-partitions", type=_at_least_one, default=4, help="partitions of the input topic"
+    )
+    broker.add_argument(
+        "--results-partitions",
+        type=_at_least_one,
+        default=4,
+        help="partitions of the results topic (as many as the input topic's, or more)",
+    )
+    broker.add_argument(
+        "--dlq-partitions",
+        type=_at_least_one,
+        default=1,
+        help="partitions of the dead-letter topic",
+    )
 
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
@@ -94,28 +252,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "schemas":
-            return _schemas(args)
-        if args.command == "fake-api":
-            return _fake_api(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "replay":
-            return _replay(args)
-        if args.command == "produce":
-            return _produce(args)
-    except SettingsError as exc:
-        print(f"ld-targeting-consumer: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
-    raise AssertionError(args.command)
+    command = COMMANDS[args.command]
+    # Tracebacks are for bugs, and for LOG_LEVEL=debug (cli_errors.handled).
+    debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
+    return handled(lambda: command(args), debug=debug)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, *, need_token: bool = False) -> Settings:
     overrides = {
         name: value
         for name, value in (
@@ -126,15 +269,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
         if value is not None
     }
-    settings = load_settings(**overrides)
+    settings = load_settings(need_token=need_token, **overrides)
     for secret in settings.secrets():
         logs.REDACTOR.add(secret)
     return settings
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    require_token(settings)
+    settings = _settings(args, need_token=True)
     logs.configure(settings.log_level, settings.log_format)
     from consumer.runner import run_service
 
@@ -161,13 +303,11 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    import os
-
     from consumer.fake_api.main import serve
 
     tokens = args.token or ([os.environ["LD_API_TOKEN"]] if os.environ.get("LD_API_TOKEN") else [])
     if not tokens:
-        raise SettingsError("fake-api needs --token or LD_API_TOKEN")
+        raise UsageError("fake-api needs --token or LD_API_TOKEN")
     logs.configure(os.environ.get("LOG_LEVEL", "info"), os.environ.get("LOG_FORMAT", "auto"))
     return serve(
         host=args.host,
@@ -179,6 +319,32 @@ def _fake_api(args: argparse.Namespace) -> int:
         limits_json=args.limits,
         request_log=max(0, args.request_log),
     )
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from consumer import broker
+    from consumer.tansu import TANSU_SETTINGS, TansuBroker
+
+    if not 0 < args.port < 65_536:
+        raise UsageError(f"broker: --port must be 1-65535, not {args.port}")
+    tansu = TansuBroker(args.port, host=args.host, advertised_host=args.advertised_host)
+    # The clients' settings for this broker: topic names (and anything else) from the
+    # environment, the address and the Tansu settings from here.
+    overrides: dict[str, object] = {
+        **TANSU_SETTINGS,
+        "kafka_bootstrap_servers": tansu.bootstrap_servers,
+        "kafka_security_protocol": "PLAINTEXT",
+    }
+    settings = load_settings(need_token=False, **overrides)
+    logs.configure("debug" if settings.log_level == "debug" else "error", settings.log_format)
+    partitions = {
+        settings.consumer_input_topic: args.input_partitions,
+        settings.consumer_results_topic: args.results_partitions,
+        settings.consumer_dlq_topic: args.dlq_partitions,
+    }
+    if len(partitions) < 3:
+        raise UsageError("broker: the input, results and dead-letter topics must differ")
+    return asyncio.run(broker.serve(tansu, settings, partitions, sys.stdout))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -204,7 +370,7 @@ def _replay(args: argparse.Namespace) -> int:
             limit=args.limit,
         )
     except ValueError as exc:
-        raise SettingsError(f"replay: {exc}") from None
+        raise UsageError(f"replay: {exc}") from None
     replayer = replay.Replayer(
         settings,
         selection,
@@ -217,32 +383,103 @@ def _replay(args: argparse.Namespace) -> int:
     )
     report = asyncio.run(replayer.run())
     replay.print_report(report, sys.stdout, dry_run=args.dry_run)
-    return EXIT_OK
+    if args.wait is None or args.dry_run or not report.placed:
+        return EXIT_OK
+    from consumer.produce import wait_for_outcomes
+
+    found, missing = asyncio.run(
+        wait_for_outcomes(
+            settings,
+            report.placed,
+            since_ms=report.started_ms,
+            timeout=args.wait,
+            out=sys.stdout,
+            progress=sys.stderr,
+        )
+    )
+    succeeded = not missing and all(o["status"] == "succeeded" for o in found.values())
+    return EXIT_OK if succeeded else EXIT_FAILURE
 
 
 def _produce(args: argparse.Namespace) -> int:
     from consumer import produce
 
     settings = _settings(args)
-    logs.configure("warning", settings.log_format)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    name = "stdin" if args.file == "-" else args.file
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
-        raise SettingsError(f"produce: {exc}") from None
-    topic = args.topic or settings.consumer_input_topic
-    total = sum(1 for _ in produce.read_lines(text))
-    started_ms = int(time.time() * 1000) - 60_000
-    report = asyncio.run(
-        produce.produce(settings, text, topic=topic, allow_invalid=args.allow_invalid)
+        raise UsageError(f"produce: cannot read {name}: {exc.strerror}") from None
+    mode: produce.Mode = (
+        "skip-invalid" if args.skip_invalid else "allow-invalid" if args.allow_invalid else "all"
     )
-    produce.print_report(
-        report, sys.stdout, total=total, topic=topic, allow_invalid=args.allow_invalid
-    )
-    missing = 0
-    if args.wait is not None and report.sent:
-        missing = asyncio.run(
-            produce.wait_for_outcomes(
-                settings, report, since_ms=started_ms, timeout=args.wait, out=sys.stdout
-            )
+    return asyncio.run(
+        produce.run(
+            settings,
+            data,
+            name=name,
+            topic=args.topic or settings.consumer_input_topic,
+            mode=mode,
+            dry_run=args.dry_run,
+            wait=args.wait,
+            out=sys.stdout,
+            err=sys.stderr,
         )
-    return EXIT_OK if (not report.invalid or args.allow_invalid) and not missing else EXIT_FAILURE
+    )
+
+
+def _check(args: argparse.Namespace) -> int:
+    from consumer import check
+    from consumer.ld_client import TokenSource
+
+    settings = _settings(args, need_token=True)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
+    report = asyncio.run(check.preflight(settings, token))
+    (check.print_json if args.json else check.print_table)(report, sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _outcomes(args: argparse.Namespace) -> int:
+    from consumer import outcomes_reader
+    from consumer.replay import parse_when
+
+    settings = _settings(args)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    try:
+        query = outcomes_reader.Query(
+            event_ids=frozenset(args.event_id or ()),
+            statuses=frozenset(args.status or ()),
+            error_codes=frozenset(args.error_code or ()),
+            resource=args.resource,
+            since_ms=parse_when(args.since) if args.since else None,
+            until_ms=parse_when(args.until) if args.until else None,
+            limit=args.limit,
+            follow=args.follow,
+        )
+    except ValueError as exc:
+        raise UsageError(f"outcomes: {exc}") from None
+    printer = outcomes_reader.Printer(sys.stdout, as_json=args.json)
+    try:
+        shown, missing = asyncio.run(outcomes_reader.read(settings, query, printer))
+    except KeyboardInterrupt:  # how --follow ends
+        return EXIT_OK
+    print(f"{shown} outcome{'s' * (shown != 1)}", file=sys.stderr)
+    if missing:
+        print(f"no outcome for: {', '.join(sorted(missing))}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+COMMANDS = {
+    "outcomes": _outcomes,
+    "check": _check,
+    "run": _run,
+    "schemas": _schemas,
+    "fake-api": _fake_api,
+    "broker": _broker,
+    "demo": _demo,
+    "replay": _replay,
+    "produce": _produce,
+}

@@ -17,10 +17,12 @@ from typing import Any, TextIO
 
 from consumer import kafka
 from consumer.app import Service
+from consumer.cli_errors import EXIT_INTERRUPTED
 from consumer.events import Outcome
 from consumer.fake_api import RunningSimulator, Simulator, sample_seed
 from consumer.samples import Sample, demo_samples
 from consumer.settings import Settings
+from consumer.signals import on_stop
 from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
 DEMO_TOKEN = "api-demo-0000-token"  # noqa: S105 - accepted by the demo simulator only
@@ -47,19 +49,49 @@ def _settings(bootstrap: str, base_url: str, on_tansu: bool, suffix: str) -> Set
     )
 
 
-async def run_demo(out: TextIO = sys.stdout, *, timeout: float = 90.0) -> int:
+async def run_demo(
+    out: TextIO = sys.stdout, err: TextIO = sys.stderr, *, timeout: float = 90.0
+) -> int:
+    """The demo; SIGINT (Ctrl-C) or SIGTERM stops it early, in order: the consumer (which
+    drains), the simulator, then the broker; one line says so, exit 130."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    interrupted = asyncio.Event()
+    on_stop(interrupted)
+    demo = asyncio.create_task(_demo(out, external, timeout))
+    signalled = asyncio.create_task(interrupted.wait())
+    try:
+        await asyncio.wait({demo, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        signalled.cancel()
+    if demo.done():
+        return demo.result()
+    # Cancelling unwinds _demo's own clean-up: the consumer is stopped in _run, then the
+    # simulator and the broker leave their context managers.
+    demo.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await demo
+    stopped = "the consumer, the simulator" + ("" if external else " and the broker")
+    print(f"Demo interrupted: stopped {stopped}.", file=err, flush=True)
+    return EXIT_INTERRUPTED
+
+
+def _say(out: TextIO, line: str) -> None:
+    """Progress lines appear as they happen, also when the output is a pipe."""
+    print(line, file=out, flush=True)
+
+
+async def _demo(out: TextIO, external: str | None, timeout: float) -> int:
     suffix = uuid.uuid4().hex[:8]
     with contextlib.ExitStack() as stack:
         if external:
             bootstrap = external
-            print(f"Using the Kafka broker at {bootstrap}", file=out)
+            _say(out, f"Using the Kafka broker at {bootstrap}")
         else:
             broker = stack.enter_context(TansuBroker())
             bootstrap = broker.bootstrap_servers
-            print(f"Started Tansu (Kafka protocol) on {bootstrap}", file=out)
+            _say(out, f"Started Tansu (Kafka protocol) on {bootstrap}")
         async with RunningSimulator(Simulator({DEMO_TOKEN}, seed=sample_seed())) as api:
-            print(f"Started the LaunchDarkly simulator on {api.base_url}", file=out)
+            _say(out, f"Started the LaunchDarkly simulator on {api.base_url}")
             settings = _settings(bootstrap, api.base_url, not external, suffix)
             await kafka.ensure_topics(
                 settings,
@@ -90,14 +122,14 @@ async def _run(
     started = time.monotonic()
     try:
         producer = kafka.make_producer(settings)
-        await producer.start()
+        await kafka.start(producer, settings)
         try:
             for sample in samples:
                 await producer.send(settings.consumer_input_topic, sample.value, key=sample.key)
             await producer.flush()
         finally:
             await producer.stop()
-        print(f"Produced {len(samples)} events to {settings.consumer_input_topic}", file=out)
+        _say(out, f"Produced {len(samples)} events to {settings.consumer_input_topic}")
         records = await kafka.read_topic(
             settings,
             settings.consumer_results_topic,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumer.web import start_site
+from consumer.web import CannotListen, start_site
 
 BROKER_PROBE_AFTER = 5.0  # seconds without broker contact before the commit loop checks it
 BROKER_STALE_AFTER = 30.0  # ... and before /readyz says the broker is unreachable
@@ -92,10 +92,18 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics)
         return app
 
+    @property
+    def started(self) -> bool:
+        return self._runner is not None
+
     async def start(self) -> None:
         if self._runner is not None:
             return
-        self._runner, self.port = await start_site(self.app(), self.host, self.port)
+        try:
+            self._runner, self.port = await start_site(self.app(), self.host, self.port)
+        except CannotListen as exc:
+            exc.setting = "CONSUMER_HTTP_PORT"
+            raise
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

@@ -3,21 +3,79 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    BrokerResponseError,
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
+from consumer.logs import quiet_kafka_client
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+class BrokerUnreachable(Exception):
+    """No broker of KAFKA_BOOTSTRAP_SERVERS answered when a client started."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot reach the Kafka broker at {address}")
+        self.address = address
+
+
+class IdempotenceRefused(Exception):
+    """The broker refused InitProducerId: it has no idempotent producer (Tansu 0.6)."""
+
+    def __init__(self, address: str, error: BaseException) -> None:
+        super().__init__(f"the Kafka broker at {address} refused InitProducerId: {error!r}")
+        self.address = address
+
+
+async def start(client: Any, settings: Settings) -> None:
+    """Start an aiokafka client (consumer, producer or admin) or fail with a known error.
+
+    A client whose start failed is closed at once: aiokafka warns of an unclosed client
+    otherwise. The broker's absence becomes `BrokerUnreachable`, and a producer start refused
+    while idempotence is on `IdempotenceRefused`, so the CLI can say what to change.
+    """
+    try:
+        with quiet_kafka_client():
+            await client.start()
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        address = settings.kafka_bootstrap_servers
+        if isinstance(exc, KafkaConnectionError):
+            raise BrokerUnreachable(address) from exc
+        if (
+            isinstance(client, AIOKafkaProducer)
+            and settings.kafka_producer_idempotence
+            and isinstance(exc, BrokerResponseError)
+        ):
+            raise IdempotenceRefused(address, exc) from exc
+        raise
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(**common_config(settings))
+    await start(admin, settings)
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 def common_config(settings: Settings) -> dict[str, Any]:
@@ -129,9 +187,7 @@ async def ensure_topics(
     Brokers that auto-create topics (Tansu always does, with 4 partitions) would otherwise give
     a topic whose partition count nobody chose.
     """
-    admin = AIOKafkaAdminClient(**common_config(settings))
-    await admin.start()
-    try:
+    async with admin_client(settings) as admin:
         response = await admin.create_topics(
             [NewTopic(name, partitions, replication_factor) for name, partitions in topics.items()]
         )
@@ -143,8 +199,6 @@ async def ensure_topics(
             if error is TopicAlreadyExistsError:
                 continue
             raise error(f"creating topic {name}: {message}")
-    finally:
-        await admin.close()
 
 
 def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
@@ -158,17 +212,74 @@ def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     return stable if stable is not None else highwater
 
 
+async def end_offsets(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's end as of now (assigns `partitions` to the group-less `consumer`).
+
+    The larger of ListOffsets(latest) and the high watermark of a first fetch: Tansu answers
+    the former too low, and a fetch alone says nothing for an empty partition.
+    """
+    consumer.assign(partitions)
+    listed = await consumer.end_offsets(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        readable_end(consumer, tp) is None for tp in partitions
+    ):
+        await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
+    return {tp: max(listed.get(tp, 0), readable_end(consumer, tp) or 0) for tp in partitions}
+
+
+def reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer without a group, for reading topics (replay, outcomes, check)."""
+    return AIOKafkaConsumer(
+        **common_config(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        isolation_level=settings.kafka_isolation_level,
+    )
+
+
+async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Partition counts of those of `names` that exist.
+
+    Listed before they are described: describing an unknown topic creates it on brokers that
+    auto-create topics (Tansu always does), listing does not.
+    """
+    async with admin_client(settings) as admin:
+        listed = set(await admin.list_topics())
+        wanted = [name for name in names if name in listed]
+        described = await admin.describe_topics(wanted) if wanted else []
+    return {
+        entry["topic"]: len(entry["partitions"])
+        for entry in described
+        if entry.get("error_code") == 0
+    }
+
+
+async def group_members(settings: Settings, group: str) -> int | None:
+    """How many members the consumer group has now; None when the broker does not say."""
+    try:
+        async with admin_client(settings) as admin:
+            responses = await admin.describe_consumer_groups([group])
+    except Exception:  # noqa: BLE001 - a hint, never a failure
+        return None
+    for response in responses:
+        for described in response.groups:
+            if described[1] == group and described[0] == 0:
+                return len(described[5])
+    return None
+
+
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
     """The partitions of a topic (empty when it does not exist), from the admin API.
 
     Not `consumer.topics()`: on Tansu a consumer that listed every topic stalls in `stop()`.
     """
-    admin = AIOKafkaAdminClient(**common_config(settings))
-    try:
-        await admin.start()
+    async with admin_client(settings) as admin:
         described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
     return [
         TopicPartition(topic, p["partition"])
         for entry in described
@@ -202,7 +313,7 @@ async def read_topic(
         fetch_max_wait_ms=100,
         isolation_level=settings.kafka_isolation_level,
     )
-    await consumer.start()
+    await start(consumer, settings)
     records: list[ConsumerRecord] = []
     try:
         consumer.assign(partitions)

@@ -6,9 +6,12 @@ and the redactor sees all of them.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import re
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -38,10 +41,7 @@ class Redactor:
 
     def scrub(self, value: Any, secrets: set[str]) -> Any:
         if isinstance(value, str):
-            for secret in secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return _pattern(frozenset(secrets)).sub(REDACTED, value) if secrets else value
         if isinstance(value, dict):
             return {k: self.scrub(v, secrets) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -59,7 +59,46 @@ class Redactor:
         return {key: self.scrub(value, secrets) for key, value in event.items()}
 
 
+@functools.lru_cache(maxsize=8)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str]:
+    """Whole tokens only: a secret is replaced where it is not part of a longer run of letters
+    and digits, so it can never mangle other text (a token `x` leaves `Unexpected` alone).
+    Tokens shorter than settings.MIN_TOKEN_LENGTH are refused at start anyway."""
+    alternatives = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+
+
 REDACTOR = Redactor()
+
+
+class _Quiet:
+    """While any client starts, the aiokafka logger keeps only critical lines: a failed start
+    is reported once, as the CLI's line (cli_errors), not also as the library's error lines.
+    Counted, so overlapping starts restore the level once the last one ends."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+        self._depth = 0
+        self._saved = logging.NOTSET
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if logging.getLogger().level <= logging.DEBUG:
+            yield  # LOG_LEVEL=debug shows everything
+            return
+        if self._depth == 0:
+            self._saved = self._logger.level
+            self._logger.setLevel(logging.CRITICAL)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._logger.setLevel(self._saved)
+
+
+quiet_kafka_client = _Quiet("aiokafka")
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

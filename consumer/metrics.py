@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from consumer import __version__
+
+# No `*_created` series: they double /metrics and say only when the process started.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 BATCH_SIZES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 1500)
 LATENCIES = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -76,7 +86,8 @@ class Metrics:
         self.rate_limited = Counter("ldc_api_rate_limited", "429 answers received", registry=r)
         self.rate_limit_wait = Counter(
             "ldc_rate_limit_wait_seconds",
-            "Time requests were held back by the rate-limit budget or a 429",
+            "Time requests were held back by the rate limiter: a 429's reset, a budget at 0, and"
+            " the slow start of each window (waiting for the first answer)",
             registry=r,
         )
         self.events_waiting = Gauge(

@@ -288,14 +288,17 @@ class Pipeline:
 
     def _log_batch(self, batch: Batch, pairs: Pairs, elapsed: float) -> None:
         last = pairs[-1][1] if pairs else None
-        log.info(
+        statuses = _statuses(pairs)
+        # A batch that applied nothing is worth an operator's look: warning, not info.
+        emit = log.warning if pairs and Status.SUCCEEDED not in statuses else log.info
+        emit(
             "batch.sent" if len(pairs) == len(batch) else "batch.stopped",
             size=len(batch),
             without_outcome=len(batch) - len(pairs),
             endpoint=batch.route.endpoint.value,
             http_status=last.http_status if last else None,
             attempts=last.attempts if last else None,
-            outcomes={status.value: n for status, n in _statuses(pairs).items()},
+            outcomes={status.value: n for status, n in statuses.items()},
             duration_ms=round(elapsed * 1000, 1),
         )
 

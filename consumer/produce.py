@@ -1,9 +1,17 @@
 """`produce`: publish events from a JSON or JSONL file (or stdin), as upstream services should.
 
-Each event is validated first with the same models the consumer uses; an invalid one is
-reported with its line (or array item) number and not sent, unless `--allow-invalid`. Records
-are keyed `{projectKey}/{environmentKey}/{resource.kind}/{resource.key}`, which keeps one
-resource's changes in one partition, in order.
+1. The input is read whole and must be UTF-8 text holding a JSON array of events, one JSON
+   object, or JSON Lines. A document that does not parse is one error with its line and
+   column; items are named as they appear ("element 3" of an array, "line 7" of JSON Lines).
+2. Every event is validated with the same models the consumer uses.
+3. All or nothing: one invalid event and nothing is sent (exit 1), so re-running after the fix
+   cannot send anything twice. `--skip-invalid` sends the valid ones (exit 1 all the same:
+   not everything went), `--allow-invalid` sends everything as it is, `--dry-run` sends
+   nothing.
+4. Records are keyed `{projectKey}/{environmentKey}/{resource.kind}/{resource.key}`, which keeps
+   one resource's changes in one partition, in order.
+5. `--wait`: follow the results topic until every record sent has an outcome; exit 1 unless
+   all of them `succeeded`. While nothing arrives it says whether the group has a member.
 """
 
 from __future__ import annotations
@@ -11,31 +19,32 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
-
-from aiokafka import AIOKafkaConsumer
+from typing import Any, Literal, TextIO
 
 from consumer import kafka
+from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, CommandFailed
 from consumer.events import Invalid, TargetingEvent, decode
 from consumer.recovery import source_of
 from consumer.settings import Settings
 
+Mode = Literal["all", "skip-invalid", "allow-invalid"]
+PROGRESS_EVERY = 5.0  # seconds between progress lines while waiting
+NO_CONSUMER_AFTER = 5.0  # seconds without an outcome before the group is looked at
+
 
 @dataclass(frozen=True)
-class Line:
-    number: int
+class Item:
+    label: str  # "line 7", "element 3", "the object": where the operator finds it
     value: bytes
 
 
 @dataclass
 class ProduceReport:
     sent: int = 0
-    invalid: list[tuple[int, str]] = field(default_factory=list)
     sent_invalid: int = 0
-    # (topic, partition, offset) -> line number of every record sent
-    placed: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    # (topic, partition, offset) -> label of every record sent
+    placed: dict[tuple[str, int, int], str] = field(default_factory=dict)
 
 
 def recommended_key(event: TargetingEvent) -> bytes:
@@ -44,61 +53,70 @@ def recommended_key(event: TargetingEvent) -> bytes:
     ).encode()
 
 
-def read_lines(text: str) -> Iterator[Line]:
-    """Events from a JSON array, a single JSON object, or JSON Lines (blank lines skipped)."""
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def read_items(data: bytes, name: str) -> list[Item]:
+    """The events of a JSON array, one JSON object, or JSON Lines; `CommandFailed` when the
+    input is not text, holds nothing, or is one JSON document that does not parse."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandFailed(
+            f"{name} is not UTF-8 text (byte {exc.start}): produce reads JSON or JSON Lines"
+        ) from None
     stripped = text.strip()
-    if stripped.startswith("["):
+    if not stripped:
+        raise CommandFailed(f"{name} holds no events: nothing to send")
+    lines = text.splitlines()
+    if stripped.startswith("[") or not any(_is_object(line) for line in lines):
+        # One document (an array, or an object over several lines): its own syntax error is
+        # the one to report, not every line of it. JSON Lines has at least one line that is
+        # an object on its own; no line of a pretty-printed document is.
         try:
-            items: Any = json.loads(stripped)
-        except ValueError:
-            items = None
-        if isinstance(items, list):
-            for number, item in enumerate(items, start=1):
-                yield Line(number, json.dumps(item, separators=(",", ":")).encode())
-            return
-    if stripped.startswith("{") and "\n" in stripped:
-        try:
-            single = json.loads(stripped)
-        except ValueError:
-            single = None
-        if isinstance(single, dict):
-            yield Line(1, json.dumps(single, separators=(",", ":")).encode())
-            return
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            yield Line(number, raw.strip().encode())
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CommandFailed(
+                f"{name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+        if isinstance(document, list):
+            return [Item(f"element {i}", _compact(v)) for i, v in enumerate(document, start=1)]
+        return [
+            Item("the object" if isinstance(document, dict) else "the value", _compact(document))
+        ]
+    return [
+        Item(f"line {number}", raw.strip().encode())
+        for number, raw in enumerate(lines, start=1)
+        if raw.strip()
+    ]
 
 
-async def produce(
-    settings: Settings,
-    text: str,
-    *,
-    topic: str | None = None,
-    allow_invalid: bool = False,
+def _is_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def validate(items: list[Item]) -> list[tuple[Item, TargetingEvent | Invalid]]:
+    return [(item, decode(item.value)) for item in items]
+
+
+async def send(
+    settings: Settings, checked: list[tuple[Item, TargetingEvent | Invalid]], topic: str
 ) -> ProduceReport:
     report = ProduceReport()
-    lines = list(read_lines(text))
-    checked: list[tuple[Line, TargetingEvent | Invalid]] = [
-        (line, decode(line.value)) for line in lines
-    ]
-    for line, decoded in checked:
-        if isinstance(decoded, Invalid):
-            report.invalid.append((line.number, f"{decoded.code.value}: {decoded.message}"))
-    to_send = [(line, d) for line, d in checked if allow_invalid or not isinstance(d, Invalid)]
-    if not to_send:
-        return report
     producer = kafka.make_producer(settings)
-    await producer.start()
+    await kafka.start(producer, settings)
     try:
         futures = []
-        for line, decoded in to_send:
+        for item, decoded in checked:
             key = None if isinstance(decoded, Invalid) else recommended_key(decoded)
-            futures.append(
-                await producer.send(topic or settings.consumer_input_topic, line.value, key=key)
-            )
-        for (line, decoded), future in zip(to_send, futures, strict=True):
+            futures.append(await producer.send(topic, item.value, key=key))
+        for (item, decoded), future in zip(checked, futures, strict=True):
             metadata = await future
-            report.placed[(metadata.topic, metadata.partition, metadata.offset)] = line.number
+            report.placed[(metadata.topic, metadata.partition, metadata.offset)] = item.label
             report.sent += 1
             report.sent_invalid += isinstance(decoded, Invalid)
     finally:
@@ -106,36 +124,77 @@ async def produce(
     return report
 
 
-def print_report(
-    report: ProduceReport, out: TextIO, *, total: int, topic: str, allow_invalid: bool
-) -> None:
-    for number, message in report.invalid:
-        print(f"line {number}: invalid: {message}", file=out)
-    sent = f"sent {report.sent} of {total} events to {topic}"
-    if report.invalid:
-        how = f"{report.sent_invalid} of them invalid" if allow_invalid else "invalid ones not sent"
-        sent += f" ({len(report.invalid)} invalid: {how})"
-    print(sent, file=out)
+async def run(
+    settings: Settings,
+    data: bytes,
+    *,
+    name: str,
+    topic: str,
+    mode: Mode,
+    dry_run: bool,
+    wait: float | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    checked = validate(read_items(data, name))
+    invalid = [(item, d) for item, d in checked if isinstance(d, Invalid)]
+    for item, decoded in invalid:
+        print(f"{item.label}: invalid: {decoded.code.value}: {decoded.message}", file=out)
+    total = len(checked)
+    to_send = [
+        (item, d) for item, d in checked if mode == "allow-invalid" or not isinstance(d, Invalid)
+    ]
+    if dry_run:
+        print(f"dry run: {len(to_send)} of {total} events would be sent to {topic}", file=out)
+        return EXIT_FAILURE if invalid and mode == "all" else EXIT_OK
+    if invalid and mode == "all":
+        print(
+            f"nothing sent: {len(invalid)} of {total} events invalid (fix them and run again,"
+            " or --skip-invalid to send the valid ones)",
+            file=out,
+        )
+        return EXIT_FAILURE
+    started_ms = int(time.time() * 1000) - 60_000
+    report = await send(settings, to_send, topic) if to_send else ProduceReport()
+    line = f"sent {report.sent} of {total} events to {topic}"
+    if invalid:
+        line += (
+            f" ({report.sent_invalid} invalid sent as asked)"
+            if mode == "allow-invalid"
+            else f" ({len(invalid)} invalid skipped)"
+        )
+    print(line, file=out)
+    code = EXIT_FAILURE if invalid and mode == "skip-invalid" else EXIT_OK
+    if wait is not None and report.sent:
+        found, missing = await wait_for_outcomes(
+            settings, report.placed, since_ms=started_ms, timeout=wait, out=out, progress=err
+        )
+        if missing or any(o["status"] != "succeeded" for o in found.values()):
+            code = EXIT_FAILURE
+    return code
 
 
 async def wait_for_outcomes(
-    settings: Settings, report: ProduceReport, *, since_ms: int, timeout: float, out: TextIO
-) -> int:
-    """Follow the results topic until every sent record has an outcome; print them by line.
+    settings: Settings,
+    placed: dict[tuple[str, int, int], str],
+    *,
+    since_ms: int,
+    timeout: float,
+    out: TextIO,
+    progress: TextIO,
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Follow the results topic until every record `placed` (where it went -> its label) has an
+    outcome; print them. Used by `produce --wait` and `replay --wait`.
 
-    Returns how many records got none within `timeout`.
+    Returns the outcomes by label and how many records got none within `timeout`.
     """
-    wanted = dict(report.placed)
-    found: dict[int, dict[str, Any]] = {}
+    wanted = dict(placed)
+    found: dict[str, dict[str, Any]] = {}
+    order = list(wanted.values())
     partitions = await kafka.topic_partitions(settings, settings.consumer_results_topic)
-    consumer = AIOKafkaConsumer(
-        **kafka.common_config(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=100,
-        isolation_level=settings.kafka_isolation_level,
-    )
-    await consumer.start()
+    consumer = kafka.reader(settings)
+    await kafka.start(consumer, settings)
+    print(f"waiting up to {timeout:g} s for {len(wanted)} outcomes…", file=progress, flush=True)
     try:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -143,27 +202,48 @@ async def wait_for_outcomes(
         for tp, start in starts.items():
             if start is not None:
                 consumer.seek(tp, start.offset)
-        deadline = time.monotonic() + timeout
-        while wanted and time.monotonic() < deadline:
+        began = last_progress = time.monotonic()
+        looked_at_group = False
+        while wanted and time.monotonic() < began + timeout:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     source = source_of(record)
                     if source is not None and source in wanted:
                         found[wanted.pop(source)] = json.loads(record.value)
+            now = time.monotonic()
+            if not found and not looked_at_group and now - began > NO_CONSUMER_AFTER:
+                looked_at_group = True
+                members = await kafka.group_members(settings, settings.consumer_group_id)
+                if members == 0:
+                    print(
+                        f"no consumer seems to be running: group {settings.consumer_group_id}"
+                        " has no members (start `ld-targeting-consumer run`)",
+                        file=progress,
+                        flush=True,
+                    )
+            if now - last_progress > PROGRESS_EVERY:
+                last_progress = now
+                print(f"{len(found)} of {len(order)} outcomes so far", file=progress, flush=True)
     finally:
         await consumer.stop()
-    print(f"{'line':>6}  {'status':<10} {'event':<24} error", file=out)
-    for number in sorted(found):
-        outcome = found[number]
+    print_outcomes(found, order, out)
+    if wanted:
+        print(f"{len(wanted)} records had no outcome within {timeout:g} s", file=out)
+    return found, len(wanted)
+
+
+def print_outcomes(found: dict[str, dict[str, Any]], order: list[str], out: TextIO) -> None:
+    print(f"{'item':<12} {'status':<10} {'event':<24} error", file=out)
+    for label in order:
+        if label not in found:
+            continue
+        outcome = found[label]
         error = outcome.get("error") or {}
         detail = f"{error.get('code')}: {error.get('message')}" if error else ""
         print(
-            f"{number:>6}  {outcome['status']:<10} {outcome.get('eventId')!s:<24} {detail[:80]}",
+            f"{label:<12} {outcome['status']:<10} {outcome.get('eventId')!s:<24} {detail[:80]}",
             file=out,
         )
     counts = Counter(outcome["status"] for outcome in found.values())
     summary = ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
     print(f"outcomes: {summary or 'none'}", file=out)
-    if wanted:
-        print(f"{len(wanted)} records had no outcome within {timeout:g} s", file=out)
-    return len(wanted)

@@ -125,7 +125,7 @@ class Recovery:
             isolation_level=self._settings.kafka_isolation_level,
         )
         try:
-            await consumer.start()
+            await kafka.start(consumer, self._settings)
             deadline = started + self._timeout
             stamps = await self._first_timestamps(consumer, positions, deadline)
             if not stamps:

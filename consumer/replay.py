@@ -9,7 +9,11 @@
 4. It goes back with its original key, value and headers, minus every `ldc.*` header, plus
    `ldc.replay.count` (one more than before).
 5. Then a marker keyed `partition:offset` goes to the ledger topic (`<dlq>.replayed`), which the
-   next run reads first: running the same selection twice replays nothing new.
+   next run reads first: running the same selection twice replays nothing new, and `--limit`
+   (which counts records replayed, not records looked at) pages forward run after run.
+6. A copy written without its value (`ldc.value-omitted`: the original was too large for the
+   dead-letter topic) is refused: replaying it would publish an empty record. The original is
+   still on the input topic at `ldc.original.partition`/`ldc.original.offset`.
 
 `--dry-run` reads and selects, prints what would go, and writes nothing.
 """
@@ -31,10 +35,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
+from consumer.cli_errors import CommandFailed
 from consumer.events import DLQ_HEADER_PREFIX
 from consumer.settings import Settings
 
 REPLAY_COUNT = "ldc.replay.count"
+VALUE_OMITTED = "ldc.value-omitted"
+SKIP_VALUE_OMITTED = "value omitted from the copy (ldc.value-omitted): take it from the input topic"
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
@@ -73,7 +80,21 @@ class Report:
     selected: int = 0
     replayed: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
-    rows: list[tuple[int, int, str, str, int]] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    # (topic, partition, offset) of each copy written -> "dlq partition:offset", for --wait
+    placed: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+@dataclass(frozen=True)
+class Row:
+    partition: int
+    offset: int
+    status: str
+    error_code: str
+    error_message: str
+    event_id: str
+    count: int
 
 
 def _text(value: bytes | None) -> str:
@@ -145,16 +166,19 @@ class Replayer:
         dlq = self.settings.consumer_dlq_topic
         partitions = await kafka.topic_partitions(self.settings, dlq)
         if not partitions:
-            raise SystemExit(f"replay: the dead-letter topic {dlq} does not exist")
+            raise CommandFailed(
+                f"the dead-letter topic {dlq} does not exist (CONSUMER_DLQ_TOPIC): nothing to"
+                " replay"
+            )
         if not self.dry_run:
             await kafka.ensure_topics(self.settings, {ledger_topic(self.settings): 1})
         producer = None if self.dry_run else kafka.make_producer(self.settings)
         if producer is not None:
-            await producer.start()
+            await kafka.start(producer, self.settings)
         consumer = _reader(self.settings)
-        await consumer.start()
+        await kafka.start(consumer, self.settings)
         try:
-            ends = await _ends(consumer, partitions)
+            ends = await kafka.end_offsets(consumer, partitions)
             await self._seek_start(consumer, partitions)
             last_progress = time.monotonic()
             open_ = {tp for tp in partitions if ends[tp] > 0}
@@ -187,7 +211,7 @@ class Replayer:
         return report
 
     def _limit_reached(self, report: Report) -> bool:
-        return self.selection.limit is not None and report.selected >= self.selection.limit
+        return self.selection.limit is not None and report.replayed >= self.selection.limit
 
     async def _one(
         self, record: ConsumerRecord, done: set[str], report: Report, producer: Any
@@ -210,18 +234,23 @@ class Replayer:
         if previous >= self.max_replays:
             report.skipped[f"replay count at the cap ({self.max_replays})"] += 1
             return
+        if VALUE_OMITTED in headers:
+            report.skipped[SKIP_VALUE_OMITTED] += 1
+            return
         event = _json_object(record.value)
         report.rows.append(
-            (
+            Row(
                 record.partition,
                 record.offset,
                 _text(headers.get("ldc.status")),
+                _text(headers.get("ldc.error.code")),
+                _text(headers.get("ldc.error.message")),
                 str(event.get("eventId", "-")),
                 previous + 1,
             )
         )
         if producer is not None:
-            await producer.send_and_wait(
+            sent = await producer.send_and_wait(
                 self.target,
                 kafka.value_for_send(record.key, record.value),
                 key=record.key,
@@ -238,6 +267,7 @@ class Replayer:
                 ledger_topic(self.settings), marker_value, key=marker.encode()
             )
             done.add(marker)
+            report.placed[(sent.topic, sent.partition, sent.offset)] = f"dlq {marker}"
         report.replayed += 1
 
     async def _seek_start(
@@ -257,10 +287,10 @@ class Replayer:
         if not partitions:
             return set()
         consumer = _reader(self.settings)
-        await consumer.start()
+        await kafka.start(consumer, self.settings)
         markers: set[str] = set()
         try:
-            ends = await _ends(consumer, partitions)
+            ends = await kafka.end_offsets(consumer, partitions)
             await consumer.seek_to_beginning(*partitions)
             open_ = {tp for tp in partitions if ends[tp] > 0}
             while open_:
@@ -284,31 +314,20 @@ def _reader(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-async def _ends(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """Each partition's end as of now.
-
-    The larger of ListOffsets(latest) and the high watermark of a first fetch: Tansu answers
-    the former too low, and a fetch alone says nothing for an empty partition.
-    """
-    consumer.assign(partitions)
-    listed = await consumer.end_offsets(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        kafka.readable_end(consumer, tp) is None for tp in partitions
-    ):
-        await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
-    return {tp: max(listed.get(tp, 0), kafka.readable_end(consumer, tp) or 0) for tp in partitions}
-
-
 def print_report(report: Report, out: TextIO, *, dry_run: bool) -> None:
     verb = "would replay" if dry_run else "replayed"
     if report.rows:
-        print(f"{'partition':>9} {'offset':>8}  {'status':<9} {'count':>5}  event", file=out)
-        for partition, offset, status, event_id, count in report.rows[:50]:
-            print(f"{partition:>9} {offset:>8}  {status:<9} {count:>5}  {event_id}", file=out)
+        print(
+            f"{'partition':>9} {'offset':>8}  {'status':<9} {'count':>5}  {'event':<24} error",
+            file=out,
+        )
+        for row in report.rows[:50]:
+            error = f"{row.error_code}: {row.error_message}" if row.error_code else ""
+            print(
+                f"{row.partition:>9} {row.offset:>8}  {row.status:<9} {row.count:>5}"
+                f"  {row.event_id:<24} {error[:100]}",
+                file=out,
+            )
         if len(report.rows) > 50:
             print(f"{'':>9} … and {len(report.rows) - 50} more", file=out)
         print(file=out)

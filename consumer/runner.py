@@ -9,7 +9,9 @@ import sys
 
 import structlog
 
+from consumer import check
 from consumer.app import Service
+from consumer.cli_errors import CommandFailed, explain
 from consumer.ld_client import TokenSource
 from consumer.logs import REDACTOR
 from consumer.settings import Settings
@@ -47,6 +49,22 @@ def exit_now() -> None:
 EXIT_INTERRUPTED = 130
 
 
+async def _preflight(settings: Settings, token: TokenSource) -> None:
+    """`check` at start, logged. A broker that cannot be used stops `run` (a supervisor
+    restarts it); anything else is logged and left to the service (the API gate waits for a
+    token that is fixed later)."""
+    report = await check.preflight(settings, token)
+    for name in ("broker", "producer"):
+        row = report.get(name)
+        if row.status == "fail":  # the one line says it all (cli_errors)
+            raise CommandFailed(row.detail)
+    rows = {c.name: f"{c.status}: {c.detail}" for c in report.checks}
+    if report.ok:
+        log.info("preflight.passed", checks=rows)
+    else:
+        log.warning("preflight.failed", checks=rows)
+
+
 async def run_service(settings: Settings) -> int:
     token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
     REDACTOR.watch(token.value)  # a token file may change while running
@@ -55,10 +73,18 @@ async def run_service(settings: Settings) -> int:
     # OpenTelemetry's own variables (OTEL_*), read as the SDK defines them, not settings.
     tracer_provider = provider_from_environment(os.environ)
     service = Service(settings, token, tracer_provider=tracer_provider)
+    try:
+        await service.start_health()  # a port in use stops `run` before anything else
+        await _preflight(settings, token)
+    except BaseException:
+        await service.discard()
+        raise
     tune_gc()
     try:
         await service.run(stop)
-    except Exception:
+    except Exception as exc:
+        if explain(exc) is not None:
+            raise  # expected (a broker gone, a port in use): the CLI says it in one line
         log.exception("service.failed")
         return 1
     finally:

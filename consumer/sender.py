@@ -320,22 +320,21 @@ class BatchSender:
     ) -> Results:
         middle = len(batch) // 2
         self._tracing.narrowing(len(batch), error)
+        halves = (batch.sub(batch.items[:middle]), batch.sub(batch.items[middle:]))
         log.info(
             "batch.narrowing",
             batch_id=batch.id,
             path=batch.path,
             size=len(batch),
+            # This (sub-)batch's own offsets, not its parent's bound to the context.
+            offsets=batch.offset_ranges(),
+            halves=[half.offset_ranges() for half in halves],
             http_status=error.status,
             message=error.message,
         )
         results: Results = []
-        for part, counts in (
-            (batch.items[:middle], attempts[:middle]),
-            (batch.items[middle:], attempts[middle:]),
-        ):
-            results.extend(
-                await self._send(batch.sub(part), counts, budget, narrowing=True, top=top)
-            )
+        for half, counts in zip(halves, (attempts[:middle], attempts[middle:]), strict=True):
+            results.extend(await self._send(half, counts, budget, narrowing=True, top=top))
         return results
 
     async def probe(self) -> ApiError | None:

@@ -6,10 +6,12 @@ set. Only `cli.py` builds it; everything else receives the (frozen) object it ne
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -108,49 +110,28 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _sasl_credentials(self) -> Settings:
-        if self.kafka_security_protocol.startswith("SASL_"):
-            for name in ("kafka_sasl_username", "kafka_sasl_password"):
-                if getattr(self, name) is None:
-                    raise ValueError(
-                        f"{name.upper()} is required with KAFKA_SECURITY_PROTOCOL="
-                        f"{self.kafka_security_protocol}"
-                    )
-        return self
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for address in value.split(","):
+            host, _, port = address.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+                raise ValueError(
+                    f"{address.strip()!r} is not host:port (e.g. localhost:9092; several are"
+                    " separated by commas)"
+                )
+        return value
 
     @model_validator(mode="after")
-    def _heartbeat_below_session(self) -> Settings:
-        if self.kafka_heartbeat_interval_ms >= self.kafka_session_timeout_ms:
-            raise ValueError(
-                "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _timeouts_nest(self) -> Settings:
-        # A request on the wire when its partition is revoked must end within the revoke,
-        # and the revoke with its commit within the group's rebalance (leases.py, rule 4).
-        if self.ld_request_timeout_ms >= self.consumer_revoke_timeout_ms:
-            raise ValueError(
-                "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS"
-                f" ({self.ld_request_timeout_ms} >= {self.consumer_revoke_timeout_ms})"
-            )
-        revoke = self.consumer_revoke_timeout_ms + self.kafka_commit_timeout_ms
-        if revoke >= self.kafka_rebalance_timeout_ms:
-            raise ValueError(
-                "CONSUMER_REVOKE_TIMEOUT_MS + KAFKA_COMMIT_TIMEOUT_MS must be lower than"
-                f" KAFKA_REBALANCE_TIMEOUT_MS ({revoke} >= {self.kafka_rebalance_timeout_ms})"
-            )
-        if self.ld_request_timeout_ms >= self.consumer_shutdown_timeout_ms:
-            raise ValueError(
-                "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_SHUTDOWN_TIMEOUT_MS"
-                f" ({self.ld_request_timeout_ms} >= {self.consumer_shutdown_timeout_ms})"
-            )
-        if self.ld_outage_window_ms >= self.ld_retry_max_elapsed_ms:
-            raise ValueError(
-                "LD_OUTAGE_WINDOW_MS must be lower than LD_RETRY_MAX_ELAPSED_MS"
-                f" ({self.ld_outage_window_ms} >= {self.ld_retry_max_elapsed_ms})"
+    def _consistent(self) -> Settings:
+        found = violations(self)
+        if found:
+            # One error carrying every broken rule, with the variables each one names, so
+            # load_settings can report them all alongside the single bad values.
+            raise PydanticCustomError(
+                "settings_rules",
+                "{message}",
+                {"message": "; ".join(v.message for v in found), "violations": found},
             )
         return self
 
@@ -163,24 +144,173 @@ class Settings(BaseSettings):
         return self.ld_api_token is not None or self.ld_api_token_file is not None
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build the settings, turning a validation error into one line naming the variable.
+@dataclass(frozen=True)
+class Violation:
+    """A rule between settings that does not hold: the variables it names, and why."""
 
-    The offending value is never echoed: it may be the API token.
+    fields: tuple[str, ...]
+    message: str
+
+
+def violations(s: Settings) -> list[Violation]:
+    """Every rule between settings that `s` breaks (all of them, not the first)."""
+    found: list[Violation] = []
+
+    def rule(holds: bool, message: str, *fields: str) -> None:
+        if not holds:
+            found.append(Violation(fields, message))
+
+    if s.kafka_security_protocol.startswith("SASL_"):
+        for name in ("kafka_sasl_username", "kafka_sasl_password"):
+            rule(
+                getattr(s, name) is not None,
+                f"{name.upper()} is required with KAFKA_SECURITY_PROTOCOL="
+                f"{s.kafka_security_protocol}",
+                name,
+                "kafka_security_protocol",
+            )
+    rule(
+        s.kafka_heartbeat_interval_ms < s.kafka_session_timeout_ms,
+        "KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS"
+        f" ({s.kafka_heartbeat_interval_ms} >= {s.kafka_session_timeout_ms})",
+        "kafka_heartbeat_interval_ms",
+        "kafka_session_timeout_ms",
+    )
+    # A request on the wire when its partition is revoked must end within the revoke, and the
+    # revoke with its commit within the group's rebalance (leases.py, rule 4).
+    rule(
+        s.ld_request_timeout_ms < s.consumer_revoke_timeout_ms,
+        "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS"
+        f" ({s.ld_request_timeout_ms} >= {s.consumer_revoke_timeout_ms})",
+        "ld_request_timeout_ms",
+        "consumer_revoke_timeout_ms",
+    )
+    revoke = s.consumer_revoke_timeout_ms + s.kafka_commit_timeout_ms
+    rule(
+        revoke < s.kafka_rebalance_timeout_ms,
+        "CONSUMER_REVOKE_TIMEOUT_MS + KAFKA_COMMIT_TIMEOUT_MS must be lower than"
+        f" KAFKA_REBALANCE_TIMEOUT_MS ({revoke} >= {s.kafka_rebalance_timeout_ms})",
+        "consumer_revoke_timeout_ms",
+        "kafka_commit_timeout_ms",
+        "kafka_rebalance_timeout_ms",
+    )
+    rule(
+        s.ld_request_timeout_ms < s.consumer_shutdown_timeout_ms,
+        "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_SHUTDOWN_TIMEOUT_MS"
+        f" ({s.ld_request_timeout_ms} >= {s.consumer_shutdown_timeout_ms})",
+        "ld_request_timeout_ms",
+        "consumer_shutdown_timeout_ms",
+    )
+    rule(
+        s.ld_outage_window_ms < s.ld_retry_max_elapsed_ms,
+        "LD_OUTAGE_WINDOW_MS must be lower than LD_RETRY_MAX_ELAPSED_MS"
+        f" ({s.ld_outage_window_ms} >= {s.ld_retry_max_elapsed_ms})",
+        "ld_outage_window_ms",
+        "ld_retry_max_elapsed_ms",
+    )
+    return found
+
+
+def load_settings(*, need_token: bool = False, **overrides: object) -> Settings:
+    """Build the settings; a `SettingsError` lists every problem found, on one line.
+
+    Every bad value is reported (pydantic checks every field), and so is every rule between
+    settings whose variables are themselves valid, and the token's problems (checked again
+    with the bad values at their defaults). A value is shown only for settings that are not
+    secrets. `need_token`: also check that a usable API token is configured (`run`, `check`).
     """
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]).upper()
-        message = first["msg"].removeprefix("Value error, ")
-        if where:
-            raise SettingsError(f"invalid setting {where}: {message}") from None
-        raise SettingsError(f"invalid settings: {message}") from None
+        bad: set[str] = set()
+        for error in exc.errors():
+            ctx = error.get("ctx") or {}
+            if error["type"] == "settings_rules":
+                problems.extend(v.message for v in ctx["violations"])
+                continue
+            name = ".".join(str(part) for part in error["loc"])
+            bad.add(name)
+            problems.append(f"{name.upper()}: {_describe(name, error)}")
+        if bad:
+            rules, rest = _with_defaults(bad, overrides)
+            problems.extend(rules)
+            if need_token and rest is not None and "ld_api_token" not in bad:
+                problems.extend(token_problems(rest))
+    if settings is not None and need_token:
+        problems.extend(token_problems(settings))
+    if problems:
+        raise SettingsError(
+            f"invalid setting {problems[0]}"
+            if len(problems) == 1
+            else f"{len(problems)} invalid settings: " + "; ".join(problems)
+        )
+    assert settings is not None
+    return settings
+
+
+def _describe(name: str, error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    field = Settings.model_fields.get(name)
+    secret = field is not None and "SecretStr" in str(field.annotation)
+    if secret or isinstance(error.get("input"), dict):
+        return message
+    return f"{message} (got {str(error.get('input'))[:80]!r})"
+
+
+def _with_defaults(
+    bad: set[str], overrides: dict[str, object]
+) -> tuple[list[str], Settings | None]:
+    """The settings again with the `bad` fields at their defaults: the broken rules that name
+    none of them, and the settings when no rule is broken."""
+    defaults = {name: Settings.model_fields[name].default for name in bad}
+    try:
+        return [], Settings(**{**overrides, **defaults})
+    except ValidationError as exc:
+        rules = [
+            v.message
+            for error in exc.errors()
+            if error["type"] == "settings_rules"
+            for v in (error.get("ctx") or {})["violations"]
+            if not bad.intersection(v.fields)
+        ]
+        return rules, None
+
+
+# Shorter than any LaunchDarkly access token (`api-` and a UUID): such a value is a mistake,
+# and redacting it from logs could only mangle other text (logs.Redactor matches whole tokens).
+MIN_TOKEN_LENGTH = 16
+
+
+def token_problems(settings: Settings) -> list[str]:
+    """Why the configured API token cannot be used, naming the variable; empty when it can."""
+    path = settings.ld_api_token_file
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            return [f"LD_API_TOKEN_FILE: {path} does not exist (mount the token file there)"]
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            return [f"LD_API_TOKEN_FILE: cannot read {path}: {reason}"]
+        where = f"LD_API_TOKEN_FILE: {path}"
+    elif settings.ld_api_token is not None:
+        token = settings.ld_api_token.get_secret_value().strip()
+        where = "LD_API_TOKEN"
+    else:
+        return ["LD_API_TOKEN: not set (set LD_API_TOKEN or LD_API_TOKEN_FILE)"]
+    if not token:
+        return [f"{where}: empty (it must hold the LaunchDarkly API access token)"]
+    if len(token) < MIN_TOKEN_LENGTH:
+        return [
+            f"{where}: the token is {len(token)} characters, too short for a LaunchDarkly"
+            f" access token (at least {MIN_TOKEN_LENGTH})"
+        ]
+    return []
 
 
 def require_token(settings: Settings) -> None:
-    if not settings.token_source_configured():
-        raise SettingsError(
-            "invalid setting LD_API_TOKEN: not set (set LD_API_TOKEN or LD_API_TOKEN_FILE)"
-        )
+    problems = token_problems(settings)
+    if problems:
+        raise SettingsError(f"invalid setting {problems[0]}")

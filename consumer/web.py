@@ -5,12 +5,27 @@ from __future__ import annotations
 from aiohttp import web
 
 
+class CannotListen(Exception):
+    """The port is in use (or not ours to take): the caller names the setting that chose it."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
+        self.setting: str | None = None  # the variable or option that chose the port
+
+
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start `app`; returns its runner (for `cleanup()`) and the port it listens on."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotListen(host, port, exc.strerror or str(exc)) from exc
     if port == 0:
         server = site._server  # the bound port of an ephemeral listener
         assert server is not None

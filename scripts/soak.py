@@ -43,7 +43,7 @@ from consumer.samples import recommended_key
 from consumer.settings import Settings
 from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
-TOKEN = "api-soak-token"
+TOKEN = "api-soak-token-0123456789"
 
 
 def _args() -> argparse.Namespace:

@@ -38,6 +38,8 @@ class RunningSimulator:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> RunningSimulator:
+        if self._runner is not None:
+            return self
         self._runner, self.port = await start_site(self.simulator.app(), self.host, self.port)
         return self
 

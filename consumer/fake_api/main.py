@@ -7,10 +7,11 @@ from pathlib import Path
 
 import structlog
 
+from consumer.cli_errors import UsageError
 from consumer.fake_api import RunningSimulator, load_seed, sample_seed
 from consumer.fake_api.server import Faults, Limits, Simulator
-from consumer.settings import SettingsError
 from consumer.signals import on_stop
+from consumer.web import CannotListen
 
 log = structlog.get_logger(__name__)
 
@@ -31,7 +32,7 @@ def serve(
         faults = Faults.model_validate_json(faults_json) if faults_json else Faults()
         limits = Limits.model_validate_json(limits_json) if limits_json else Limits()
     except (OSError, ValueError) as exc:
-        raise SettingsError(f"fake-api: {exc}") from None
+        raise UsageError(f"fake-api: {exc}") from None
     simulator = Simulator(tokens, faults=faults, limits=limits, seed=seed, max_log=request_log)
     return asyncio.run(_serve(simulator, host, port))
 
@@ -39,7 +40,13 @@ def serve(
 async def _serve(simulator: Simulator, host: str, port: int) -> int:
     stop = asyncio.Event()
     on_stop(stop)
-    async with RunningSimulator(simulator, host, port) as running:
+    try:
+        running_simulator = RunningSimulator(simulator, host, port)
+        await running_simulator.start()
+    except CannotListen as exc:
+        exc.setting = "--port"
+        raise
+    async with running_simulator as running:
         log.info("fake_api.started", url=running.base_url)
         await stop.wait()
     log.info("fake_api.stopped")

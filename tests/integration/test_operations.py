@@ -1,11 +1,10 @@
-"""The operator's commands through their real interface (`main(argv)`): replay and produce."""
+"""The operator's replay through its real interface (`main(argv)`); produce: test_produce.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -199,67 +198,3 @@ def _count(text: str, label: str) -> int:
         if line.startswith(label):
             return int(line.split()[-1])
     return 0
-
-
-async def test_produce_validates_keys_and_reports_invalid_lines(
-    kafka_bootstrap: str,
-    on_tansu: bool,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-) -> None:
-    settings = make_settings(kafka_bootstrap, "http://127.0.0.1:9", on_tansu=on_tansu)
-    use_environment(monkeypatch, settings)
-    await create_topics(settings)
-    good = [event_dict(key=f"s{i}", project=PROJECT, env=ENV) for i in range(3)]
-    lines = [
-        json.dumps(good[0]),
-        json.dumps(good[1]),
-        "{oops",
-        "",
-        json.dumps({**good[2], "extra": 1}),
-        json.dumps(good[2]),
-    ]
-    path = tmp_path / "events.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    code, text = await cli("produce", str(path), capsys=capsys)
-    assert code == 1
-    assert "line 3: invalid: not_json" in text and "line 5: invalid: unknown_field" in text
-    assert "sent 3 of 5 events" in text
-    records = await kafka.read_topic(
-        settings, settings.consumer_input_topic, until=lambda r: len(r) >= 3, timeout=5
-    )
-    assert sorted(r.key for r in records) == sorted(recommended_key(e) for e in good)
-    assert await count(settings, settings.consumer_input_topic, 4, timeout=1) == 3
-
-    array = tmp_path / "events.json"
-    array.write_text(json.dumps([good[0], {"eventId": "broken"}]))
-    code, text = await cli("produce", str(array), "--allow-invalid", capsys=capsys)
-    assert code == 0 and "line 2: invalid" in text and "sent 2 of 2 events" in text
-    assert await count(settings, settings.consumer_input_topic, 5) == 5
-
-
-async def test_produce_wait_shows_the_outcomes(
-    kafka_bootstrap: str,
-    on_tansu: bool,
-    simulator: RunningSimulator,
-    admin: SimulatorAdmin,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-) -> None:
-    await admin.seed(seed(segments={"s0": {}}))
-    settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
-    use_environment(monkeypatch, settings)
-    await create_topics(settings)
-    ok = event_dict(key="s0", project=PROJECT, env=ENV, event_id="fine")
-    missing = event_dict(key="gone", project=PROJECT, env=ENV, event_id="nowhere")
-    path = tmp_path / "events.jsonl"
-    path.write_text(json.dumps(ok) + "\n" + json.dumps(missing) + "\n")
-    async with running(settings):
-        code, text = await cli("produce", str(path), "--wait", "30", capsys=capsys)
-    assert code == 0, text
-    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
-    assert "succeeded" in lines["1"] and "fine" in lines["1"]
-    assert "rejected" in lines["2"] and "not_found" in lines["2"]
-    assert "outcomes: rejected 1, succeeded 1" in text

@@ -91,3 +91,27 @@ def test_console_format_on_a_terminal() -> None:
     structlog.get_logger("test").info("batch.sent", size=3)
     line = stream.getvalue()
     assert "batch.sent" in line and not line.startswith("{")
+
+
+def test_redaction_matches_whole_tokens_only() -> None:
+    stream = io.StringIO()
+    logs.configure("debug", "json", stream=stream)
+    redactor = logs.Redactor()
+    secrets = {"api-0123456789abcdef", "x"}
+    assert redactor.scrub("Unexpected exit", secrets) == "Unexpected exit"
+    assert redactor.scrub("Authorization: api-0123456789abcdef.", secrets) == (
+        f"Authorization: {logs.REDACTED}."
+    )
+    assert redactor.scrub('{"token":"api-0123456789abcdef"}', secrets) == (
+        f'{{"token":"{logs.REDACTED}"}}'
+    )
+
+
+def test_metrics_have_no_created_series() -> None:
+    from prometheus_client import generate_latest
+
+    from consumer.metrics import Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    assert "ldc_outcomes_total" in text or "ldc_records_consumed_total" in text
+    assert "_created" not in text

@@ -1,0 +1,236 @@
+"""`check`: the preflight an operator runs before and after a deploy, and `run` at start.
+
+One row per question, each answered without changing anything:
+
+1. broker: a broker of KAFKA_BOOTSTRAP_SERVERS answers;
+2. producer: a producer starts as configured (with KAFKA_PRODUCER_IDEMPOTENCE=true the broker
+   must grant a producer id: Tansu does not);
+3. the three topics exist (partition counts; the results topic should have at least as many
+   partitions as the input topic, or reading outcomes scales less than consuming events);
+4. the group: committed offset, end and lag per input partition (information, never a failure);
+5. LaunchDarkly: `GET /api/v2/caller-identity` answers 2xx with the token (its name and kind
+   are shown, never the token), and the rate-limit headers that answer carried.
+
+Exit 0 only when no row failed (a warning does not fail).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TextIO
+
+from aiokafka.structs import TopicPartition
+
+from consumer import kafka
+from consumer.cli_errors import explain
+from consumer.errors import ApiError
+from consumer.ld_client import LdClient, TokenSource
+from consumer.routing import CALLER_IDENTITY_PATH
+from consumer.settings import Settings
+
+Status = Literal["ok", "warn", "fail", "skipped"]
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    def get(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+
+async def preflight(settings: Settings, token: TokenSource | None) -> Report:
+    checks = await _kafka_checks(settings)
+    checks.extend(await _launchdarkly(settings, token))
+    return Report(checks)
+
+
+def _failure_line(exc: BaseException) -> str:
+    known = explain(exc)
+    return str(known) if known is not None else f"{type(exc).__name__}: {exc}"
+
+
+async def _kafka_checks(settings: Settings) -> list[Check]:
+    address = settings.kafka_bootstrap_servers
+    topics = [
+        settings.consumer_input_topic,
+        settings.consumer_results_topic,
+        settings.consumer_dlq_topic,
+    ]
+    skipped = [Check(f"topic {t}", "skipped", "no broker") for t in topics]
+    skipped.append(Check("group", "skipped", "no broker"))
+    try:
+        async with kafka.admin_client(settings) as admin:
+            cluster = await admin.describe_cluster()
+    except Exception as exc:  # noqa: BLE001 - any failure here is this row's answer
+        return [Check("broker", "fail", _failure_line(exc)), *skipped]
+    brokers = len(cluster.get("brokers", []))
+    checks = [
+        Check(
+            "broker",
+            "ok",
+            f"{address} answered ({brokers} broker{'s' * (brokers != 1)},"
+            f" cluster {cluster.get('cluster_id')})",
+            {"brokers": brokers, "cluster_id": cluster.get("cluster_id")},
+        ),
+        await _producer(settings),
+    ]
+    counts = await kafka.existing_topics(settings, topics)
+    for topic, variable in zip(
+        topics,
+        ("CONSUMER_INPUT_TOPIC", "CONSUMER_RESULTS_TOPIC", "CONSUMER_DLQ_TOPIC"),
+        strict=True,
+    ):
+        if topic not in counts:
+            checks.append(
+                Check(
+                    f"topic {topic}",
+                    "fail",
+                    f"does not exist: create it, or set {variable} to the topic's name",
+                )
+            )
+            continue
+        n = counts[topic]
+        checks.append(
+            Check(f"topic {topic}", "ok", f"{n} partition{'s' * (n != 1)}", {"partitions": n})
+        )
+    inputs = counts.get(settings.consumer_input_topic)
+    results = counts.get(settings.consumer_results_topic)
+    if inputs is not None and results is not None and results < inputs:
+        row = checks[-2]
+        row.status = "warn"
+        row.detail += (
+            f", fewer than the input topic's {inputs}: readers of outcomes scale less than"
+            " the consumer"
+        )
+    if inputs is not None:
+        checks.append(await _group(settings, inputs))
+    else:
+        checks.append(Check("group", "skipped", "no input topic"))
+    return checks
+
+
+async def _producer(settings: Settings) -> Check:
+    """Starting a producer is where an idempotent one asks for its producer id."""
+    producer = kafka.make_producer(settings)
+    try:
+        await kafka.start(producer, settings)
+    except Exception as exc:  # noqa: BLE001 - any failure here is this row's answer
+        return Check("producer", "fail", _failure_line(exc))
+    await producer.stop()
+    idempotence = "on" if settings.kafka_producer_idempotence else "off"
+    return Check("producer", "ok", f"starts (idempotence {idempotence})")
+
+
+async def _group(settings: Settings, partitions: int) -> Check:
+    group = settings.consumer_group_id
+    tps = [TopicPartition(settings.consumer_input_topic, p) for p in range(partitions)]
+    async with kafka.admin_client(settings) as admin:
+        # Explicit partitions: Tansu answers only those (TANSU.md).
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    consumer = kafka.reader(settings)
+    await kafka.start(consumer, settings)
+    try:
+        ends = await kafka.end_offsets(consumer, tps)
+        starts = await consumer.beginning_offsets(tps)
+    finally:
+        await consumer.stop()
+    rows = []
+    for tp in tps:
+        meta = offsets.get(tp)
+        committed = meta.offset if meta is not None and meta.offset >= 0 else None
+        lag = ends[tp] - (committed if committed is not None else starts.get(tp, 0))
+        rows.append(
+            {"partition": tp.partition, "committed": committed, "end": ends[tp], "lag": lag}
+        )
+    total = sum(r["lag"] for r in rows)
+    none = sum(r["committed"] is None for r in rows)
+    detail = f"{group}: lag {total}"
+    if none:
+        detail += f" ({none} of {len(rows)} partitions without a committed offset)"
+    return Check("group", "ok", detail, {"group": group, "partitions": rows})
+
+
+async def _launchdarkly(settings: Settings, token: TokenSource | None) -> list[Check]:
+    url = settings.ld_base_url
+    if token is None:
+        return [Check("launchdarkly", "fail", "no token: set LD_API_TOKEN or LD_API_TOKEN_FILE")]
+    client = LdClient(url, token, timeout=settings.ld_request_timeout_ms / 1000)
+    try:
+        async with client:
+            response = await client.get(CALLER_IDENTITY_PATH)
+    except ApiError as exc:
+        return [
+            Check(
+                "launchdarkly",
+                "fail",
+                f"cannot reach LaunchDarkly at {url} ({exc.message}): check LD_BASE_URL and"
+                " the network",
+            )
+        ]
+    limits = {name: value for name, value in response.headers.items() if name != "Retry-After"}
+    seen = ", ".join(f"{k.removeprefix('X-Ratelimit-')} {v}" for k, v in limits.items())
+    rate = Check("rate limits", "ok", seen or "no rate-limit headers in the answer", limits)
+    status = response.status
+    if response.ok:
+        body = response.body if isinstance(response.body, dict) else {}
+        who = {k: body.get(k) for k in ("tokenName", "tokenKind", "authKind", "accountId")}
+        detail = (
+            f"{url} accepts the token: {who['tokenName'] or 'unnamed'}"
+            f" (kind {who['tokenKind'] or who['authKind'] or 'unknown'})"
+        )
+        return [Check("launchdarkly", "ok", detail, who), rate]
+    if status == 401:
+        detail = (
+            f"{url} refuses the token (HTTP 401): set LD_API_TOKEN or LD_API_TOKEN_FILE to a"
+            " valid access token"
+        )
+    elif status == 429:
+        return [Check("launchdarkly", "warn", f"{url} answered 429: rate limited now"), rate]
+    elif status == 404:
+        detail = f"{url} has no {CALLER_IDENTITY_PATH} (HTTP 404): check LD_BASE_URL"
+    else:
+        detail = f"{url} answered HTTP {status} to {CALLER_IDENTITY_PATH}"
+    return [Check("launchdarkly", "fail", detail), rate]
+
+
+def print_table(report: Report, out: TextIO) -> None:
+    width = max(len(c.name) for c in report.checks)
+    print(f"{'check':<{width}}  {'status':<7} detail", file=out)
+    for c in report.checks:
+        print(f"{c.name:<{width}}  {c.status:<7} {c.detail}", file=out)
+        for row in c.data.get("partitions", []) if c.name == "group" else []:
+            committed = "-" if row["committed"] is None else row["committed"]
+            print(
+                f"{'':<{width}}  {'':<7}   partition {row['partition']}: committed"
+                f" {committed}, end {row['end']}, lag {row['lag']}",
+                file=out,
+            )
+    failed = report.failed()
+    print(
+        "all checks passed"
+        if not failed
+        else f"{len(failed)} failed: {', '.join(c.name for c in failed)}",
+        file=out,
+    )
+
+
+def print_json(report: Report, out: TextIO) -> None:
+    body = {"ok": report.ok, "checks": [asdict(c) for c in report.checks]}
+    print(json.dumps(body), file=out)

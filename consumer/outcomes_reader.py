@@ -1,0 +1,138 @@
+"""`outcomes`: "what happened to event X?" answered from the results topic.
+
+1. The results topic is read from `--since` (its record timestamps; the beginning without it)
+   up to its end as of the start, or on and on with `--follow`.
+2. An outcome is shown when it matches every filter given: event id, status, error code,
+   resource (`project/env/kind/key` glob, as `replay`), time.
+3. With `--event-id` the read stops as soon as every id asked for has an outcome; `--limit`
+   stops it after that many outcomes.
+
+Output: a table, or `--json`: each outcome's value as published, one per line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from aiokafka import ConsumerRecord
+from aiokafka.structs import TopicPartition
+
+from consumer import kafka
+from consumer.cli_errors import CommandFailed
+from consumer.settings import Settings
+
+
+@dataclass(frozen=True)
+class Query:
+    event_ids: frozenset[str] = frozenset()
+    statuses: frozenset[str] = frozenset()
+    error_codes: frozenset[str] = frozenset()
+    resource: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int | None = None
+    follow: bool = False
+
+    def matches(self, record: ConsumerRecord, outcome: dict[str, Any]) -> bool:
+        if self.since_ms is not None and record.timestamp < self.since_ms:
+            return False
+        if self.until_ms is not None and record.timestamp >= self.until_ms:
+            return False
+        if self.event_ids and outcome.get("eventId") not in self.event_ids:
+            return False
+        if self.statuses and outcome.get("status") not in self.statuses:
+            return False
+        error = outcome.get("error") or {}
+        if self.error_codes and error.get("code") not in self.error_codes:
+            return False
+        return not self.resource or fnmatch.fnmatchcase(_resource(outcome), self.resource)
+
+
+def _resource(outcome: dict[str, Any]) -> str:
+    r = outcome.get("resource") or {}
+    return "/".join(str(r.get(k) or "") for k in ("projectKey", "environmentKey", "kind", "key"))
+
+
+class Printer:
+    def __init__(self, out: TextIO, *, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.header_shown = False
+
+    def show(self, raw: bytes, outcome: dict[str, Any]) -> None:
+        if self.as_json:
+            print(raw.decode(), file=self.out, flush=True)
+            return
+        if not self.header_shown:
+            self.header_shown = True
+            print(
+                f"{'event':<24} {'status':<9} {'instruction':<27} {'http':<4}"
+                f" {'completed':<24} error",
+                file=self.out,
+            )
+        error = outcome.get("error") or {}
+        http = outcome.get("http") or {}
+        print(
+            f"{outcome.get('eventId') or '-'!s:<24} {outcome.get('status')!s:<9}"
+            f" {outcome.get('instructionKind') or '-'!s:<27} {http.get('status') or '-'!s:<4}"
+            f" {outcome.get('completedAt') or '-'!s:<24}"
+            f" {(error.get('code', '') + ': ' + error.get('message', '')) if error else ''}",
+            file=self.out,
+            flush=True,
+        )
+
+
+async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int, set[str]]:
+    """Print the matching outcomes; returns how many were shown and the event ids asked for
+    that have none."""
+    topic = settings.consumer_results_topic
+    counts = await kafka.existing_topics(settings, [topic])
+    if topic not in counts:
+        raise CommandFailed(
+            f"the results topic {topic} does not exist (CONSUMER_RESULTS_TOPIC): nothing to read"
+        )
+    partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
+    consumer = kafka.reader(settings)
+    await kafka.start(consumer, settings)
+    shown = 0
+    missing = set(query.event_ids)
+    try:
+        ends = await kafka.end_offsets(consumer, partitions)
+        await consumer.seek_to_beginning(*partitions)
+        if query.since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(partitions, query.since_ms))
+            for tp, at in found.items():
+                if at is not None:
+                    consumer.seek(tp, at.offset)
+        open_ = {tp for tp in partitions if ends[tp] > 0}
+        while query.follow or open_:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=2_000)
+            for records in fetched.values():
+                for record in records:
+                    outcome = _parsed(record.value)
+                    if outcome is None or not query.matches(record, outcome):
+                        continue
+                    printer.show(record.value, outcome)
+                    shown += 1
+                    missing.discard(outcome.get("eventId"))
+                    if query.limit is not None and shown >= query.limit:
+                        return shown, missing
+            if query.event_ids and not missing:
+                return shown, missing
+            for tp in list(open_):
+                if await consumer.position(tp) >= ends[tp]:
+                    open_.discard(tp)
+    finally:
+        await consumer.stop()
+    return shown, missing
+
+
+def _parsed(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(value) if value is not None else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
