@@ -23,9 +23,11 @@ The ownership rules, enforced here and by their callers (app.py, pipeline.py, se
    CONSUMER_REVOKE_TIMEOUT_MS (> LD_REQUEST_TIMEOUT_MS, so they end in time); outcomes of the
    answered ones are published and the done prefix committed. Then the lease ends: `done()`
    on it changes nothing, and this member sends nothing more for the partition's records.
-5. **Rewind.** A partition whose records share a stopped batch with a revoked one is rewound:
-   its lease ends and a new one starts at its commit position (rules 1-2 again, locally), so
-   the records the stopped batch held are taken and sent again, never stranded.
+5. **Rewind.** A partition whose records share a flight with a revoked one stops with it, at
+   once (rule 4: a later batch of its own for the same URL would otherwise overtake the
+   stopped one), and is rewound: its lease ends and a new one starts at its commit position
+   (rules 1-2 again, locally), so the records the stopped batch held are taken and sent
+   again, in order, never stranded.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ class Lease:
     @property
     def active(self) -> bool:
         return self.state is LeaseState.ACTIVE
+
+    def stop(self) -> None:
+        """Rule 4's first half for one lease (no more taking or sending); its caller revokes
+        or rewinds it."""
+        if self.state is LeaseState.ACTIVE:
+            self.state = LeaseState.REVOKING
 
     @property
     def next(self) -> int:

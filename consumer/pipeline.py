@@ -31,8 +31,9 @@ Revoking leases (`revoke`, leases.py rule 4), the caller having marked them REVO
    outcomes, which marks their records done for the caller's commit; whatever is still on
    the wire at the deadline is cancelled (see the README: it cannot happen while
    CONSUMER_REVOKE_TIMEOUT_MS > LD_REQUEST_TIMEOUT_MS);
-5. leases of other partitions that had records in a stopped batch are returned, for the
-   caller to rewind (leases.py, rule 5).
+5. leases of other partitions with records in the same flights stop with them, at once
+   (before step 1 can await: a later batch of theirs for the same URL would overtake the
+   stopped one), and are returned for the caller to rewind (leases.py, rule 5).
 """
 
 from __future__ import annotations
@@ -342,18 +343,31 @@ class Pipeline:
     async def revoke(self, leases: Collection[Lease], deadline: float) -> set[Lease]:
         """Stop all work of REVOKING leases (steps 1-5 above); returns the leases to rewind."""
         gone = set(leases)
-        for item in self.batcher.drop_leases(gone):
+        # Leases of other partitions in the same flights stop now too, before any await
+        # (leases.py, rule 5): their records in a stopped batch are sent again after a
+        # rewind, so nothing later of theirs may go first. Stopping them touches more
+        # flights: to a fixed point.
+        stopped = set(gone)
+        while True:
+            touched = [
+                f for f in self._flights.values() if not stopped.isdisjoint(f.batch.leases())
+            ]
+            more = {lease for f in touched for lease in f.batch.leases() if lease.active}
+            if not more:
+                break
+            for lease in more:
+                lease.stop()
+            stopped |= more
+        for item in self.batcher.drop_leases(stopped):
             self._held.pop(item.route.path, None)
         self.recovered.forget(lease.tp for lease in gone)
-        touched = [f for f in self._flights.values() if not gone.isdisjoint(f.batch.leases())]
-        others = {lease for f in touched for lease in f.batch.leases() if lease.active}
         for flight in touched:
             if flight.phase is Phase.SENDING and not self._sender.requesting(flight.batch.id):
                 _cancel(flight)
 
         def busy() -> bool:
             return any(f.task is not None and not f.task.done() for f in touched) or any(
-                lease in gone for lease in self._loose.values()
+                lease in stopped for lease in self._loose.values()
             )
 
         while busy() and await self._wait_progress(deadline):
@@ -361,7 +375,7 @@ class Pipeline:
         late = [f for f in touched if f.phase is Phase.SENDING and not _finished(f)]
         self._abandon(late, "a request outlived CONSUMER_REVOKE_TIMEOUT_MS")
         await asyncio.gather(*(f.task for f in late if f.task is not None), return_exceptions=True)
-        return others
+        return stopped - gone
 
     def _abandon(self, flights: list[Flight], why: str) -> None:
         """Cancel these flights, counting and logging those with a request on the wire."""
@@ -430,8 +444,8 @@ class _Admission:
         delay = None if endpoint in self._held_back else self._sender.delay(route)
         if endpoint in self._held_back or delay != 0:
             self._held_back.add(endpoint)
-            self._held.setdefault(route.path, self._now)
-            if delay is not None:
+            if delay is not None:  # held by the rate limiter (not the gate): the wait metric
+                self._held.setdefault(route.path, self._now)
                 self.wait = delay if self.wait is None else min(self.wait, delay)
             return False
         since = self._held.pop(route.path, self._now)

@@ -56,9 +56,8 @@ class Budget:
     answered: bool = False
     # -- sharing: who else spends this budget ------------------------------------------------------
     window_ms: float = 0.0  # a window's length: the longest `reset - now` an answer showed
-    counted_reset_ms: float | None = None  # the window `own` counts requests for
-    own: int = 0  # our requests taken in that window
-    own_next: int = 0  # ours taken after its reset, before an answer showed the next window
+    latest_reset_ms: float | None = None  # the newest window any answer showed (kept)
+    answers_in_window: int = 0  # our requests answered in that window
     shared_until_ms: float = 0.0  # others were seen spending it: paced until then
 
     def shared(self, now_ms: float) -> bool:
@@ -118,14 +117,10 @@ class Budget:
         # The line falls to `after` when this much of the window is left:
         return max(0.0, time_left - (after + burst) * self.window_ms / self.capacity)
 
-    def take(self, seq: int, now_ms: float) -> None:
+    def take(self, seq: int) -> None:
         self.in_flight.add(seq)
         if self.remaining is not None:
             self.remaining -= 1
-        if self.counted_reset_ms is not None and now_ms >= self.counted_reset_ms:
-            self.own_next += 1
-        else:
-            self.own += 1
 
     def give_back(self, seq: int) -> None:
         """Request `seq` took its unit and was never sent: the server did not count it."""
@@ -133,31 +128,42 @@ class Budget:
             self.in_flight.discard(seq)
             if self.remaining is not None:
                 self.remaining += 1
-            if self.own_next:
-                self.own_next -= 1
-            elif self.own:
-                self.own -= 1
 
     def update(
-        self, seq: int | None, remaining: str | None, reset: str | None, now_ms: float
+        self,
+        seq: int | None,
+        remaining: str | None,
+        reset: str | None,
+        now_ms: float,
+        *,
+        limited: bool = False,
     ) -> None:
         """The answer to request `seq` (None: the oldest in flight) said what is left.
 
         The server counted every request that reached it before this one, so only those
         sent after it and still unanswered are taken off its number. Within one window the
-        lower of two answers wins: they can come back out of order.
+        lower of two answers wins: they can come back out of order; an answer from a window
+        already over changes nothing. A 429's numbers (`limited`) describe the block it
+        imposes (`RateLimiter.observe`), not the window, and are not read here.
         """
         if seq is None:
             seq = min(self.in_flight, default=0)
         self.in_flight.discard(seq)
         self.answered = True
-        if remaining is None:
+        if remaining is None or limited:
+            self.answers_in_window += 1  # it may have been counted: ours, not somebody else's
             return
         try:
             told = int(remaining)
             reset_at = float(reset) if reset is not None else None
         except ValueError:
             return
+        if (
+            reset_at is not None
+            and self.latest_reset_ms is not None
+            and reset_at < self.latest_reset_ms
+        ):
+            return  # late, from a window already over
         left = told - sum(1 for other in self.in_flight if other > seq)
         same_window = reset_at is not None and reset_at == self.reset_at_ms
         if same_window and self.measured and self.remaining is not None:
@@ -171,17 +177,17 @@ class Budget:
 
     def _count_others(self, told: int, reset_at: float, now_ms: float) -> None:
         """Mark the budget shared when the server counted more of this window than all of our
-        own requests in it could be (a lower bound: some of ours may not have reached it)."""
+        own requests could be: those answered in it and every one still on the wire (a
+        lower bound on the others', whatever the order the server saw them in)."""
         self.window_ms = max(self.window_ms, reset_at - now_ms)
-        if self.counted_reset_ms is None or reset_at > self.counted_reset_ms:
-            if self.counted_reset_ms is not None:  # a new window: ours since its reset move in
-                self.own, self.own_next = self.own_next, 0
-            self.counted_reset_ms = reset_at
-        elif reset_at < self.counted_reset_ms:
-            return  # a late answer from the last window
+        if self.latest_reset_ms is None or reset_at > self.latest_reset_ms:
+            self.latest_reset_ms = reset_at
+            self.answers_in_window = 0
+        self.answers_in_window += 1
         assert self.capacity is not None
-        others = (self.capacity - told) - self.own
-        # Two, not one: a request of ours sent just before a reset can be counted after it.
+        others = (self.capacity - told) - self.answers_in_window - len(self.in_flight)
+        # Two, not one: a margin for a request of ours the server counted that we cannot
+        # place (an answer lost on the way back).
         if others >= 2:
             self.shared_until_ms = now_ms + SHARED_WINDOWS * self.window_ms
 
@@ -215,9 +221,8 @@ class RateLimiter:
     def take(self, route: str) -> int:
         """Take a unit of each budget for a request about to go; returns its sequence number."""
         seq = next(self._seq)
-        now_ms = self._clock_ms()
-        self._global.take(seq, now_ms)
-        self._route(route).take(seq, now_ms)
+        self._global.take(seq)
+        self._route(route).take(seq)
         return seq
 
     def release(self, route: str, seq: int) -> None:
@@ -248,8 +253,12 @@ class RateLimiter:
         headers = headers or {}
         reset = headers.get("X-Ratelimit-Reset")
         now_ms = self._clock_ms()
-        self._global.update(seq, headers.get("X-Ratelimit-Global-Remaining"), reset, now_ms)
-        self._route(route).update(seq, headers.get("X-Ratelimit-Route-Remaining"), reset, now_ms)
+        limited = isinstance(error, RateLimited)
+        for budget, name in (
+            (self._global, "X-Ratelimit-Global-Remaining"),
+            (self._route(route), "X-Ratelimit-Route-Remaining"),
+        ):
+            budget.update(seq, headers.get(name), reset, now_ms, limited=limited)
         if isinstance(error, RateLimited):
             until = self._clock_ms() + error.retry_after * 1000 + GUARD_MS
             self._global.blocked_until_ms = max(self._global.blocked_until_ms, until)

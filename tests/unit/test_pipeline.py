@@ -264,3 +264,23 @@ async def test_waiting_for_progress_stops_when_cancelled_as_it_is_woken() -> Non
     async with asyncio.timeout(2):
         await asyncio.gather(waiter, return_exceptions=True)
     assert waiter.cancelled()
+
+
+async def test_a_kept_partition_in_a_stopped_flight_sends_nothing_more_until_rewound() -> None:
+    """Rule 5: batch [P0@0, P1@0] is stopped by P0's revoke; P1@1, waiting for the same URL,
+    must not go before P1 is rewound and P1@0 goes again."""
+    sender, publisher = Sender(), Publisher()
+    pipeline = pipeline_with(sender, publisher, batch=2)
+    leases = Leases()
+    gone, kept = leases.grant(P0, 0), leases.grant(P1, 0)
+    take(pipeline, gone, range(0, 1), "x")
+    take(pipeline, kept, range(0, 2), "x")  # P1@0 joins the first batch, P1@1 waits
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)
+    leases.revoke([P0])
+    rewind = await pipeline.revoke([gone], time.monotonic() + 1)
+    assert rewind == {kept} and not kept.active
+    await asyncio.sleep(0.05)  # the caller commits before it rewinds
+    assert len(sender.sent) == 1
+    assert pipeline.batcher.waiting == 0  # P1@1 is read again after the rewind
+    dispatch.cancel()

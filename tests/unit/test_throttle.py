@@ -180,3 +180,66 @@ def test_a_shared_budget_keeps_its_last_unit_and_starts_each_window_with_a_burst
         limiter.take(ROUTE)
         sent += 1
     assert sent == 2  # the burst (a tenth of 20), then the answers tell what is left
+
+
+class _Server:
+    """One fixed-window budget counting each request in the window it arrives in."""
+
+    def __init__(self, capacity: int, window: float) -> None:
+        self.capacity, self.window, self.reset, self.used = capacity, window, window, 0
+
+    def arrive(self, at: float) -> dict[str, str]:
+        while at >= self.reset:
+            self.reset += self.window
+            self.used = 0
+        self.used += 1
+        return headers(None, self.capacity - self.used, self.reset)
+
+
+def test_our_own_requests_straddling_a_reset_do_not_look_like_another_client() -> None:
+    clock = [0.0]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    server = _Server(200, 10_000.0)
+    seq = limiter.take(ROUTE)
+    limiter.observe(ROUTE, server.arrive(60), None, seq)
+    # Two leave 30 ms before the reset and arrive 30 ms after it: counted in the new window.
+    clock[0] = 9_970
+    pair = [(limiter.take(ROUTE), server.arrive(10_030)) for _ in range(2)]
+    clock[0] = 10_090
+    for seq, answer in pair:
+        limiter.observe(ROUTE, answer, None, seq)
+    sent = 0
+    while limiter.delay(ROUTE, clock[0]) == 0 and sent < 300:
+        seq = limiter.take(ROUTE)
+        limiter.observe(ROUTE, server.arrive(clock[0]), None, seq)
+        sent += 1
+    assert sent == 198  # the whole window, unpaced, and not one request past it
+
+
+def test_a_late_answer_from_the_last_window_changes_nothing() -> None:
+    clock = [0.0]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    slow = limiter.take(ROUTE)  # answered after the next window's answers
+    for left in (8, 7):
+        seq = limiter.take(ROUTE)
+        limiter.observe(ROUTE, headers(None, left, 10_000), None, seq)
+    clock[0] = 10_200
+    for left in range(9, -1, -1):  # the new window, spent
+        assert limiter.delay(ROUTE, clock[0]) == 0
+        seq = limiter.take(ROUTE)
+        limiter.observe(ROUTE, headers(None, left, 20_000), None, seq)
+    limiter.observe(ROUTE, headers(None, 4, 10_000), None, slow)  # "4 left" of a window over
+    assert limiter.delay(ROUTE, clock[0]) > 9_000
+
+
+def test_a_429_of_our_own_does_not_mark_the_budget_shared() -> None:
+    clock = [0.0]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    for left in range(29, 9, -1):
+        seq = limiter.take(ROUTE)
+        limiter.observe(ROUTE, headers(500, left, 10_000), None, seq)
+    clock[0] = 9_500
+    seq = limiter.take(ROUTE)  # an injected 429 whose reset is not the window's
+    limiter.observe(ROUTE, headers(0, 0, 10_500), RateLimited("429", retry_after=1.0), seq)
+    assert not limiter._route(ROUTE).shared(clock[0])
+    assert not limiter._global.shared(clock[0])
