@@ -48,7 +48,17 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import Child, Members, Stack, Workload, follow, percentile, produce_backlog, service_env
+from common import (
+    Child,
+    Members,
+    Stack,
+    Workload,
+    follow,
+    next_reset_ms,
+    percentile,
+    produce_backlog,
+    service_env,
+)
 
 from consumer.settings import Settings
 
@@ -342,17 +352,18 @@ class Bench:
             [self.args.service_python, "-m", "consumer", "run"], self._env(settings)
         ).start()
         try:
-            first = await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
-            assert first.first_ts_ms is not None
-            window_end = time.time() * 1000
-            end_ms = first.first_ts_ms + args.windows * args.window_ms
-            await asyncio.sleep(max(0.0, (end_ms - window_end) / 1000) + 1.0)
+            await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
+            # Whole windows of the server's, from the first reset after the first outcome: a
+            # span that straddled a window's start would count two windows' bursts.
+            start_ms = await next_reset_ms(self.stack.api_url)
+            end_ms = start_ms + args.windows * args.window_ms
+            await asyncio.sleep(max(0.0, (end_ms - time.time() * 1000) / 1000) + 1.0)
             seen = await follow(
                 settings, settings.consumer_results_topic, until=count, timeout=5, sources=True
             )
         finally:
             await child.stop()
-        in_windows = sum(1 for ts, _ in seen.by_source.values() if first.first_ts_ms <= ts < end_ms)
+        in_windows = sum(1 for ts, _ in seen.by_source.values() if start_ms <= ts < end_ms)
         stats = await self.stack.admin.stats()
         achieved = in_windows / (args.windows * window_s)
         figures = {
@@ -373,7 +384,7 @@ class Bench:
         args = self.args
         window_s = args.window_ms / 1000
         bound = min(args.steady_rate, args.route_limit * args.batch_size / window_s)
-        seconds = (args.warmup_windows + args.steady_windows) * window_s
+        seconds = (args.warmup_windows + args.steady_windows + 1) * window_s
         count = int(args.steady_rate * seconds)
         name = f"steady-limit-{members}m"
         settings = self._settings(name)
@@ -402,9 +413,13 @@ class Bench:
             )
             stream = asyncio.create_task(_paced(settings, workload, count, args.steady_rate, name))
             await asyncio.sleep(args.warmup_windows * window_s)
-            start_ms, before = time.time() * 1000, await self.stack.admin.stats()
-            await asyncio.sleep(args.steady_windows * window_s)
-            end_ms, after = time.time() * 1000, await self.stack.admin.stats()
+            # Whole windows of the server's (see rate_limited).
+            start_ms = await next_reset_ms(self.stack.api_url)
+            end_ms = start_ms + args.steady_windows * args.window_ms
+            await asyncio.sleep(max(0.0, start_ms / 1000 - time.time()))
+            before = await self.stack.admin.stats()
+            await asyncio.sleep(max(0.0, end_ms / 1000 - time.time()))
+            after = await self.stack.admin.stats()
             await stream
             seen = await follower
         finally:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer import kafka
@@ -247,6 +248,18 @@ async def produce_backlog(
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def next_reset_ms(api_url: str) -> float:
+    """When the simulator's current rate-limit window ends (epoch ms), read as any client
+    reads it: from an answer's `X-Ratelimit-Reset` (one request of another route)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{api_url}/api/v2/caller-identity", headers={"Authorization": TOKEN}
+        ) as response,
+    ):
+        return float(response.headers["X-Ratelimit-Reset"])
 
 
 # -- following an output topic -------------------------------------------------------------------
