@@ -70,6 +70,7 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
         for side in ("Included", "Excluded")
         for what in ("Targets", "Users")
     },
+    ("segment", "updateName"): Endpoint.SEGMENT_TARGETS,
 }
 
 # The API gate's probe (gate.py): a cheap authenticated read, in LaunchDarkly's OpenAPI

@@ -279,6 +279,13 @@ def demo_samples() -> list[Sample]:
             "succeeded",
             f"{verb} {side.lower()} user",
         )
+    b.event(
+        "segment",
+        "enterprise-orgs",
+        {"kind": "updateName", "value": "Enterprise organisations"},
+        "succeeded",
+        "rename the segment",
+    )
     for i in range(1, 6):
         b.event(
             "segment",

@@ -522,6 +522,7 @@ SEGMENT_TARGETS = {
         for s in ("Included", "Excluded")
     },
     **{f"{v}{s}Users": {"values"} for v in ("add", "remove") for s in ("Included", "Excluded")},
+    "updateName": {"value"},
 }
 
 
@@ -541,6 +542,10 @@ def _check_instruction(position: int, instruction: Any, allowed: dict[str, set[s
     extra = set(instruction) - known
     if extra:
         raise RequestRejected(f"{where}: unknown fields {sorted(extra)}")
+    if kind == "updateName":
+        if not isinstance(instruction["value"], str) or not instruction["value"]:
+            raise RequestRejected(f"{where}: value must be a non-empty string")
+        return
     for name in ("value", "version"):
         if name in instruction and (
             not isinstance(instruction[name], int) or isinstance(instruction[name], bool)

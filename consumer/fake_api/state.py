@@ -399,8 +399,12 @@ class Store:
             )
         targets = copy.deepcopy(segment.targets)
         expiring = dict(segment.expiring)
+        name = segment.name
         for instruction in instructions:
             kind = instruction["kind"]
+            if kind == "updateName":
+                name = instruction["value"]
+                continue
             verb = "add" if kind.startswith("add") else "remove"
             side = "included" if "Included" in kind else "excluded"
             other = "excluded" if side == "included" else "included"
@@ -418,4 +422,5 @@ class Store:
                     expiring.pop((side, context_kind, key), None)
         segment.targets = targets
         segment.expiring = expiring
+        segment.name = name
         segment.version += 1

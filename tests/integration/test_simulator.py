@@ -159,6 +159,22 @@ async def test_segment_patch_is_all_or_nothing(http: Any, admin: SimulatorAdmin)
     assert body["includedContexts"] == [{"contextKind": "org", "values": ["good"]}]
 
 
+async def test_update_name_is_applied_with_the_rest_or_not_at_all(
+    http: Any, admin: SimulatorAdmin
+) -> None:
+    rename = {"kind": "updateName", "value": "Beta testers"}
+    bad = {"kind": "addIncludedTargets", "contextKind": "org", "values": ["bad"]}
+    status, _, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [rename, bad]})
+    assert status == 400
+    assert (await admin.state())["segments"][0]["name"] == "beta"
+    status, _, _ = await http(
+        PATCH, {"environmentKey": ENV, "instructions": [{"kind": "updateName", "value": 3}]}
+    )
+    assert status == 400
+    status, body, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [rename]})
+    assert status == 200 and body["name"] == "Beta testers"
+
+
 async def test_segment_patch_limits(http: Any) -> None:
     many = {"kind": "addIncludedUsers", "values": [f"u{i}" for i in range(1501)]}
     status, body, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [many]})

@@ -14,7 +14,7 @@ EXPECTED = {
 
 def test_the_table_covers_every_instruction_kind_of_the_models() -> None:
     assert set(ROUTES) == set(INSTRUCTIONS)
-    assert len(ROUTES) == 17
+    assert len(ROUTES) == 18
 
 
 @pytest.mark.parametrize(("resource_kind", "kind"), sorted(ROUTES))
@@ -30,6 +30,8 @@ def test_contract_table_spot_checks() -> None:
     assert ROUTES[("segment", "addExpireUserTargetDate")] is Endpoint.SEGMENT_EXPIRING_USER_TARGETS
     assert ROUTES[("flag", "removeExpiringTarget")] is Endpoint.FLAG_EXPIRING_TARGETS
     assert ROUTES[("segment", "removeExcludedUsers")] is Endpoint.SEGMENT_TARGETS
+    assert ROUTES[("segment", "updateName")] is Endpoint.SEGMENT_TARGETS
+    assert ("flag", "updateName") not in ROUTES
     assert ("flag", "addIncludedTargets") not in ROUTES
 
 
