@@ -57,6 +57,11 @@ class Faults(BaseModel):
         default_factory=list,
         description="only requests whose path matches one of these globs get faults (empty: all)",
     )
+    refused_keys: list[str] = Field(
+        default_factory=list,
+        description="globs of target keys a segment write refuses with 400 (a key LaunchDarkly"
+        " does not accept), whatever the other faults",
+    )
 
     def apply_to(self, path: str) -> bool:
         return not self.paths or any(fnmatch.fnmatchcase(path, p) for p in self.paths)
@@ -366,6 +371,8 @@ class Simulator:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
         body, instructions = await self._instructions(request, SEGMENT_TARGETS)
+        if self.faults.refused_keys:
+            self._refuse([key for i in instructions for key in i.get("values") or []])
         if body.get("environmentKey") != m["environment"]:
             raise RequestRejected("environmentKey in the body must name the environment of the URL")
         self.store.patch_segment(segment, instructions)
@@ -385,8 +392,26 @@ class Simulator:
     def _big_segment_write(self, request: web.Request, *, users: bool) -> web.Response:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
-        self.store.update_big_segment(segment, _PARSED_BODY.get(), users=users)
+        body = _PARSED_BODY.get()
+        if self.faults.refused_keys and isinstance(body, dict):
+            keys = [
+                key
+                for lists in body.values()
+                if isinstance(lists, dict)
+                for values in lists.values()
+                if isinstance(values, list)
+                for key in values
+            ]
+            self._refuse(keys)
+        self.store.update_big_segment(segment, body, users=users)
         return web.Response(status=204)
+
+    def _refuse(self, keys: list[Any]) -> None:
+        for key in keys:
+            if isinstance(key, str) and any(
+                fnmatch.fnmatchcase(key, p) for p in self.faults.refused_keys
+            ):
+                raise RequestRejected(f"invalid target key {key!r}")
 
     async def big_segment_context(self, request: web.Request) -> web.Response:
         return self._membership(request, users=False)
