@@ -87,6 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
+    verify = commands.add_parser(
+        "verify", help="compare LaunchDarkly's state with what the outcomes say it should hold"
+    )
+    verify.add_argument("--since", help="outcomes completed since: RFC 3339 or 30m, 2h, 7d ago")
+    verify.add_argument("--until", help="outcomes completed until: RFC 3339 or a duration ago")
+    verify.add_argument(
+        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
+    )
+    verify.add_argument("--event-id", action="append", help="targets these events touched")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    verify.add_argument("--base-url", help="overrides LD_BASE_URL")
+
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     return parser
@@ -107,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args)
         if args.command == "produce":
             return _produce(args)
+        if args.command == "verify":
+            return _verify(args)
     except SettingsError as exc:
         print(f"ld-targeting-consumer: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -246,3 +261,29 @@ def _produce(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_OK if (not report.invalid or args.allow_invalid) and not missing else EXIT_FAILURE
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from consumer import verify
+    from consumer.replay import parse_when
+
+    settings = _settings(args)
+    require_token(settings)
+    logs.configure("warning", settings.log_format)
+    try:
+        selection = verify.Selection(
+            since_ms=parse_when(args.since) if args.since else None,
+            until_ms=parse_when(args.until) if args.until else None,
+            resource=args.resource,
+            event_ids=frozenset(args.event_id or ()),
+        )
+    except ValueError as exc:
+        raise SettingsError(f"verify: {exc}") from None
+    report = asyncio.run(verify.Verifier(settings, selection).run())
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, default=str))
+    else:
+        verify.print_report(report, sys.stdout)
+    return EXIT_OK if report.clean else EXIT_FAILURE
