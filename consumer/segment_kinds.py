@@ -38,9 +38,10 @@ log = structlog.get_logger(__name__)
 
 
 class LookupFailed(Exception):
-    def __init__(self, error: ApiError) -> None:
+    def __init__(self, error: ApiError, attempts: int) -> None:
         super().__init__(error.message)
         self.error = error
+        self.attempts = attempts  # requests sent for the read
 
 
 class LookupStopped(Exception):
@@ -92,6 +93,7 @@ class KindResolver:
         path = segment.path
         started, closings = time.monotonic(), self._gate.closings
         failures = 0
+        attempts = 0
         last_try = False
         while True:
             if not self._gate.is_open:
@@ -101,6 +103,7 @@ class KindResolver:
             if not live():
                 raise LookupStopped
             response, error = await self._get(path)
+            attempts += 1
             if isinstance(error, Unauthorized):
                 self._gate.unauthorized(error)
                 continue
@@ -119,7 +122,7 @@ class KindResolver:
                     status=response.status,
                 )
             if not error.retryable:
-                raise LookupFailed(error)
+                raise LookupFailed(error, attempts)
             if closings != self._gate.closings:
                 continue
             if not isinstance(error, RateLimited):
@@ -137,7 +140,7 @@ class KindResolver:
                         continue
                     last_try = True
                     continue
-                raise LookupFailed(error)
+                raise LookupFailed(error, attempts)
             self._metrics.retries.labels(reason=error.code.value).inc()
             log.info(
                 "ld.retry", path=path, error=error.code.value, delay_s=round(delay, 3), read=True
@@ -167,4 +170,7 @@ class KindResolver:
             str(response.status) if response is not None else (error.code.value if error else "")
         )
         self._metrics.requests.labels(endpoint=SEGMENT_READ_ROUTE, status=status).inc()
+        if isinstance(error, RateLimited):
+            self._metrics.rate_limited.inc()
+            log.warning("ld.rate_limited", path=path, retry_after_s=round(error.retry_after, 3))
         return response, error

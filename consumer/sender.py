@@ -223,10 +223,11 @@ class BatchSender:
                     waiting,
                     error,
                     status=_final_status(error),
-                    attempts=[0] * len(waiting),
+                    attempts=[exc.attempts] * len(waiting),
                 )
                 for item, result in zip(waiting, failed, strict=True):
                     result.error = Failure(error.code, f"reading the segment: {error.message}")
+                    result.method, result.path = "GET", batch.route.path
                     results[position[id(item)]] = result
                 return results
             recheck = _Recheck(kinds, batch.route, kind, batch.live, done=rechecked)

@@ -134,6 +134,7 @@ async def test_a_segment_that_cannot_be_read_ends_in_outcomes_without_a_write() 
     assert result is not None and result.status is Status.REJECTED and result.error is not None
     assert result.error.code is ErrorCode.NOT_FOUND
     assert "reading the segment" in result.error.message
+    assert (result.method, result.path, result.attempts) == ("GET", SEGMENT, 1)
     assert [m for m, _, _ in client.requests] == ["GET"]
 
 
