@@ -48,6 +48,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.batcher import Batcher
+from consumer.big_segments import KindCache
 from consumer.errors import ApiError
 from consumer.gate import ApiGate, Closed
 from consumer.health import BROKER_PROBE_AFTER, HealthServer, Vitals
@@ -58,6 +59,7 @@ from consumer.pipeline import Pipeline
 from consumer.publisher import Publisher
 from consumer.recovery import Recovered, Recovery
 from consumer.retry import RetryPolicy
+from consumer.segment_kinds import KindResolver
 from consumer.sender import BatchSender
 from consumer.settings import Settings
 from consumer.throttle import RateLimiter
@@ -140,14 +142,24 @@ class Service:
             on_change=self._on_gate,
             rng=self._rng,
         )
+        policy = retry_policy(settings)
         self._sender = BatchSender(
             self._client,
-            retry_policy(settings),
+            policy,
             self.gate,
             throttle=self.throttle,
             metrics=self.metrics,
             rng=self._rng,
             tracing=self.tracing,
+            kinds=KindResolver(
+                self._client,
+                policy,
+                self.gate,
+                self.throttle,
+                self.metrics,
+                KindCache(settings.ld_segment_kind_ttl_ms / 1000),
+                rng=self._rng,
+            ),
         )
         self.pipeline = Pipeline(
             Batcher(

@@ -245,6 +245,19 @@ def _parser() -> argparse.ArgumentParser:
         help="partitions of the dead-letter topic",
     )
 
+    verify = commands.add_parser(
+        "verify", help="compare LaunchDarkly's state with what the outcomes say it should hold"
+    )
+    verify.add_argument("--since", help="outcomes completed since: RFC 3339 or 30m, 2h, 7d ago")
+    verify.add_argument("--until", help="outcomes completed until: RFC 3339 or a duration ago")
+    verify.add_argument(
+        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
+    )
+    verify.add_argument("--event-id", action="append", help="targets these events touched")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
+    verify.add_argument("--base-url", help="overrides LD_BASE_URL")
+
     demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     return parser
@@ -472,6 +485,31 @@ def _outcomes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from consumer import verify
+    from consumer.replay import parse_when
+
+    settings = _settings(args, need_token=True)
+    logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
+    try:
+        selection = verify.Selection(
+            since_ms=parse_when(args.since) if args.since else None,
+            until_ms=parse_when(args.until) if args.until else None,
+            resource=args.resource,
+            event_ids=frozenset(args.event_id or ()),
+        )
+    except ValueError as exc:
+        raise UsageError(f"verify: {exc}") from None
+    report = asyncio.run(verify.Verifier(settings, selection).run())
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, default=str))
+    else:
+        verify.print_report(report, sys.stdout)
+    return EXIT_OK if report.clean else EXIT_FAILURE
+
+
 COMMANDS = {
     "outcomes": _outcomes,
     "check": _check,
@@ -482,4 +520,5 @@ COMMANDS = {
     "demo": _demo,
     "replay": _replay,
     "produce": _produce,
+    "verify": _verify,
 }

@@ -109,7 +109,7 @@ async def _demo(out: TextIO, external: str | None, timeout: float) -> int:
                 until=lambda r: len(r) >= sum(o.status.value != "succeeded" for o in outcomes),
                 timeout=10,
             )
-            requests = [r for r in api.simulator.requests if r["method"] == "PATCH"]
+            requests = [r for r in api.simulator.requests if r["method"] in ("PATCH", "POST")]
             return _report(out, samples, outcomes, len(dead_letters), len(requests), elapsed)
 
 

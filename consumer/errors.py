@@ -38,6 +38,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     UNEXPECTED_STATUS = "unexpected_status"
+    # rejected without a request: the event's context kind is not its big segment's
+    CONTEXT_KIND_MISMATCH = "context_kind_mismatch"
     # failed: given up after retries, or the answer could not be read
     RATE_LIMITED = "rate_limited"
     SERVER_ERROR = "server_error"

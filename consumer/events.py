@@ -143,6 +143,13 @@ class SegmentUsers(Strict):
     values: TargetValues
 
 
+class UpdateName(Strict):
+    """Renames the segment (the segment PATCH's `updateName`)."""
+
+    kind: Literal["updateName"]
+    value: Annotated[str, StringConstraints(min_length=1, max_length=1_000)]
+
+
 class FlagAddExpiringTarget(Strict):
     kind: Literal["addExpiringTarget"]
     variationId: Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -175,7 +182,8 @@ SegmentInstruction = Annotated[
     | UpdateExpireUserTargetDate
     | RemoveExpireUserTargetDate
     | SegmentTargets
-    | SegmentUsers,
+    | SegmentUsers
+    | UpdateName,
     Field(discriminator="kind"),
 ]
 FlagInstruction = Annotated[
@@ -191,6 +199,7 @@ Instruction = (
     | RemoveExpireUserTargetDate
     | SegmentTargets
     | SegmentUsers
+    | UpdateName
     | FlagAddExpiringTarget
     | FlagUpdateExpiringTarget
     | FlagRemoveExpiringTarget
@@ -273,6 +282,8 @@ def target_operations(event: TargetingEvent) -> int:
     instruction = event.instruction
     if isinstance(instruction, SegmentTargets | SegmentUsers):
         return len(instruction.values)
+    if isinstance(instruction, UpdateName):
+        return 0
     return 1
 
 

@@ -35,7 +35,7 @@ from consumer.errors import (
     UnexpectedStatus,
 )
 from consumer.retry import rate_limit_wait
-from consumer.routing import API_VERSION, CONTENT_TYPE, METHOD
+from consumer.routing import API_VERSION, CONTENT_TYPE, JSON_CONTENT_TYPE, METHOD
 
 RATE_LIMIT_HEADERS = (
     "Retry-After",
@@ -158,8 +158,12 @@ class LdClient:
         """Send one semantic patch. Raises `RequestTimeout` or `ConnectionFailed` only."""
         return await self._request(METHOD, path, orjson.dumps(body), CONTENT_TYPE)
 
+    async def post(self, path: str, body: dict[str, Any]) -> ApiResponse:
+        """A plain JSON POST (a big segment's targets). Raises like `patch`."""
+        return await self._request("POST", path, orjson.dumps(body), JSON_CONTENT_TYPE)
+
     async def get(self, path: str) -> ApiResponse:
-        """A read (the API gate's probe). Raises `RequestTimeout` or `ConnectionFailed` only."""
+        """A read. Raises `RequestTimeout` or `ConnectionFailed` only."""
         return await self._request("GET", path, None, None)
 
     async def _request(

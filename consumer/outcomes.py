@@ -64,6 +64,9 @@ class InstructionResult:
     attempts: int
     error: Failure | None = None
     item: dict[str, Any] | None = None
+    # The request it went in, when not its route's PATCH (a big segment's POST).
+    method: str | None = None
+    path: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
@@ -232,8 +235,8 @@ def outcome_for(
             "instructionKind": event.instruction.kind,
             "batch": {"id": batch.id, "size": batch.size, "index": batch.index},
             "http": {
-                "method": METHOD,
-                "path": pending.route.path,
+                "method": result.method or METHOD,
+                "path": result.path or pending.route.path,
                 "status": result.http_status,
                 "attempts": result.attempts,
             },

@@ -19,6 +19,9 @@ class Endpoint(StrEnum):
     SEGMENT_EXPIRING_USER_TARGETS = "segment-expiring-user-targets"
     FLAG_EXPIRING_TARGETS = "flag-expiring-targets"
     SEGMENT_TARGETS = "segment-targets"
+    # Big segments (big_segments.py): chosen at send time, never by the table below.
+    BIG_SEGMENT_CONTEXTS = "big-segment-contexts"
+    BIG_SEGMENT_USERS = "big-segment-users"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,9 @@ class EndpointSpec:
     body_has_environment_key: bool
     # Most keys (in `values`) one request may add or remove; None when unlimited.
     max_target_operations: int | None
+    # PATCH with a semantic patch of `instructions`, or POST of a big segment's
+    # `SegmentUserState` (the instructions merged into add/remove lists, answered 204).
+    method: str = "PATCH"
 
     @property
     def all_or_nothing(self) -> bool:
@@ -52,7 +58,14 @@ SPECS: dict[Endpoint, EndpointSpec] = {
     Endpoint.SEGMENT_TARGETS: EndpointSpec(
         "/api/v2/segments/{project}/{environment}/{resource}", False, True, 1_500
     ),
+    Endpoint.BIG_SEGMENT_CONTEXTS: EndpointSpec(
+        "/api/v2/segments/{project}/{environment}/{resource}/contexts", False, False, 1_500, "POST"
+    ),
+    Endpoint.BIG_SEGMENT_USERS: EndpointSpec(
+        "/api/v2/segments/{project}/{environment}/{resource}/users", False, False, 1_500, "POST"
+    ),
 }
+BIG_SEGMENT_ENDPOINTS = (Endpoint.BIG_SEGMENT_CONTEXTS, Endpoint.BIG_SEGMENT_USERS)
 
 ROUTES: dict[tuple[str, str], Endpoint] = {
     ("segment", "addExpiringTarget"): Endpoint.SEGMENT_EXPIRING_TARGETS,
@@ -70,6 +83,7 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
         for side in ("Included", "Excluded")
         for what in ("Targets", "Users")
     },
+    ("segment", "updateName"): Endpoint.SEGMENT_TARGETS,
 }
 
 # The API gate's probe (gate.py): a cheap authenticated read, in LaunchDarkly's OpenAPI
@@ -79,6 +93,10 @@ CALLER_IDENTITY_ROUTE = "caller-identity"
 
 METHOD = "PATCH"
 CONTENT_TYPE = "application/json; domain-model=launchdarkly.semanticpatch"
+JSON_CONTENT_TYPE = "application/json"
+# The segment read (`GET /api/v2/segments/{project}/{env}/{segment}`, the segment PATCH's path)
+# that tells whether a segment is big: a rate-limit route of its own.
+SEGMENT_READ_ROUTE = "segment-read"
 API_VERSION = "20240415"
 
 
@@ -141,9 +159,17 @@ def _route(
     return Route(endpoint, path, project, environment)
 
 
+def big_segment_route(segment: Route, endpoint: Endpoint) -> Route:
+    """The big-segment endpoint of the segment whose PATCH route is `segment`."""
+    suffix = "/contexts" if endpoint is Endpoint.BIG_SEGMENT_CONTEXTS else "/users"
+    return Route(endpoint, segment.path + suffix, segment.project_key, segment.environment_key)
+
+
 def request_body(
     route: Route, instructions: list[dict[str, Any]], comment: str | None
 ) -> dict[str, Any]:
+    if route.endpoint in BIG_SEGMENT_ENDPOINTS:
+        return segment_user_state(instructions)  # no comment: the body has no field for one
     body: dict[str, Any] = {}
     if route.spec.body_has_environment_key:
         body["environmentKey"] = route.environment_key
@@ -151,3 +177,20 @@ def request_body(
     if comment:
         body["comment"] = comment
     return body
+
+
+def segment_user_state(instructions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A big segment's `SegmentUserState` body: the target instructions merged, in order, into
+    `included`/`excluded` x `add`/`remove` key lists (a key listed once per list; empty lists
+    and sides left out). The caller (big_segments.plan) never merges a key into both `add`
+    and `remove` of one side, so the order within the body does not matter."""
+    lists: dict[str, dict[str, dict[str, None]]] = {}
+    for instruction in instructions:
+        kind = instruction["kind"]
+        side = "included" if "Included" in kind else "excluded"
+        verb = "add" if kind.startswith("add") else "remove"
+        lists.setdefault(side, {}).setdefault(verb, {}).update(dict.fromkeys(instruction["values"]))
+    return {
+        side: {verb: list(keys) for verb, keys in verbs.items()}
+        for side, verbs in sorted(lists.items(), key=lambda pair: pair[0] != "included")
+    }

@@ -279,6 +279,13 @@ def demo_samples() -> list[Sample]:
             "succeeded",
             f"{verb} {side.lower()} user",
         )
+    b.event(
+        "segment",
+        "enterprise-orgs",
+        {"kind": "updateName", "value": "Enterprise organisations"},
+        "succeeded",
+        "rename the segment",
+    )
     for i in range(1, 6):
         b.event(
             "segment",
@@ -288,6 +295,42 @@ def demo_samples() -> list[Sample]:
             "add device target",
             env="staging",
         )
+    # A big segment (the simulator's sample seed marks it `unbounded`): the same target events
+    # go to POST .../contexts, merged into a few requests.
+    for i in range(1, 13):
+        b.event(
+            "segment",
+            "vip-accounts",
+            {
+                "kind": "addIncludedTargets",
+                "contextKind": "account",
+                "values": [f"acct-{i}", f"acct-{i + 100}"],
+            },
+            "succeeded",
+            "add accounts to a big segment",
+            comment="CRM sync",
+        )
+    b.event(
+        "segment",
+        "vip-accounts",
+        {"kind": "removeIncludedTargets", "contextKind": "account", "values": ["acct-legacy-1"]},
+        "succeeded",
+        "remove an account from a big segment",
+    )
+    b.event(
+        "segment",
+        "vip-accounts",
+        {"kind": "addExcludedTargets", "contextKind": "account", "values": ["acct-7"]},
+        "succeeded",
+        "exclude an account from a big segment",
+    )
+    b.event(
+        "segment",
+        "vip-accounts",
+        {"kind": "addIncludedUsers", "values": ["user-1"]},
+        "rejected",
+        "users on a big segment of accounts (context_kind_mismatch)",
+    )
     # Resources that do not exist.
     b.event(
         "segment",

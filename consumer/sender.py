@@ -24,6 +24,13 @@
   sent in order, recursively, so only instructions that fail alone are rejected and all the
   others are applied, in their original order.
 - Any other error is pinned on every instruction of the request.
+- Segment events (big_segments.py): a batch for a segment's PATCH lane that changes targets
+  first learns the segment's kind (segment_kinds.py: cached, or read through the same gate,
+  limiter and retry policy); a big segment's events then go as `plan` says, request after
+  request in order, each one sent, retried and narrowed like any other. A 400 that may mean
+  the segment is not what the cache thought (the PATCH on a big segment, `/contexts` on a
+  standard one) re-reads the kind once; when it changed, the events without a result are
+  planned again for the new kind (nothing of the refused request was applied).
 """
 
 from __future__ import annotations
@@ -31,16 +38,19 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from consumer.batcher import Batch
+from consumer.big_segments import Mismatch, SegmentKind, needs_kind, plan
 from consumer.errors import (
     ApiError,
     BadRequest,
     Conflict,
     ConnectionFailed,
+    ErrorCode,
     InvalidResponse,
     RateLimited,
     RequestTimeout,
@@ -50,15 +60,23 @@ from consumer.events import Status, instruction_body
 from consumer.gate import ApiGate, Verdict
 from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.metrics import Metrics
-from consumer.outcomes import InstructionResult, results_from_body, results_from_error
+from consumer.outcomes import (
+    BatchRef,
+    Failure,
+    InstructionResult,
+    results_from_body,
+    results_from_error,
+)
 from consumer.retry import RetryPolicy
 from consumer.routing import (
     CALLER_IDENTITY_PATH,
     CALLER_IDENTITY_ROUTE,
     METHOD,
+    Endpoint,
     Route,
     request_body,
 )
+from consumer.segment_kinds import KindResolver, LookupFailed, LookupStopped
 from consumer.throttle import Permit, RateLimiter
 from consumer.tracing import Tracing
 
@@ -70,6 +88,31 @@ Results = list[InstructionResult | None]
 
 class _Stopped(Exception):
     """The batch is no longer live: nothing more may be sent for it."""
+
+
+class _KindChanged(Exception):
+    """A 400 made the sender re-read the segment's kind, and it is not what was planned for."""
+
+
+@dataclass(slots=True)
+class _Recheck:
+    """Re-reads a segment's kind after a 400, at most once per batch."""
+
+    kinds: KindResolver
+    segment: Route
+    planned: SegmentKind
+    live: Callable[[], bool]
+    done: bool = False
+
+    async def changed(self) -> bool:
+        if self.done:
+            return False
+        self.done = True
+        try:
+            fresh = await self.kinds.kind(self.segment, self.live, fresh=True)
+        except (LookupFailed, LookupStopped):
+            return False
+        return fresh != self.planned
 
 
 @dataclass(slots=True)
@@ -95,6 +138,7 @@ class BatchSender:
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
+        kinds: KindResolver | None = None,
     ) -> None:
         self._client = client
         self._tracing = tracing or Tracing(None)
@@ -108,6 +152,8 @@ class BatchSender:
         self._requesting: set[str] = set()
         # Units granted to batches not sent yet: permit seq -> rate-limit route.
         self._granted: dict[int, str] = {}
+        # Where segments' kinds come from; None: every segment is taken as standard.
+        self._kinds = kinds
 
     def requesting(self, batch_id: str) -> bool:
         return batch_id in self._requesting
@@ -145,11 +191,91 @@ class BatchSender:
         budget = _Budget(time.monotonic(), self._gate.closings)
         try:
             with self._tracing.batch(batch):
+                if (
+                    self._kinds is not None
+                    and batch.route.endpoint is Endpoint.SEGMENT_TARGETS
+                    and needs_kind(batch.items)
+                ):
+                    return await self._send_segment(batch, self._kinds, budget, permit)
                 return await self._send(
                     batch, [0] * len(batch), budget, narrowing=False, top=batch.id, permit=permit
                 )
         finally:
             self.release(permit)
+
+    async def _send_segment(
+        self, batch: Batch, kinds: KindResolver, budget: _Budget, permit: Permit | None
+    ) -> Results:
+        """A segment lane's batch: its kind, then its requests in order (big_segments.py)."""
+        results: Results = [None] * len(batch)
+        position = {id(item): i for i, item in enumerate(batch.items)}
+        rechecked = False  # at most one re-read per batch
+        while True:
+            waiting = [item for item in batch.items if results[position[id(item)]] is None]
+            if not waiting:
+                return results
+            if kinds.cached(batch.route) is None:
+                self.release(permit)  # the read comes first; the write takes a unit after it
+                permit = None
+            try:
+                kind = await kinds.kind(batch.route, batch.live)
+            except LookupStopped:
+                return results
+            except LookupFailed as exc:
+                error = exc.error
+                failed = results_from_error(
+                    batch.id,
+                    waiting,
+                    error,
+                    status=_final_status(error),
+                    attempts=[exc.attempts] * len(waiting),
+                )
+                for item, result in zip(waiting, failed, strict=True):
+                    result.error = Failure(error.code, f"reading the segment: {error.message}")
+                    result.method, result.path = "GET", batch.route.path
+                    results[position[id(item)]] = result
+                return results
+            recheck = _Recheck(kinds, batch.route, kind, batch.live, done=rechecked)
+            try:
+                for step in plan(batch.route, waiting, kind):
+                    if isinstance(step, Mismatch):
+                        results[position[id(step.item)]] = InstructionResult(
+                            Status.REJECTED,
+                            BatchRef(batch.id, len(batch), position[id(step.item)]),
+                            None,
+                            0,
+                            Failure(ErrorCode.CONTEXT_KIND_MISMATCH, step.message),
+                        )
+                        continue
+                    if step.route is not batch.route:
+                        self.release(permit)  # granted on the segment PATCH's route
+                        permit = None
+                    request = Batch(step.route, batch.created_at)
+                    for item in step.items:
+                        request.append(item)
+                    step_results = await self._send(
+                        request,
+                        [0] * len(request),
+                        budget,
+                        narrowing=False,
+                        top=batch.id,
+                        permit=permit,
+                        recheck=recheck,
+                    )
+                    permit = None
+                    for item, answer in zip(step.items, step_results, strict=True):
+                        if answer is not None and step.route is not batch.route:
+                            answer.method = step.route.spec.method
+                            answer.path = step.route.path
+                        results[position[id(item)]] = answer
+                    if any(result is None for result in step_results):
+                        return results  # stopped: the rest is the next owner's
+            except _KindChanged:
+                rechecked = True  # the refused request applied nothing: plan the rest again
+                self.release(permit)
+                permit = None
+                continue
+            return results
 
     async def _send(
         self,
@@ -160,9 +286,11 @@ class BatchSender:
         narrowing: bool,
         top: str,
         permit: Permit | None = None,
+        recheck: _Recheck | None = None,
     ) -> Results:
         """`budget`: the time budget started with the batch (narrowing shares it); failures
-        and conflicts are counted per request."""
+        and conflicts are counted per request. `recheck`: for a segment's request, asked on
+        a 400 whether the segment's kind changed (then `_KindChanged` is raised)."""
         body = request_body(
             batch.route, [instruction_body(p.event) for p in batch.items], batch.comment
         )
@@ -205,6 +333,13 @@ class BatchSender:
                         per_instruction_errors=batch.route.spec.per_instruction_errors,
                     )
                 )
+            if (
+                isinstance(error, BadRequest)
+                and recheck is not None
+                and not narrowing
+                and await recheck.changed()
+            ):
+                raise _KindChanged
             if isinstance(error, BadRequest) and len(batch) > 1:
                 return await self._narrow(batch, attempts, budget, error, top)
             if isinstance(error, Conflict):
@@ -304,7 +439,10 @@ class BatchSender:
         self, batch: Batch, body: dict[str, object]
     ) -> tuple[ApiResponse | None, ApiError | None]:
         try:
-            response = await self._client.patch(batch.path, body)
+            if batch.route.spec.method == "POST":
+                response = await self._client.post(batch.path, body)
+            else:
+                response = await self._client.patch(batch.path, body)
         except (RequestTimeout, ConnectionFailed) as exc:
             return None, exc
         error = error_for(

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # answer before the API counts as down, and the longest pause between its probes.
     ld_outage_window_ms: int = Field(10_000, ge=100)
     ld_probe_max_delay_ms: int = Field(30_000, ge=100)
+    # How long a segment's kind (standard or big, big_segments.py) is trusted after reading it.
+    ld_segment_kind_ttl_ms: int = Field(300_000, ge=0)
 
     # The consumer
     consumer_group_id: str = "ld-targeting-consumer"

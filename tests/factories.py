@@ -77,6 +77,7 @@ INSTRUCTIONS: dict[tuple[str, str], dict[str, Any]] = {
         for verb in ("add", "remove")
         for side in ("Included", "Excluded")
     },
+    ("segment", "updateName"): {"value": "Renamed segment"},
 }
 
 _counter = iter(range(1, 10**9))

@@ -41,6 +41,29 @@ class SimulatorAdmin:
         result: dict[str, Any] = await self._call("GET", "/admin/state")
         return result
 
+    async def segment_targets(
+        self,
+        project: str,
+        environment: str,
+        segment: str,
+        *,
+        target_type: str,
+        values: list[str],
+        context_kind: str = "user",
+        remove: bool = False,
+    ) -> None:
+        """Add (or `remove`) a segment's targets directly, as another client would."""
+        await self._call(
+            "POST",
+            f"/admin/segments/{project}/{environment}/{segment}/targets",
+            {
+                "targetType": target_type,
+                "contextKind": context_kind,
+                "values": values,
+                "remove": remove,
+            },
+        )
+
     async def requests(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._call("GET", "/admin/requests")
         return result

@@ -1,5 +1,6 @@
-"""The LaunchDarkly API simulator over HTTP: the four PATCH endpoints, a few reads (segments,
-flags, caller identity), an admin API.
+"""The LaunchDarkly API simulator over HTTP: the four PATCH endpoints, the big-segment POSTs
+(`/contexts`, `/users`), the reads (segments, big-segment membership, expiring targets, flags,
+caller identity), an admin API.
 
 Every /api response carries the rate-limit headers. Requests are checked in LaunchDarkly's
 order: token (401), rate limit (429), injected faults, resource (404), body (400), then the
@@ -55,6 +56,11 @@ class Faults(BaseModel):
     paths: list[str] = Field(
         default_factory=list,
         description="only requests whose path matches one of these globs get faults (empty: all)",
+    )
+    refused_keys: list[str] = Field(
+        default_factory=list,
+        description="globs of target keys a segment write refuses with 400 (a key LaunchDarkly"
+        " does not accept), whatever the other faults",
     )
 
     def apply_to(self, path: str) -> bool:
@@ -130,6 +136,23 @@ class Simulator:
         )
         r.add_patch("/api/v2/segments/{project}/{environment}/{resource}", self.segment_patch)
         r.add_get("/api/v2/segments/{project}/{environment}/{resource}", self.get_segment)
+        big = "/api/v2/segments/{project}/{environment}/{resource}"
+        r.add_post(big + "/contexts", self.big_segment_contexts)
+        r.add_post(big + "/users", self.big_segment_users)
+        r.add_get(big + "/contexts/{key}", self.big_segment_context)
+        r.add_get(big + "/users/{key}", self.big_segment_user)
+        r.add_get(
+            "/api/v2/segments/{project}/{resource}/expiring-targets/{environment}",
+            self.get_segment_expiring,
+        )
+        r.add_get(
+            "/api/v2/segments/{project}/{resource}/expiring-user-targets/{environment}",
+            self.get_segment_expiring_users,
+        )
+        r.add_get(
+            "/api/v2/flags/{project}/{resource}/expiring-targets/{environment}",
+            self.get_flag_expiring,
+        )
         r.add_get("/api/v2/flags/{project}/{resource}", self.get_flag)
         r.add_get("/api/v2/caller-identity", self.caller_identity)
         r.add_get("/admin/health", self.admin_health)
@@ -262,6 +285,8 @@ class Simulator:
             if not isinstance(entry["body"], dict):
                 raise RequestRejected("request body is not a JSON object")
             _PARSED_BODY.set(entry["body"])
+        elif request.method == "POST":
+            _PARSED_BODY.set(entry["body"])
         return await handler(request)
 
     def _auth(self, request: web.Request) -> str:
@@ -346,6 +371,8 @@ class Simulator:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
         body, instructions = await self._instructions(request, SEGMENT_TARGETS)
+        if self.faults.refused_keys:
+            self._refuse([key for i in instructions for key in i.get("values") or []])
         if body.get("environmentKey") != m["environment"]:
             raise RequestRejected("environmentKey in the body must name the environment of the URL")
         self.store.patch_segment(segment, instructions)
@@ -355,6 +382,70 @@ class Simulator:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
         return web.json_response(segment.representation())
+
+    async def big_segment_contexts(self, request: web.Request) -> web.Response:
+        return self._big_segment_write(request, users=False)
+
+    async def big_segment_users(self, request: web.Request) -> web.Response:
+        return self._big_segment_write(request, users=True)
+
+    def _big_segment_write(self, request: web.Request, *, users: bool) -> web.Response:
+        m = request.match_info
+        segment = self.store.segment(m["project"], m["environment"], m["resource"])
+        body = _PARSED_BODY.get()
+        if self.faults.refused_keys and isinstance(body, dict):
+            keys = [
+                key
+                for lists in body.values()
+                if isinstance(lists, dict)
+                for values in lists.values()
+                if isinstance(values, list)
+                for key in values
+            ]
+            self._refuse(keys)
+        self.store.update_big_segment(segment, body, users=users)
+        return web.Response(status=204)
+
+    def _refuse(self, keys: list[Any]) -> None:
+        for key in keys:
+            if isinstance(key, str) and any(
+                fnmatch.fnmatchcase(key, p) for p in self.faults.refused_keys
+            ):
+                raise RequestRejected(f"invalid target key {key!r}")
+
+    async def big_segment_context(self, request: web.Request) -> web.Response:
+        return self._membership(request, users=False)
+
+    async def big_segment_user(self, request: web.Request) -> web.Response:
+        return self._membership(request, users=True)
+
+    def _membership(self, request: web.Request, *, users: bool) -> web.Response:
+        m = request.match_info
+        segment = self.store.segment(m["project"], m["environment"], m["resource"])
+        return web.json_response(self.store.big_membership(segment, m["key"], users=users))
+
+    async def get_segment_expiring(self, request: web.Request) -> web.Response:
+        return self._segment_expiring_read(request, user_form=False)
+
+    async def get_segment_expiring_users(self, request: web.Request) -> web.Response:
+        return self._segment_expiring_read(request, user_form=True)
+
+    def _segment_expiring_read(self, request: web.Request, *, user_form: bool) -> web.Response:
+        m = request.match_info
+        segment = self.store.segment(m["project"], m["environment"], m["resource"])
+        items = [
+            e.item(segment.resource_id(), user_form=user_form)
+            for e in segment.expiring.values()
+            if not user_form or e.context_kind == "user"
+        ]
+        return web.json_response({"items": items, "_links": {}})
+
+    async def get_flag_expiring(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        flag = self.store.flag(m["project"], m["environment"], m["resource"])
+        scheduled = flag.expiring.get(m["environment"], {}).values()
+        items = [e.item(flag.resource_id(m["environment"])) for e in scheduled]
+        return web.json_response({"items": items, "_links": {}})
 
     async def get_flag(self, request: web.Request) -> web.Response:
         m = request.match_info
@@ -522,6 +613,7 @@ SEGMENT_TARGETS = {
         for s in ("Included", "Excluded")
     },
     **{f"{v}{s}Users": {"values"} for v in ("add", "remove") for s in ("Included", "Excluded")},
+    "updateName": {"value"},
 }
 
 
@@ -541,6 +633,10 @@ def _check_instruction(position: int, instruction: Any, allowed: dict[str, set[s
     extra = set(instruction) - known
     if extra:
         raise RequestRejected(f"{where}: unknown fields {sorted(extra)}")
+    if kind == "updateName":
+        if not isinstance(instruction["value"], str) or not instruction["value"]:
+            raise RequestRejected(f"{where}: value must be a non-empty string")
+        return
     for name in ("value", "version"):
         if name in instruction and (
             not isinstance(instruction[name], int) or isinstance(instruction[name], bool)

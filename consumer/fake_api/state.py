@@ -9,6 +9,10 @@ Pure: no HTTP here. `server.py` maps requests onto these methods and their error
 - A context can be scheduled for removal only if it is an individual target; an update with a
   `version` that is not the current one fails; for the legacy user form the version is the
   segment's (as its page says).
+- Big segments (`unbounded`, one context kind): targets change through `POST .../contexts`
+  and `.../users` (a `SegmentUserState` body, 204); included and excluded are two
+  independent lists (the membership read answers both). What a write meant for the other
+  kind of segment does is decided in one place, `require_kind`: 400.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ class SegmentIn(_In):
     name: str | None = None
     included: dict[str, list[str]] = Field(default_factory=dict)
     excluded: dict[str, list[str]] = Field(default_factory=dict)
+    # A big segment (list-based over 15,000 entries, or synced) of one context kind.
+    unbounded: bool = False
+    unboundedContextKind: str = "user"
 
 
 class VariationIn(_In):
@@ -88,6 +95,7 @@ class SegmentTargetsIn(_In):
     targetType: str = Field(pattern="^(included|excluded)$")
     contextKind: str = "user"
     values: list[str]
+    remove: bool = False  # take the keys out instead (a change made behind the consumer's back)
 
 
 class SeedIn(_In):
@@ -142,6 +150,8 @@ class Segment:
     )
     # (target type, context kind, context key) -> scheduled removal
     expiring: dict[tuple[str, str, str], Expiring] = field(default_factory=dict)
+    unbounded: bool = False
+    context_kind: str = "user"  # a big segment's only context kind
 
     def has_target(self, target_type: str, kind: str, key: str) -> bool:
         return key in self.targets[target_type].get(kind, {})
@@ -162,6 +172,24 @@ class Segment:
                 if kind != "user" and keys
             ]
 
+        if self.unbounded:  # a big segment's members are read one by one, never listed
+            return {
+                "key": self.key,
+                "name": self.name,
+                "version": self.version,
+                "included": [],
+                "excluded": [],
+                "includedContexts": [],
+                "excludedContexts": [],
+                "unbounded": True,
+                "unboundedContextKind": self.context_kind,
+                "_unboundedMetadata": {
+                    "includedCount": len(self.big_members("included")),
+                    "excludedCount": len(self.big_members("excluded")),
+                },
+                "deleted": False,
+                "_links": {},
+            }
         return {
             "key": self.key,
             "name": self.name,
@@ -170,9 +198,13 @@ class Segment:
             "excluded": list(self.targets["excluded"].get("user", {})),
             "includedContexts": contexts("included"),
             "excludedContexts": contexts("excluded"),
+            "unbounded": False,
             "deleted": False,
             "_links": {},
         }
+
+    def big_members(self, target_type: str) -> dict[str, None]:
+        return self.targets[target_type].setdefault(self.context_kind, {})
 
 
 @dataclass
@@ -238,7 +270,14 @@ class Store:
 
     def put_segment(self, spec: SegmentIn) -> Segment:
         self.environments.setdefault(spec.projectKey, set()).add(spec.environmentKey)
-        segment = Segment(spec.projectKey, spec.environmentKey, spec.key, spec.name or spec.key)
+        segment = Segment(
+            spec.projectKey,
+            spec.environmentKey,
+            spec.key,
+            spec.name or spec.key,
+            unbounded=spec.unbounded,
+            context_kind=spec.unboundedContextKind,
+        )
         for target_type, by_kind in (("included", spec.included), ("excluded", spec.excluded)):
             for kind, keys in by_kind.items():
                 segment.targets[target_type][kind] = dict.fromkeys(keys)
@@ -274,9 +313,13 @@ class Store:
         self, project: str, environment: str, key: str, spec: SegmentTargetsIn
     ) -> None:
         segment = self.segment(project, environment, key)
-        segment.targets[spec.targetType].setdefault(spec.contextKind, {}).update(
-            dict.fromkeys(spec.values)
-        )
+        keys = segment.targets[spec.targetType].setdefault(spec.contextKind, {})
+        if spec.remove:
+            for value in spec.values:
+                keys.pop(value, None)
+        else:
+            keys.update(dict.fromkeys(spec.values))
+        segment.version += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -287,6 +330,16 @@ class Store:
                     "environmentKey": s.environment,
                     **s.representation(),
                     "expiringTargets": [e.item(s.resource_id()) for e in s.expiring.values()],
+                    **(
+                        {
+                            "bigSegmentTargets": {
+                                "included": list(s.big_members("included")),
+                                "excluded": list(s.big_members("excluded")),
+                            }
+                        }
+                        if s.unbounded
+                        else {}
+                    ),
                 }
                 for s in self.segments.values()
             ],
@@ -391,6 +444,8 @@ class Store:
     # -- the segment semantic PATCH (all or nothing) ------------------------------------------
 
     def patch_segment(self, segment: Segment, instructions: list[dict[str, Any]]) -> None:
+        if any(i["kind"] != "updateName" for i in instructions):
+            require_kind(segment, big=False)
         operations = sum(len(i.get("values") or []) for i in instructions)
         if operations > MAX_SEGMENT_TARGET_OPERATIONS:
             raise RequestRejected(
@@ -399,8 +454,12 @@ class Store:
             )
         targets = copy.deepcopy(segment.targets)
         expiring = dict(segment.expiring)
+        name = segment.name
         for instruction in instructions:
             kind = instruction["kind"]
+            if kind == "updateName":
+                name = instruction["value"]
+                continue
             verb = "add" if kind.startswith("add") else "remove"
             side = "included" if "Included" in kind else "excluded"
             other = "excluded" if side == "included" else "included"
@@ -418,4 +477,80 @@ class Store:
                     expiring.pop((side, context_kind, key), None)
         segment.targets = targets
         segment.expiring = expiring
+        segment.name = name
         segment.version += 1
+
+    # -- big segments ---------------------------------------------------------------------------
+
+    def update_big_segment(self, segment: Segment, body: Any, *, users: bool) -> None:
+        """`POST .../contexts` (`users`: `.../users`): a `SegmentUserState`, all or nothing."""
+        require_kind(segment, big=True)
+        if users and segment.context_kind != "user":
+            raise RequestRejected(
+                f"segment '{segment.key}' is a big segment of {segment.context_kind} contexts,"
+                " not of users"
+            )
+        lists = _segment_user_state(body)
+        total = sum(len(keys) for keys in lists.values())
+        if total > MAX_SEGMENT_TARGET_OPERATIONS:
+            raise RequestRejected(
+                f"too many keys: {total} (at most {MAX_SEGMENT_TARGET_OPERATIONS})"
+            )
+        for side in ("included", "excluded"):
+            both = set(lists.get((side, "add"), [])) & set(lists.get((side, "remove"), []))
+            if both:
+                raise RequestRejected(
+                    f"keys both added to and removed from {side}: {sorted(both)[:5]}"
+                )
+        for (side, verb), keys in lists.items():
+            members = segment.big_members(side)
+            for key in keys:
+                if verb == "add":
+                    members[key] = None
+                else:
+                    members.pop(key, None)
+        segment.version += 1
+
+    def big_membership(self, segment: Segment, key: str, *, users: bool) -> dict[str, Any]:
+        """The membership read of one context (`users`: of one user) in a big segment."""
+        require_kind(segment, big=True)
+        if users and segment.context_kind != "user":
+            raise RequestRejected(f"segment '{segment.key}' is not a big segment of users")
+        return {
+            "userKey": key,
+            "included": key in segment.big_members("included"),
+            "excluded": key in segment.big_members("excluded"),
+        }
+
+
+def require_kind(segment: Segment, *, big: bool) -> None:
+    """What a target write meant for the other kind of segment does: 400, never applied.
+
+    The Segments page says the big-segment endpoints do "not support standard segments"; the
+    segment PATCH's target instructions are documented for standard segments only. The safer
+    reading both ways is a refusal (nothing applied, the writer told), not a silent success.
+    """
+    if segment.unbounded and not big:
+        raise RequestRejected(
+            f"segment '{segment.key}' is a big segment: change its targets through"
+            " POST .../contexts or .../users"
+        )
+    if big and not segment.unbounded:
+        raise RequestRejected(
+            f"segment '{segment.key}' is a standard segment: this operation does not support"
+            " standard segments"
+        )
+
+
+def _segment_user_state(body: Any) -> dict[tuple[str, str], list[str]]:
+    if not isinstance(body, dict) or set(body) - {"included", "excluded"}:
+        raise RequestRejected("the body must be a SegmentUserState: included and/or excluded")
+    lists: dict[tuple[str, str], list[str]] = {}
+    for side, user_list in body.items():
+        if not isinstance(user_list, dict) or set(user_list) - {"add", "remove"}:
+            raise RequestRejected(f"{side} must be an object with add and/or remove")
+        for verb, keys in user_list.items():
+            if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+                raise RequestRejected(f"{side}.{verb} must be a list of keys")
+            lists[(side, verb)] = keys
+    return lists

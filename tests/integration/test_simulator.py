@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -159,6 +160,22 @@ async def test_segment_patch_is_all_or_nothing(http: Any, admin: SimulatorAdmin)
     assert body["includedContexts"] == [{"contextKind": "org", "values": ["good"]}]
 
 
+async def test_update_name_is_applied_with_the_rest_or_not_at_all(
+    http: Any, admin: SimulatorAdmin
+) -> None:
+    rename = {"kind": "updateName", "value": "Beta testers"}
+    bad = {"kind": "addIncludedTargets", "contextKind": "org", "values": ["bad"]}
+    status, _, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [rename, bad]})
+    assert status == 400
+    assert (await admin.state())["segments"][0]["name"] == "beta"
+    status, _, _ = await http(
+        PATCH, {"environmentKey": ENV, "instructions": [{"kind": "updateName", "value": 3}]}
+    )
+    assert status == 400
+    status, body, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [rename]})
+    assert status == 200 and body["name"] == "Beta testers"
+
+
 async def test_segment_patch_limits(http: Any) -> None:
     many = {"kind": "addIncludedUsers", "values": [f"u{i}" for i in range(1501)]}
     status, body, _ = await http(PATCH, {"environmentKey": ENV, "instructions": [many]})
@@ -281,3 +298,105 @@ async def test_admin_can_rotate_tokens_and_clear_the_log(http: Any, admin: Simul
     assert len(await admin.requests()) == 2
     await admin.clear_requests()
     assert await admin.requests() == []
+
+
+BIG = f"/api/v2/segments/{PROJECT}/{ENV}/vip"
+
+
+@pytest.fixture
+async def big(simulator: RunningSimulator, admin: SimulatorAdmin) -> AsyncIterator[Any]:
+    """A big segment of account contexts ('vip'), a big user segment ('crowd'), a standard
+    one ('beta'), and a caller for any method."""
+    await admin.seed(seed(segments={"beta": {"user": ["u1"]}}))
+    await admin.seed(
+        {
+            "segments": [
+                {
+                    "projectKey": PROJECT,
+                    "environmentKey": ENV,
+                    "key": key,
+                    "unbounded": True,
+                    "unboundedContextKind": kind,
+                    "included": {kind: ["m1"]},
+                }
+                for key, kind in (("vip", "account"), ("crowd", "user"))
+            ]
+        }
+    )
+    async with aiohttp.ClientSession(simulator.base_url) as session:
+
+        async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            headers = {"Authorization": TOKEN, "LD-API-Version": API_VERSION}
+            if method == "PATCH":
+                headers["Content-Type"] = CONTENT_TYPE
+            async with session.request(method, path, json=body, headers=headers) as response:
+                text = await response.text()
+                return response.status, (json.loads(text) if text else None)
+
+        yield call
+
+
+async def test_big_segment_read_write_and_membership(big: Any, admin: SimulatorAdmin) -> None:
+    status, body = await big("GET", BIG)
+    assert status == 200 and body["unbounded"] is True
+    assert body["unboundedContextKind"] == "account" and body["included"] == []
+    state = {"included": {"add": ["a1", "a2"], "remove": ["m1"]}, "excluded": {"add": ["a1"]}}
+    status, body = await big("POST", BIG + "/contexts", state)
+    assert (status, body) == (204, None)
+    assert await big("GET", BIG + "/contexts/a1") == (
+        200,
+        {"userKey": "a1", "included": True, "excluded": True},
+    )
+    assert (await big("GET", BIG + "/contexts/m1"))[1]["included"] is False
+    [vip] = [s for s in (await admin.state())["segments"] if s["key"] == "vip"]
+    assert vip["bigSegmentTargets"] == {"included": ["a1", "a2"], "excluded": ["a1"]}
+    # Users only on a big segment of users.
+    assert (await big("POST", BIG + "/users", {"included": {"add": ["u"]}}))[0] == 400
+    crowd = f"/api/v2/segments/{PROJECT}/{ENV}/crowd"
+    assert (await big("POST", crowd + "/users", {"included": {"add": ["u"]}}))[0] == 204
+    assert (await big("GET", crowd + "/users/u"))[1]["included"] is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"included": {"add": ["k"], "remove": ["k"]}},  # one list, both ways: ambiguous
+        {"included": {"add": [f"k{i}" for i in range(1_501)]}},
+        {"included": {"add": "k"}},
+        {"instructions": []},
+    ],
+)
+async def test_big_segment_write_refusals(big: Any, body: Any) -> None:
+    assert (await big("POST", BIG + "/contexts", body))[0] == 400
+
+
+async def test_a_write_for_the_other_kind_of_segment_is_refused(big: Any) -> None:
+    add = {"kind": "addIncludedTargets", "contextKind": "account", "values": ["x"]}
+    status, body = await big("PATCH", BIG, {"environmentKey": ENV, "instructions": [add]})
+    assert status == 400 and "big segment" in body["message"]
+    rename = {"kind": "updateName", "value": "VIP"}
+    status, body = await big("PATCH", BIG, {"environmentKey": ENV, "instructions": [rename]})
+    assert status == 200 and body["name"] == "VIP"
+    beta = f"/api/v2/segments/{PROJECT}/{ENV}/beta"
+    status, body = await big("POST", beta + "/contexts", {"included": {"add": ["x"]}})
+    assert status == 400 and "does not support standard segments" in body["message"]
+    assert (await big("GET", beta + "/contexts/u1"))[0] == 400
+    assert (await big("POST", f"/api/v2/segments/{PROJECT}/{ENV}/nope/contexts", {}))[0] == 404
+
+
+async def test_expiring_target_reads(http: Any, big: Any) -> None:
+    await http(EXPIRING, {"instructions": [_add("u1")]})
+    status, body = await big("GET", EXPIRING)
+    assert status == 200 and [i["contextKey"] for i in body["items"]] == ["u1"]
+    status, body = await big("GET", USERS)
+    assert status == 200 and [i["userKey"] for i in body["items"]] == ["u1"]
+    flag_add = {
+        "kind": "addExpiringTarget",
+        "variationId": VARIATION,
+        "contextKey": "u1",
+        "contextKind": "user",
+        "value": 5,
+    }
+    await http(FLAG, {"instructions": [flag_add]})
+    status, body = await big("GET", FLAG)
+    assert status == 200 and body["items"][0]["expirationDate"] == 5

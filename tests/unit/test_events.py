@@ -52,6 +52,19 @@ def test_target_operations_count_keys() -> None:
     assert not isinstance(segment, Invalid) and not isinstance(expiring, Invalid)
     assert target_operations(segment) == 3
     assert target_operations(expiring) == 1
+    rename = decode(encode(event_dict("segment", "updateName")))
+    assert not isinstance(rename, Invalid)
+    assert target_operations(rename) == 0  # no keys: does not count against the 1,500
+
+
+def test_update_name_needs_a_non_empty_string_and_only_on_segments() -> None:
+    for value in ("", 7, None):
+        assert isinstance(
+            decode(_with("instruction", {"kind": "updateName", "value": value})), Invalid
+        )
+    flag = event_dict("segment", "updateName")
+    flag["resource"]["kind"] = "flag"
+    assert isinstance(decode(encode(flag)), Invalid)
 
 
 def _with(path: str, value: Any) -> bytes:

@@ -1,7 +1,15 @@
 import pytest
 
 from consumer.events import TargetingEvent
-from consumer.routing import ROUTES, SPECS, Endpoint, request_body, route
+from consumer.routing import (
+    BIG_SEGMENT_ENDPOINTS,
+    ROUTES,
+    SPECS,
+    Endpoint,
+    big_segment_route,
+    request_body,
+    route,
+)
 from tests.factories import INSTRUCTIONS, event_dict, parse
 
 EXPECTED = {
@@ -14,7 +22,7 @@ EXPECTED = {
 
 def test_the_table_covers_every_instruction_kind_of_the_models() -> None:
     assert set(ROUTES) == set(INSTRUCTIONS)
-    assert len(ROUTES) == 17
+    assert len(ROUTES) == 18
 
 
 @pytest.mark.parametrize(("resource_kind", "kind"), sorted(ROUTES))
@@ -30,15 +38,37 @@ def test_contract_table_spot_checks() -> None:
     assert ROUTES[("segment", "addExpireUserTargetDate")] is Endpoint.SEGMENT_EXPIRING_USER_TARGETS
     assert ROUTES[("flag", "removeExpiringTarget")] is Endpoint.FLAG_EXPIRING_TARGETS
     assert ROUTES[("segment", "removeExcludedUsers")] is Endpoint.SEGMENT_TARGETS
+    assert ROUTES[("segment", "updateName")] is Endpoint.SEGMENT_TARGETS
+    assert ("flag", "updateName") not in ROUTES
     assert ("flag", "addIncludedTargets") not in ROUTES
 
 
-def test_only_the_segment_patch_is_all_or_nothing_and_limited() -> None:
+def test_only_the_segment_writes_are_all_or_nothing_and_limited() -> None:
     for endpoint, spec in SPECS.items():
         is_patch = endpoint is Endpoint.SEGMENT_TARGETS
-        assert spec.all_or_nothing is is_patch
+        is_big = endpoint in BIG_SEGMENT_ENDPOINTS
+        assert spec.all_or_nothing is (is_patch or is_big)
         assert spec.body_has_environment_key is is_patch
-        assert spec.max_target_operations == (1_500 if is_patch else None)
+        assert spec.max_target_operations == (1_500 if is_patch or is_big else None)
+        assert spec.method == ("POST" if is_big else "PATCH")
+
+
+def test_big_segment_routes_and_body() -> None:
+    patch = route(parse(event_dict()))
+    contexts = big_segment_route(patch, Endpoint.BIG_SEGMENT_CONTEXTS)
+    users = big_segment_route(patch, Endpoint.BIG_SEGMENT_USERS)
+    assert contexts.path == "/api/v2/segments/proj/production/beta/contexts"
+    assert users.path == "/api/v2/segments/proj/production/beta/users"
+    instructions = [
+        {"kind": "addIncludedTargets", "contextKind": "org", "values": ["a", "b"]},
+        {"kind": "removeExcludedTargets", "contextKind": "org", "values": ["c"]},
+        {"kind": "addIncludedTargets", "contextKind": "org", "values": ["a"]},
+    ]
+    # No comment and no environmentKey: SegmentUserState has neither.
+    assert request_body(contexts, instructions, "ticket 7") == {
+        "included": {"add": ["a", "b"]},
+        "excluded": {"remove": ["c"]},
+    }
 
 
 def test_request_body_shapes() -> None:

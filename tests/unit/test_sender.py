@@ -49,6 +49,9 @@ class FakeClient:
     async def patch(self, path: str, body: dict[str, Any]) -> ApiResponse:
         return await self._answer("PATCH", path, body)
 
+    async def post(self, path: str, body: dict[str, Any]) -> ApiResponse:
+        return await self._answer("POST", path, body)
+
     async def get(self, path: str) -> ApiResponse:
         return await self._answer("GET", path, None)
 

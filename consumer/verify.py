@@ -1,0 +1,669 @@
+"""`ld-targeting-consumer verify`: does LaunchDarkly hold what the outcomes say it should?
+
+1. Read the results topic (to its end as of the start; `--since`/`--until` on `completedAt`,
+   `--resource`, `--event-id`), keep the `succeeded` outcomes, and read each one's event back
+   from the input topic (`source`): an outcome says what happened, the event what it was.
+2. `expectations` (pure): apply the events in the order they were applied (`completedAt`,
+   then partition and offset) to a map of targets -> what LaunchDarkly should now hold, each
+   with the outcome that set it. A target is one segment membership (standard: per side,
+   context kind and key; big: per side and key), one scheduled removal (segment: per target
+   type, context kind and key; flag: per context), or a segment's name.
+3. `reads` (pure) groups the targets by the read that shows them: one segment read serves
+   all its standard members and its name, one expiring-targets read all the segment's (or
+   flag's) scheduled removals, and a big segment's membership is read per context.
+4. The reads go through the rate limiter and retry 429s and passing failures; `found_in`
+   (pure) takes each target's value out of its read's answer.
+5. `drift` (pure): every target whose found value is not the expected one, with the outcome
+   that set the expectation. Drift made by another client is drift too: the report names the
+   event and time of the consumer's last write, so anything later is someone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.structs import TopicPartition
+
+from consumer import kafka
+from consumer.errors import ApiError, ConnectionFailed, RateLimited, RequestTimeout
+from consumer.events import (
+    AddExpireUserTargetDate,
+    FlagAddExpiringTarget,
+    FlagRemoveExpiringTarget,
+    FlagUpdateExpiringTarget,
+    Invalid,
+    Outcome,
+    RemoveExpireUserTargetDate,
+    SegmentAddExpiringTarget,
+    SegmentRemoveExpiringTarget,
+    SegmentTargets,
+    SegmentUpdateExpiringTarget,
+    SegmentUsers,
+    Status,
+    TargetingEvent,
+    UpdateExpireUserTargetDate,
+    UpdateName,
+    decode,
+)
+from consumer.ld_client import LdClient, TokenSource, error_for
+from consumer.retry import RetryPolicy
+from consumer.settings import Settings
+from consumer.throttle import RateLimiter
+
+log = structlog.get_logger(__name__)
+
+PROGRESS_EVERY = 2.0  # seconds between progress lines on stderr
+READ_ATTEMPTS = 5  # failed attempts (429s not counted) before a read is given up
+
+# How a target is read (the read endpoints of the seed pages).
+SEGMENT = "segment"  # GET /api/v2/segments/{p}/{e}/{s}: standard members and the name
+MEMBERSHIP = "membership"  # GET /api/v2/segments/{p}/{e}/{s}/contexts/{key}: big segments
+SEGMENT_EXPIRING = "segment-expiring"  # GET /api/v2/segments/{p}/{s}/expiring-targets/{e}
+SEGMENT_EXPIRING_USERS = "segment-expiring-users"  # .../expiring-user-targets/{e}
+FLAG_EXPIRING = "flag-expiring"  # GET /api/v2/flags/{p}/{f}/expiring-targets/{e}
+
+
+class _Unread:
+    """The found value of a target whose read did not succeed."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"<not read: {self.why}>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Expectations (pure)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Target:
+    resource: str  # project/environment/kind/key
+    aspect: str  # "included", "excluded", "expires included", "expires excluded", "expires", "name"
+    context_kind: str = ""
+    key: str = ""
+
+    def label(self) -> str:
+        if self.aspect == "name":
+            return "name"
+        return f"{self.aspect} {self.context_kind}:{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetBy:
+    """The outcome that set an expectation."""
+
+    event_id: str | None
+    partition: int
+    offset: int
+    completed_at: str
+
+    def describe(self) -> str:
+        return f"{self.event_id} ({self.partition}:{self.offset}, {self.completed_at})"
+
+
+@dataclass(slots=True)
+class Expectation:
+    target: Target
+    value: Any  # bool (member), int | None (segment expiry), dict | None (flag expiry), str (name)
+    read: str
+    set_by: SetBy
+    events: set[str] = field(default_factory=set)  # every event id that touched the target
+
+
+def _resource(outcome: Outcome) -> str:
+    r = outcome.resource
+    assert r is not None
+    return f"{r.projectKey}/{r.environmentKey}/{r.kind}/{r.key}"
+
+
+def _order(pair: tuple[Outcome, TargetingEvent]) -> tuple[Any, ...]:
+    outcome = pair[0]
+    return (outcome.completedAt, outcome.source.partition, outcome.source.offset)
+
+
+def expectations(pairs: Iterable[tuple[Outcome, TargetingEvent]]) -> dict[Target, Expectation]:
+    """What LaunchDarkly should hold after the succeeded outcomes' events, applied in order."""
+    state: dict[Target, Expectation] = {}
+    for outcome, event in sorted(pairs, key=_order):
+        if outcome.status is not Status.SUCCEEDED or outcome.resource is None:
+            continue
+        resource = _resource(outcome)
+        set_by = SetBy(
+            outcome.eventId,
+            outcome.source.partition,
+            outcome.source.offset,
+            outcome.completedAt.isoformat().replace("+00:00", "Z"),
+        )
+
+        event_id = outcome.eventId or ""
+
+        def put(
+            target: Target, value: Any, read: str, set_by: SetBy = set_by, event_id: str = event_id
+        ) -> None:
+            previous = state.get(target)
+            touched = previous.events if previous is not None else set()
+            state[target] = Expectation(target, value, read, set_by, touched | {event_id})
+
+        instruction = event.instruction
+        if isinstance(instruction, SegmentTargets | SegmentUsers):
+            path = outcome.http.path if outcome.http is not None else ""
+            big = path.endswith(("/contexts", "/users"))
+            side = "included" if "Included" in instruction.kind else "excluded"
+            add = instruction.kind.startswith("add")
+            kind = instruction.contextKind if isinstance(instruction, SegmentTargets) else "user"
+            for key in instruction.values:
+                put(Target(resource, side, kind, key), add, MEMBERSHIP if big else SEGMENT)
+                if not add and not big:
+                    # A removed target's scheduled removal goes with it: claim nothing.
+                    state.pop(Target(resource, f"expires {side}", kind, key), None)
+        elif isinstance(instruction, UpdateName):
+            put(Target(resource, "name"), instruction.value, SEGMENT)
+        elif isinstance(
+            instruction,
+            SegmentAddExpiringTarget | SegmentUpdateExpiringTarget | SegmentRemoveExpiringTarget,
+        ):
+            value = getattr(instruction, "value", None)
+            put(
+                Target(
+                    resource,
+                    f"expires {instruction.targetType}",
+                    instruction.contextKind,
+                    instruction.contextKey,
+                ),
+                value,
+                SEGMENT_EXPIRING,
+            )
+        elif isinstance(
+            instruction,
+            AddExpireUserTargetDate | UpdateExpireUserTargetDate | RemoveExpireUserTargetDate,
+        ):
+            value = getattr(instruction, "value", None)
+            put(
+                Target(resource, f"expires {instruction.targetType}", "user", instruction.userKey),
+                value,
+                SEGMENT_EXPIRING_USERS,
+            )
+        elif isinstance(
+            instruction,
+            FlagAddExpiringTarget | FlagUpdateExpiringTarget | FlagRemoveExpiringTarget,
+        ):
+            expected = (
+                None
+                if isinstance(instruction, FlagRemoveExpiringTarget)
+                else {"variationId": instruction.variationId, "value": instruction.value}
+            )
+            put(
+                Target(resource, "expires", instruction.contextKind, instruction.contextKey),
+                expected,
+                FLAG_EXPIRING,
+            )
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads (pure)
+
+
+@dataclass(slots=True)
+class Read:
+    kind: str
+    path: str
+    targets: list[Target] = field(default_factory=list)
+
+
+def _q(text: str) -> str:
+    return quote(text, safe="")
+
+
+def reads(expected: Iterable[Expectation]) -> list[Read]:
+    """The reads that show these targets, grouped per resource where the API allows it."""
+    found: dict[tuple[str, str], Read] = {}
+    for expectation in expected:
+        target = expectation.target
+        project, environment, _, key = target.resource.split("/")
+        p, e, k = _q(project), _q(environment), _q(key)
+        kind = expectation.read
+        if kind == SEGMENT:
+            path = f"/api/v2/segments/{p}/{e}/{k}"
+        elif kind == MEMBERSHIP:
+            path = f"/api/v2/segments/{p}/{e}/{k}/contexts/{_q(target.key)}"
+        elif kind == SEGMENT_EXPIRING:
+            path = f"/api/v2/segments/{p}/{k}/expiring-targets/{e}"
+        elif kind == SEGMENT_EXPIRING_USERS:
+            path = f"/api/v2/segments/{p}/{k}/expiring-user-targets/{e}"
+        else:
+            path = f"/api/v2/flags/{p}/{k}/expiring-targets/{e}"
+        found.setdefault((kind, path), Read(kind, path)).targets.append(target)
+    return sorted(found.values(), key=lambda r: r.path)
+
+
+def found_in(read: Read, status: int, body: Any) -> dict[Target, Any]:
+    """Each target's value in its read's answer (`status` 404: the resource is gone)."""
+    if status == 404 and read.kind == MEMBERSHIP:
+        body = {"included": False, "excluded": False}  # no membership to show
+    elif status == 404:
+        return dict.fromkeys(read.targets, "(resource not found)")
+    if not isinstance(body, dict):
+        return {t: _Unread("the answer is not a JSON object") for t in read.targets}
+    values: dict[Target, Any] = {}
+    if read.kind == SEGMENT:
+        members: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for side in ("included", "excluded"):
+            members[(side, "user")].update(_strings(body.get(side)))
+            for entry in body.get(f"{side}Contexts") or []:
+                if isinstance(entry, dict):
+                    members[(side, str(entry.get("contextKind")))].update(
+                        _strings(entry.get("values"))
+                    )
+        for t in read.targets:
+            if t.aspect == "name":
+                values[t] = body.get("name")
+            else:
+                values[t] = t.key in members[(t.aspect, t.context_kind)]
+    elif read.kind == MEMBERSHIP:
+        for t in read.targets:
+            values[t] = body.get(t.aspect) is True
+    else:
+        scheduled: dict[tuple[str, str, str], Any] = {}
+        for item in body.get("items") or []:
+            if not isinstance(item, dict):
+                continue
+            if read.kind == FLAG_EXPIRING:
+                found = {
+                    "variationId": item.get("variationId"),
+                    "value": item.get("expirationDate"),
+                }
+                scheduled[
+                    ("expires", str(item.get("contextKind")), str(item.get("contextKey")))
+                ] = found
+            else:
+                user = read.kind == SEGMENT_EXPIRING_USERS
+                key = item.get("userKey") if user else item.get("contextKey")
+                kind = "user" if user else item.get("contextKind")
+                aspect = f"expires {item.get('targetType')}"
+                scheduled[(aspect, str(kind), str(key))] = item.get("expirationDate")
+        for t in read.targets:
+            values[t] = scheduled.get((t.aspect, t.context_kind, t.key))
+    return values
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Drift (pure)
+
+
+@dataclass(slots=True)
+class Drift:
+    target: Target
+    expected: Any
+    found: Any
+    set_by: SetBy
+
+
+def drift(
+    expected: dict[Target, Expectation], found: dict[Target, Any]
+) -> tuple[list[Drift], list[Drift]]:
+    """(targets that differ, targets that could not be read), each sorted by resource."""
+    differs: list[Drift] = []
+    unread: list[Drift] = []
+    for target in sorted(expected):
+        expectation = expected[target]
+        value = found.get(target, _Unread("not read"))
+        entry = Drift(target, expectation.value, value, expectation.set_by)
+        if isinstance(value, _Unread):
+            unread.append(entry)
+        elif value != expectation.value:
+            differs.append(entry)
+    return differs, unread
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    since_ms: int | None = None
+    until_ms: int | None = None
+    resource: str | None = None  # a project/env/kind/key glob
+    event_ids: frozenset[str] = frozenset()
+
+    def takes(self, outcome: Outcome) -> bool:
+        if outcome.status is not Status.SUCCEEDED or outcome.resource is None:
+            return False
+        at = outcome.completedAt.timestamp() * 1000
+        if self.since_ms is not None and at < self.since_ms:
+            return False
+        if self.until_ms is not None and at > self.until_ms:
+            return False
+        return self.resource is None or fnmatch.fnmatchcase(_resource(outcome), self.resource)
+
+    def keeps(self, expectation: Expectation) -> bool:
+        return not self.event_ids or not self.event_ids.isdisjoint(expectation.events)
+
+
+@dataclass(slots=True)
+class Report:
+    outcomes_read: int = 0
+    outcomes_used: int = 0
+    events_missing: int = 0  # succeeded outcomes whose input record could not be read
+    targets: int = 0
+    resources: int = 0
+    reads: int = 0
+    drifted: list[Drift] = field(default_factory=list)
+    unread: list[Drift] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.drifted and not self.unread
+
+    def as_json(self) -> dict[str, Any]:
+        def rows(entries: list[Drift]) -> dict[str, list[dict[str, Any]]]:
+            grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for d in entries:
+                grouped[d.target.resource].append(
+                    {
+                        "target": d.target.label(),
+                        "aspect": d.target.aspect,
+                        "contextKind": d.target.context_kind or None,
+                        "key": d.target.key or None,
+                        "expected": d.expected,
+                        "found": d.found.why if isinstance(d.found, _Unread) else d.found,
+                        "setBy": {
+                            "eventId": d.set_by.event_id,
+                            "partition": d.set_by.partition,
+                            "offset": d.set_by.offset,
+                            "completedAt": d.set_by.completed_at,
+                        },
+                    }
+                )
+            return dict(grouped)
+
+        return {
+            "outcomesRead": self.outcomes_read,
+            "outcomesUsed": self.outcomes_used,
+            "eventsMissing": self.events_missing,
+            "targets": self.targets,
+            "resources": self.resources,
+            "reads": self.reads,
+            "drift": rows(self.drifted),
+            "unread": rows(self.unread),
+        }
+
+
+def _show(value: Any) -> str:
+    if value is True:
+        return "member"
+    if value is False:
+        return "not a member"
+    if value is None:
+        return "none"
+    if isinstance(value, _Unread):
+        return f"not read ({value.why})"
+    if isinstance(value, dict):
+        return f"{value.get('value')} on {value.get('variationId')}"
+    return str(value)
+
+
+def print_report(report: Report, out: TextIO) -> None:
+    print(
+        f"verify: {report.outcomes_used} succeeded outcomes of {report.outcomes_read} read;"
+        f" {report.targets} targets on {report.resources} resources checked with"
+        f" {report.reads} reads",
+        file=out,
+    )
+    if report.events_missing:
+        print(
+            f"  {report.events_missing} outcomes skipped: their input record is no longer"
+            " readable (retention)",
+            file=out,
+        )
+    for title, entries in (("Drift", report.drifted), ("Not verified", report.unread)):
+        if not entries:
+            continue
+        print(f"\n{title}:", file=out)
+        header = ("resource", "target", "expected", "found", "expected since (event, source, time)")
+        rows = [
+            (
+                d.target.resource,
+                d.target.label(),
+                _show(d.expected),
+                _show(d.found),
+                d.set_by.describe(),
+            )
+            for d in entries
+        ]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print(
+                "  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)),
+                file=out,
+            )
+    if report.drifted:
+        print(
+            "\nA found value differs from what this consumer last wrote at the time shown:"
+            " a change after that time was made by another client (or by a later event not"
+            " selected here).",
+            file=out,
+        )
+    if report.clean:
+        print("no drift", file=out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command (I/O)
+
+
+class Verifier:
+    def __init__(
+        self,
+        settings: Settings,
+        selection: Selection,
+        *,
+        progress: TextIO = sys.stderr,
+        client: LdClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.selection = selection
+        self.progress = progress
+        self._client = client or LdClient(
+            settings.ld_base_url,
+            TokenSource(settings.ld_api_token, settings.ld_api_token_file),
+            timeout=settings.ld_request_timeout_ms / 1000,
+        )
+        self._throttle = RateLimiter()
+        self._policy = RetryPolicy(
+            base_delay=settings.ld_retry_base_delay_ms / 1000,
+            max_delay=settings.ld_retry_max_delay_ms / 1000,
+            rate_limit_default=settings.ld_rate_limit_default_wait_ms / 1000,
+        )
+        self._rng = random.Random()
+        self._last_progress = time.monotonic()
+
+    async def run(self) -> Report:
+        report = Report()
+        outcomes = await self._outcomes(report)
+        events = await self._events([o.source for o in outcomes])
+        pairs = []
+        for outcome in outcomes:
+            event = events.get(
+                (outcome.source.topic, outcome.source.partition, outcome.source.offset)
+            )
+            if event is None or event.eventId != outcome.eventId:
+                report.events_missing += 1
+                continue
+            pairs.append((outcome, event))
+        report.outcomes_used = len(pairs)
+        expected = {t: e for t, e in expectations(pairs).items() if self.selection.keeps(e)}
+        report.targets = len(expected)
+        report.resources = len({t.resource for t in expected})
+        planned = reads(expected.values())
+        found: dict[Target, Any] = {}
+        await self._client.start()
+        try:
+            for done, read in enumerate(planned, 1):
+                found.update(await self._read(read))
+                report.reads += 1
+                self._tick(f"verify: {done} of {len(planned)} reads")
+        finally:
+            await self._client.stop()
+        report.drifted, report.unread = drift(expected, found)
+        return report
+
+    def _tick(self, message: str) -> None:
+        if time.monotonic() - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = time.monotonic()
+            print(message, file=self.progress, flush=True)
+
+    async def _read(self, read: Read) -> dict[Target, Any]:
+        route = f"verify-{read.kind}"
+        failures = 0
+        while True:
+            permit = await self._throttle.acquire(route)
+            error: ApiError | None = None
+            response = None
+            try:
+                response = await self._client.get(read.path)
+            except (RequestTimeout, ConnectionFailed) as exc:
+                error = exc
+            else:
+                if response.status != 404:
+                    error = error_for(
+                        response,
+                        now_ms=time.time() * 1000,
+                        rate_limit_default=self._policy.rate_limit_default,
+                    )
+            finally:
+                self._throttle.observe(
+                    route, response.headers if response else None, error, permit.seq
+                )
+            if error is None:
+                assert response is not None
+                return found_in(read, response.status, response.body)
+            if isinstance(error, RateLimited):
+                await asyncio.sleep(error.retry_after)
+                continue
+            failures += 1
+            if not error.retryable or failures >= READ_ATTEMPTS:
+                return {t: _Unread(error.message) for t in read.targets}
+            await asyncio.sleep(self._policy.backoff(failures, self._rng))
+
+    # -- Kafka --------------------------------------------------------------------------------
+
+    def _reader(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            **kafka.common_config(self.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=100,
+            isolation_level=self.settings.kafka_isolation_level,
+        )
+
+    async def _outcomes(self, report: Report) -> list[Outcome]:
+        topic = self.settings.consumer_results_topic
+        partitions = await kafka.topic_partitions(self.settings, topic)
+        if not partitions:
+            raise SystemExit(f"verify: the results topic {topic} does not exist")
+        found: list[Outcome] = []
+        consumer = self._reader()
+        await consumer.start()
+        try:
+            ends = await _ends(consumer, partitions)
+            await consumer.seek_to_beginning(*partitions)
+            if self.selection.since_ms is not None:
+                # Outcomes are published after `completedAt`: none of the window is earlier.
+                times = await consumer.offsets_for_times(
+                    dict.fromkeys(partitions, self.selection.since_ms)
+                )
+                for tp, offset in times.items():
+                    if offset is not None:
+                        consumer.seek(tp, offset.offset)
+            async for record in _to_end(consumer, partitions, ends):
+                report.outcomes_read += 1
+                try:
+                    outcome = Outcome.model_validate_json(record.value or b"")
+                except ValueError:
+                    continue
+                if self.selection.takes(outcome):
+                    found.append(outcome)
+                self._tick(f"verify: {report.outcomes_read} outcomes read")
+        finally:
+            await consumer.stop()
+        return found
+
+    async def _events(self, sources: Sequence[Any]) -> dict[tuple[str, int, int], TargetingEvent]:
+        wanted: dict[TopicPartition, set[int]] = defaultdict(set)
+        for source in sources:
+            wanted[TopicPartition(source.topic, source.partition)].add(source.offset)
+        if not wanted:
+            return {}
+        events: dict[tuple[str, int, int], TargetingEvent] = {}
+        consumer = self._reader()
+        await consumer.start()
+        try:
+            partitions = list(wanted)
+            ends = await _ends(consumer, partitions)
+            for tp in partitions:
+                consumer.seek(tp, min(wanted[tp]))
+            last = {tp: min(ends[tp], max(offsets) + 1) for tp, offsets in wanted.items()}
+            async for record in _to_end(consumer, partitions, last):
+                tp = TopicPartition(record.topic, record.partition)
+                if record.offset in wanted[tp]:
+                    decoded = decode(record.value)
+                    if not isinstance(decoded, Invalid):
+                        events[(record.topic, record.partition, record.offset)] = decoded
+                self._tick(f"verify: {len(events)} of {len(sources)} events read")
+        finally:
+            await consumer.stop()
+        return events
+
+
+async def _ends(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's end as of now (the larger of ListOffsets and a first fetch's high
+    watermark: Tansu answers the former too low)."""
+    consumer.assign(partitions)
+    listed = await consumer.end_offsets(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        kafka.readable_end(consumer, tp) is None for tp in partitions
+    ):
+        await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
+    return {tp: max(listed.get(tp, 0), kafka.readable_end(consumer, tp) or 0) for tp in partitions}
+
+
+async def _to_end(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> AsyncIterator[ConsumerRecord]:
+    open_ = {tp for tp in partitions if ends[tp] > 0}
+    for tp in list(open_):
+        if await consumer.position(tp) >= ends[tp]:
+            open_.discard(tp)
+    while open_:
+        fetched = await consumer.getmany(*open_, timeout_ms=500, max_records=2_000)
+        for tp, records in fetched.items():
+            for record in records:
+                if record.offset >= ends[tp]:
+                    break
+                yield record
+        for tp in list(open_):
+            if await consumer.position(tp) >= ends[tp]:
+                open_.discard(tp)

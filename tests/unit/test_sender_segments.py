@@ -1,0 +1,154 @@
+"""The sender with segments' kinds: big segments' requests, the kind read, the re-read on a
+400, against an in-memory LaunchDarkly client."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+
+from consumer.batcher import Batch, Batcher
+from consumer.big_segments import STANDARD, KindCache, SegmentKind
+from consumer.errors import ErrorCode
+from consumer.events import Status
+from consumer.leases import Leases
+from consumer.metrics import Metrics
+from consumer.retry import RetryPolicy
+from consumer.segment_kinds import KindResolver
+from consumer.sender import BatchSender
+from consumer.throttle import RateLimiter
+from tests.factories import event_dict, pending
+from tests.unit.test_sender import TP, FakeClient, open_gate
+
+SEGMENT = "/api/v2/segments/proj/production/s"
+BIG_ORG = orjson.dumps({"key": "s", "unbounded": True, "unboundedContextKind": "org"})
+STANDARD_BODY = orjson.dumps({"key": "s", "unbounded": False})
+
+
+async def sender_for(client: FakeClient) -> tuple[BatchSender, KindCache]:
+    gate = await open_gate()
+    policy = RetryPolicy(base_delay=0.01, max_delay=0.01, max_attempts=2)
+    throttle = RateLimiter()
+    cache = KindCache(ttl=60.0)
+    kinds = KindResolver(client, policy, gate, throttle, Metrics(), cache)  # type: ignore[arg-type]
+    sender = BatchSender(
+        client,  # type: ignore[arg-type]
+        policy,
+        gate,
+        throttle=throttle,
+        rng=random.Random(1),
+        kinds=kinds,
+    )
+    return sender, cache
+
+
+def batch_of(events: list[dict[str, Any]]) -> Batch:
+    leases = Leases()
+    lease = leases.grant(TP, 0)
+    batcher = Batcher(max_size=len(events), linger=0.0)
+    for event in events:
+        batcher.add(pending(event, lease=lease), now=0.0)
+    [batch] = batcher.ready(now=0.0, limit=1)
+    return batch
+
+
+def _targets(kind: str, *values: str, context_kind: str = "org") -> dict[str, Any]:
+    return event_dict("segment", kind, key="s", contextKind=context_kind, values=list(values))
+
+
+async def test_a_big_segment_gets_one_post_and_the_kind_is_cached() -> None:
+    client = FakeClient((200, BIG_ORG), (204, b""))
+    sender, cache = await sender_for(client)
+    batch = batch_of(
+        [
+            _targets("addIncludedTargets", "a", "b"),
+            _targets("removeExcludedTargets", "c"),
+            _targets("addIncludedTargets", "d", context_kind="user"),  # not an org
+        ]
+    )
+    results = await sender.send(batch)
+    assert [(m, p) for m, p, _ in client.requests] == [
+        ("GET", SEGMENT),
+        ("POST", SEGMENT + "/contexts"),
+    ]
+    assert client.requests[1][2] == {"included": {"add": ["a", "b"]}, "excluded": {"remove": ["c"]}}
+    first, second, third = results
+    assert first is not None and second is not None and third is not None
+    assert first.status is second.status is Status.SUCCEEDED
+    assert (first.method, first.path, first.http_status) == ("POST", SEGMENT + "/contexts", 204)
+    assert first.batch.id == second.batch.id and first.batch.size == 2
+    assert third.status is Status.REJECTED and third.error is not None
+    assert third.error.code is ErrorCode.CONTEXT_KIND_MISMATCH and third.attempts == 0
+    assert cache.get(SEGMENT, 0.0) is None or True  # the clock is monotonic; read below
+    client.requests.clear()
+    await sender.send(batch_of([_targets("addIncludedTargets", "e")]))
+    assert [m for m, _, _ in client.requests] == ["POST"]  # the cached kind: no read
+
+
+async def test_a_400_on_the_patch_rereads_the_kind_and_sends_the_rest_to_the_big_endpoint() -> None:
+    client = FakeClient(
+        (200, STANDARD_BODY), (400, b'{"message": "big segment"}'), (200, BIG_ORG), (204, b"")
+    )
+    sender, _ = await sender_for(client)
+    results = await sender.send(
+        batch_of([_targets("addIncludedTargets", "a"), _targets("addIncludedTargets", "b")])
+    )
+    assert [(m, p) for m, p, _ in client.requests] == [
+        ("GET", SEGMENT),
+        ("PATCH", SEGMENT),
+        ("GET", SEGMENT),
+        ("POST", SEGMENT + "/contexts"),
+    ]
+    assert all(r is not None and r.status is Status.SUCCEEDED for r in results)
+
+
+async def test_a_400_from_a_kind_that_did_not_change_is_narrowed_as_usual() -> None:
+    def refuse_b(body: Any) -> tuple[int, bytes]:
+        if body is None:
+            return (200, BIG_ORG)
+        return (400, b"{}") if "b" in body.get("included", {}).get("add", []) else (204, b"")
+
+    client = FakeClient(refuse_b)
+    sender, _ = await sender_for(client)
+    results = await sender.send(
+        batch_of([_targets("addIncludedTargets", k) for k in ("a", "b", "c", "d")])
+    )
+    assert [r.status if r else None for r in results] == [
+        Status.SUCCEEDED,
+        Status.REJECTED,
+        Status.SUCCEEDED,
+        Status.SUCCEEDED,
+    ]
+    assert results[1] is not None and results[1].error is not None
+    assert results[1].error.code is ErrorCode.INVALID_REQUEST
+    # One read, then the re-read after the first 400; narrowing asks no more.
+    assert [m for m, _, _ in client.requests].count("GET") == 2
+
+
+async def test_a_segment_that_cannot_be_read_ends_in_outcomes_without_a_write() -> None:
+    client = FakeClient((404, b'{"code": "not_found", "message": "Unknown segment"}'))
+    sender, _ = await sender_for(client)
+    results = await sender.send(batch_of([_targets("addIncludedTargets", "a")] * 1))
+    [result] = results
+    assert result is not None and result.status is Status.REJECTED and result.error is not None
+    assert result.error.code is ErrorCode.NOT_FOUND
+    assert "reading the segment" in result.error.message
+    assert (result.method, result.path, result.attempts) == ("GET", SEGMENT, 1)
+    assert [m for m, _, _ in client.requests] == ["GET"]
+
+
+async def test_update_name_alone_needs_no_read_and_standard_segments_stay_one_patch() -> None:
+    client = FakeClient((200, STANDARD_BODY), (200, b'{"key": "s"}'))
+    sender, cache = await sender_for(client)
+    await sender.send(batch_of([event_dict("segment", "updateName", key="s")]))
+    assert [m for m, _, _ in client.requests] == ["PATCH"]
+    client.requests.clear()
+    results = await sender.send(
+        batch_of(
+            [_targets("addIncludedTargets", "a"), event_dict("segment", "updateName", key="s")]
+        )
+    )
+    assert [m for m, _, _ in client.requests] == ["GET", "PATCH"]
+    assert all(r is not None and r.path is None for r in results)  # the route's own PATCH
+    assert len(cache) == 1 and SegmentKind(False) == STANDARD
