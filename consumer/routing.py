@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from consumer.events import TargetingEvent
 
@@ -97,7 +97,27 @@ JSON_CONTENT_TYPE = "application/json"
 # The segment read (`GET /api/v2/segments/{project}/{env}/{segment}`, the segment PATCH's path)
 # that tells whether a segment is big: a rate-limit route of its own.
 SEGMENT_READ_ROUTE = "segment-read"
+# The segment list (`GET /api/v2/segments/{project}/{env}?filter=unbounded equals true`): one
+# read names every big segment of an environment; a rate-limit route of its own.
+SEGMENT_LIST_ROUTE = "segment-list"
+SEGMENT_LIST_PAGE = 50  # the most the list endpoint returns per page
 API_VERSION = "20240415"
+
+
+def segment_path(project: str, environment: str, key: str) -> str:
+    """The segment PATCH's path (the key the kind cache and the batcher use)."""
+    return SPECS[Endpoint.SEGMENT_TARGETS].template.format(
+        project=_segment(project), environment=_segment(environment), resource=_segment(key)
+    )
+
+
+def big_segments_page_path(project: str, environment: str, offset: int) -> str:
+    """One page of an environment's big segments (seed page: `?filter=unbounded equals true`)."""
+    query = urlencode(
+        {"filter": "unbounded equals true", "limit": SEGMENT_LIST_PAGE, "offset": offset},
+        quote_via=quote,
+    )
+    return f"/api/v2/segments/{_segment(project)}/{_segment(environment)}?{query}"
 
 
 @dataclass(frozen=True, slots=True)

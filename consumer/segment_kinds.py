@@ -1,5 +1,13 @@
 """Reads a segment's kind (standard or big) from LaunchDarkly, through the kind cache.
 
+First for the whole environment: one list read (`GET /api/v2/segments/{project}/{env}?filter=
+unbounded equals true`, paged) names every big segment of it, and every segment it does not
+name is standard, all for the cache's lifetime: a stream over many segments costs one read per
+environment, not one per segment (the rate limit of the read route is shared with every other
+client of the account). The list is read once at a time per environment; every batch that
+needs it waits for that one read. When it cannot be read (any error: an older API, a token
+without the right, an outage), each segment is read on its own:
+
 `GET /api/v2/segments/{project}/{env}/{segment}` (`unbounded`, `unboundedContextKind`) goes
 the way every request goes: through the API gate (waits while it is closed; a 401 closes it,
 outage-type failures count towards closing it), the rate limiter (a route of its own) and the
@@ -18,7 +26,7 @@ from collections.abc import Callable
 
 import structlog
 
-from consumer.big_segments import KindCache, SegmentKind
+from consumer.big_segments import STANDARD, KindCache, SegmentKind
 from consumer.errors import (
     ApiError,
     ConnectionFailed,
@@ -31,7 +39,14 @@ from consumer.gate import ApiGate, Verdict
 from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.metrics import Metrics
 from consumer.retry import RetryPolicy
-from consumer.routing import SEGMENT_READ_ROUTE, Route
+from consumer.routing import (
+    SEGMENT_LIST_PAGE,
+    SEGMENT_LIST_ROUTE,
+    SEGMENT_READ_ROUTE,
+    Route,
+    big_segments_page_path,
+    segment_path,
+)
 from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -69,9 +84,76 @@ class KindResolver:
         self.cache = cache
         self._rng = rng or random.Random()
         self._clock = clock
+        # (project, environment) -> when its big segments were listed (monotonic).
+        self._listed: dict[tuple[str, str], float] = {}
+        self._listing: dict[tuple[str, str], asyncio.Task[bool]] = {}
 
     def cached(self, segment: Route) -> SegmentKind | None:
-        return self.cache.get(segment.path, self._clock())
+        found = self.cache.get(segment.path, self._clock())
+        if found is not None:
+            return found
+        listed = self._listed.get((segment.project_key, segment.environment_key))
+        if listed is not None and self._clock() - listed < self.cache.ttl:
+            # Listed, and not among the big ones: standard, until the list is read again.
+            self.cache.put(segment.path, STANDARD, listed)
+            return STANDARD
+        return None
+
+    async def _listed_environment(self, segment: Route) -> bool:
+        """Whether the environment's big segments are known (listed now, or lately)."""
+        environment = (segment.project_key, segment.environment_key)
+        listed = self._listed.get(environment)
+        if listed is not None and self._clock() - listed < self.cache.ttl:
+            return True
+        task = self._listing.get(environment)
+        if task is None:
+            task = asyncio.create_task(self._list(*environment))
+            self._listing[environment] = task
+            task.add_done_callback(lambda _: self._listing.pop(environment, None))
+        # Shielded: a batch stopped while it waits must not cancel the others' read.
+        return await asyncio.shield(task)
+
+    async def _list(self, project: str, environment: str) -> bool:
+        started = self._clock()
+        found: dict[str, SegmentKind] = {}
+        offset = 0
+        while True:
+            if not self._gate.is_open:
+                return False  # each segment's own read waits for the gate
+            response, error = await self._get(
+                big_segments_page_path(project, environment, offset), SEGMENT_LIST_ROUTE
+            )
+            if isinstance(error, Unauthorized):
+                self._gate.unauthorized(error)
+            elif error is not None and error.outage:
+                self._gate.failed(error, SEGMENT_LIST_ROUTE)
+            elif response is not None:
+                self._gate.answered()
+            body = response.body if response is not None and error is None else None
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                log.info(
+                    "segment.list_unavailable",
+                    project=project,
+                    environment=environment,
+                    error=error.code.value if error else "unexpected answer",
+                )
+                return False
+            for item in items:
+                kind = SegmentKind.from_segment(item)
+                key = item.get("key") if isinstance(item, dict) else None
+                if kind is None or not kind.big or not isinstance(key, str) or not key:
+                    return False  # not what was asked for: trust nothing of it
+                found[segment_path(project, environment, key)] = kind
+            offset += len(items)
+            total = body.get("totalCount") if isinstance(body, dict) else None
+            if len(items) < SEGMENT_LIST_PAGE or (isinstance(total, int) and offset >= total):
+                break
+        for path, kind in found.items():
+            self.cache.put(path, kind, started)
+        self._listed[(project, environment)] = started
+        log.info("segment.big_listed", project=project, environment=environment, big=len(found))
+        return True
 
     async def kind(
         self, segment: Route, live: Callable[[], bool], *, fresh: bool = False
@@ -80,8 +162,12 @@ class KindResolver:
         read when `fresh`)."""
         if not fresh:
             found = self.cached(segment)
+            if found is None and await self._listed_environment(segment):
+                found = self.cached(segment)
             if found is not None:
                 return found
+            if not live():
+                raise LookupStopped
         kind = await self._read(segment, live)
         previous = self.cache.get(segment.path, self._clock())
         self.cache.put(segment.path, kind, self._clock())
@@ -102,7 +188,7 @@ class KindResolver:
                 started, closings, failures = time.monotonic(), self._gate.closings, 0
             if not live():
                 raise LookupStopped
-            response, error = await self._get(path)
+            response, error = await self._get(path, SEGMENT_READ_ROUTE)
             attempts += 1
             if isinstance(error, Unauthorized):
                 self._gate.unauthorized(error)
@@ -147,8 +233,8 @@ class KindResolver:
             )
             await asyncio.sleep(delay)
 
-    async def _get(self, path: str) -> tuple[ApiResponse | None, ApiError | None]:
-        permit = await self._throttle.acquire(SEGMENT_READ_ROUTE)
+    async def _get(self, path: str, route: str) -> tuple[ApiResponse | None, ApiError | None]:
+        permit = await self._throttle.acquire(route)
         response: ApiResponse | None = None
         error: ApiError | None = None
         try:
@@ -163,13 +249,11 @@ class KindResolver:
                 needs_body=True,
             )
         finally:
-            self._throttle.observe(
-                SEGMENT_READ_ROUTE, response.headers if response else None, error, permit.seq
-            )
+            self._throttle.observe(route, response.headers if response else None, error, permit.seq)
         status = (
             str(response.status) if response is not None else (error.code.value if error else "")
         )
-        self._metrics.requests.labels(endpoint=SEGMENT_READ_ROUTE, status=status).inc()
+        self._metrics.requests.labels(endpoint=route, status=status).inc()
         if isinstance(error, RateLimited):
             self._metrics.rate_limited.inc()
             log.warning("ld.rate_limited", path=path, retry_after_s=round(error.retry_after, 3))

@@ -136,6 +136,7 @@ class Simulator:
         )
         r.add_patch("/api/v2/segments/{project}/{environment}/{resource}", self.segment_patch)
         r.add_get("/api/v2/segments/{project}/{environment}/{resource}", self.get_segment)
+        r.add_get("/api/v2/segments/{project}/{environment}", self.list_segments)
         big = "/api/v2/segments/{project}/{environment}/{resource}"
         r.add_post(big + "/contexts", self.big_segment_contexts)
         r.add_post(big + "/users", self.big_segment_users)
@@ -382,6 +383,27 @@ class Simulator:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
         return web.json_response(segment.representation())
+
+    async def list_segments(self, request: web.Request) -> web.Response:
+        """The segment list, with the one filter the consumer uses (`unbounded equals true` or
+        `false`) and `limit` (at most 50, as LaunchDarkly pages it) / `offset`."""
+        m = request.match_info
+        found = self.store.segments_of(m["project"], m["environment"])
+        wanted = request.query.get("filter", "").strip()
+        if wanted:
+            field, _, value = wanted.partition(" equals ")
+            if field.strip() != "unbounded" or value.strip() not in ("true", "false"):
+                raise RequestRejected(f"unsupported filter: {wanted}")
+            found = [s for s in found if s.unbounded == (value.strip() == "true")]
+        try:
+            limit = min(50, max(1, int(request.query.get("limit", "20"))))
+            offset = max(0, int(request.query.get("offset", "0")))
+        except ValueError:
+            raise RequestRejected("limit and offset are numbers") from None
+        page = found[offset : offset + limit]
+        return web.json_response(
+            {"items": [s.representation() for s in page], "totalCount": len(found), "_links": {}}
+        )
 
     async def big_segment_contexts(self, request: web.Request) -> web.Response:
         return self._big_segment_write(request, users=False)

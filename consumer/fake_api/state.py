@@ -359,6 +359,12 @@ class Store:
             raise NotFoundError(f"unknown segment {key}")
         return segment
 
+    def segments_of(self, project: str, environment: str) -> list[Segment]:
+        """An environment's segments, by key (the list endpoint's order)."""
+        self._environment(project, environment)
+        found = [s for (p, e, _), s in self.segments.items() if (p, e) == (project, environment)]
+        return sorted(found, key=lambda s: s.key)
+
     def flag(self, project: str, environment: str, key: str) -> Flag:
         self._environment(project, environment)
         flag = self.flags.get((project, key))

@@ -400,3 +400,16 @@ async def test_expiring_target_reads(http: Any, big: Any) -> None:
     await http(FLAG, {"instructions": [flag_add]})
     status, body = await big("GET", FLAG)
     assert status == 200 and body["items"][0]["expirationDate"] == 5
+
+
+async def test_the_segment_list_filters_big_segments_and_pages(big: Any) -> None:
+    listing = f"/api/v2/segments/{PROJECT}/{ENV}"
+    status, body = await big("GET", f"{listing}?filter=unbounded%20equals%20true&limit=1")
+    assert status == 200 and body["totalCount"] == 2
+    assert [s["key"] for s in body["items"]] == ["crowd"]
+    status, body = await big("GET", f"{listing}?filter=unbounded%20equals%20true&offset=1")
+    assert [(s["key"], s["unbounded"]) for s in body["items"]] == [("vip", True)]
+    status, body = await big("GET", f"{listing}?filter=unbounded%20equals%20false")
+    assert [s["key"] for s in body["items"]] == ["beta"]
+    status, body = await big("GET", f"{listing}?filter=tags%20anyOf%20%5B%22x%22%5D")
+    assert status == 400  # a filter the simulator does not know is refused, not ignored

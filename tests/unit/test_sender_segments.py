@@ -12,6 +12,7 @@ from consumer.batcher import Batch, Batcher
 from consumer.big_segments import STANDARD, KindCache, SegmentKind
 from consumer.errors import ErrorCode
 from consumer.events import Status
+from consumer.ld_client import ApiResponse
 from consumer.leases import Leases
 from consumer.metrics import Metrics
 from consumer.retry import RetryPolicy
@@ -24,6 +25,22 @@ from tests.unit.test_sender import TP, FakeClient, open_gate
 SEGMENT = "/api/v2/segments/proj/production/s"
 BIG_ORG = orjson.dumps({"key": "s", "unbounded": True, "unboundedContextKind": "org"})
 STANDARD_BODY = orjson.dumps({"key": "s", "unbounded": False})
+
+
+class Client(FakeClient):
+    """FakeClient whose environment list reads (`?filter=unbounded equals true`) get
+    `listing` (by default a 404: each segment is read on its own), kept apart in `lists`."""
+
+    def __init__(self, *answers: Any, listing: tuple[int, bytes] = (404, b"{}")) -> None:
+        super().__init__(*answers)
+        self.listing = listing
+        self.lists: list[str] = []
+
+    async def get(self, path: str) -> ApiResponse:
+        if "?filter=" in path:
+            self.lists.append(path)
+            return ApiResponse(self.listing[0], {}, self.listing[1], 0.0)
+        return await super().get(path)
 
 
 async def sender_for(client: FakeClient) -> tuple[BatchSender, KindCache]:
@@ -58,7 +75,7 @@ def _targets(kind: str, *values: str, context_kind: str = "org") -> dict[str, An
 
 
 async def test_a_big_segment_gets_one_post_and_the_kind_is_cached() -> None:
-    client = FakeClient((200, BIG_ORG), (204, b""))
+    client = Client((200, BIG_ORG), (204, b""))
     sender, cache = await sender_for(client)
     batch = batch_of(
         [
@@ -87,7 +104,7 @@ async def test_a_big_segment_gets_one_post_and_the_kind_is_cached() -> None:
 
 
 async def test_a_400_on_the_patch_rereads_the_kind_and_sends_the_rest_to_the_big_endpoint() -> None:
-    client = FakeClient(
+    client = Client(
         (200, STANDARD_BODY), (400, b'{"message": "big segment"}'), (200, BIG_ORG), (204, b"")
     )
     sender, _ = await sender_for(client)
@@ -109,7 +126,7 @@ async def test_a_400_from_a_kind_that_did_not_change_is_narrowed_as_usual() -> N
             return (200, BIG_ORG)
         return (400, b"{}") if "b" in body.get("included", {}).get("add", []) else (204, b"")
 
-    client = FakeClient(refuse_b)
+    client = Client(refuse_b)
     sender, _ = await sender_for(client)
     results = await sender.send(
         batch_of([_targets("addIncludedTargets", k) for k in ("a", "b", "c", "d")])
@@ -127,7 +144,7 @@ async def test_a_400_from_a_kind_that_did_not_change_is_narrowed_as_usual() -> N
 
 
 async def test_a_segment_that_cannot_be_read_ends_in_outcomes_without_a_write() -> None:
-    client = FakeClient((404, b'{"code": "not_found", "message": "Unknown segment"}'))
+    client = Client((404, b'{"code": "not_found", "message": "Unknown segment"}'))
     sender, _ = await sender_for(client)
     results = await sender.send(batch_of([_targets("addIncludedTargets", "a")] * 1))
     [result] = results
@@ -139,7 +156,7 @@ async def test_a_segment_that_cannot_be_read_ends_in_outcomes_without_a_write() 
 
 
 async def test_update_name_alone_needs_no_read_and_standard_segments_stay_one_patch() -> None:
-    client = FakeClient((200, STANDARD_BODY), (200, b'{"key": "s"}'))
+    client = Client((200, STANDARD_BODY), (200, b'{"key": "s"}'))
     sender, cache = await sender_for(client)
     await sender.send(batch_of([event_dict("segment", "updateName", key="s")]))
     assert [m for m, _, _ in client.requests] == ["PATCH"]
@@ -152,3 +169,34 @@ async def test_update_name_alone_needs_no_read_and_standard_segments_stay_one_pa
     assert [m for m, _, _ in client.requests] == ["GET", "PATCH"]
     assert all(r is not None and r.path is None for r in results)  # the route's own PATCH
     assert len(cache) == 1 and SegmentKind(False) == STANDARD
+
+
+def _listing(*segments: dict[str, Any]) -> tuple[int, bytes]:
+    return 200, orjson.dumps({"items": list(segments), "totalCount": len(segments)})
+
+
+async def test_one_list_read_tells_every_segment_of_the_environment() -> None:
+    big = {"key": "s", "unbounded": True, "unboundedContextKind": "org"}
+    client = Client((204, b""), (200, b'{"key": "t"}'), listing=_listing(big))
+    sender, _ = await sender_for(client)
+    await sender.send(batch_of([_targets("addIncludedTargets", "a")]))
+    other = event_dict("segment", "addIncludedTargets", key="t", contextKind="org", values=["b"])
+    await sender.send(batch_of([other]))
+    assert client.lists == [
+        "/api/v2/segments/proj/production?filter=unbounded%20equals%20true&limit=50&offset=0"
+    ]
+    # s is big (POST), t is not listed so standard (PATCH); no segment read at all.
+    assert [(m, p) for m, p, _ in client.requests] == [
+        ("POST", SEGMENT + "/contexts"),
+        ("PATCH", "/api/v2/segments/proj/production/t"),
+    ]
+
+
+async def test_a_list_answer_that_is_not_a_list_of_big_segments_is_not_trusted() -> None:
+    client = Client((200, BIG_ORG), (204, b""), listing=_listing({"key": "s", "unbounded": False}))
+    sender, _ = await sender_for(client)
+    await sender.send(batch_of([_targets("addIncludedTargets", "a")]))
+    assert [(m, p) for m, p, _ in client.requests] == [
+        ("GET", SEGMENT),
+        ("POST", SEGMENT + "/contexts"),
+    ]
