@@ -23,6 +23,8 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
             *("--records", "3000", "--segments", "10", "--flags", "2", "--repeat", "2"),
             *("--rate", "200", "--latency-seconds", "2"),
             *("--route-limit", "5", "--window-ms", "1000", "--windows", "2"),
+            *("--steady-rate", "40", "--steady-segments", "10"),
+            *("--warmup-windows", "2", "--steady-windows", "2"),
             *("--naive-records", "10", "--memory-records", "3000"),
             *("--json", str(out)),
         ],
@@ -42,6 +44,8 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
         "latency-0ms",
         "latency-50ms",
         "rate-limit",
+        "steady-limit-1m",
+        "steady-limit-2m",
         "naive",
         "memory",
     }
@@ -55,6 +59,10 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
     scale_out = figures["scale-out"]
     assert scale_out["members"] == 2 and scale_out["events"] == 3000
     assert scale_out["speedup_over_one_member"] > 0
+    for members in (1, 2):
+        steady = figures[f"steady-limit-{members}m"]
+        assert steady["members"] == members and steady["bound_events_per_s"] == 40
+        assert steady["api_requests"] > 0 and 0 < steady["events_per_request"] <= 50
     latency = figures["latency-0ms"]
     assert latency["events"] == 400 and 0 < latency["p50_ms"] <= latency["p99_ms"]
     assert figures["latency-50ms"]["p50_ms"] > 50  # the simulator's added latency shows
