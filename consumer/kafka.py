@@ -43,6 +43,10 @@ class IdempotenceRefused(Exception):
         self.address = address
 
 
+# How long a cancelled caller lets a client's start finish, so that it can be closed cleanly.
+CANCELLED_START_WAIT = 5.0
+
+
 async def start(client: Any, settings: Settings) -> None:
     """Start an aiokafka client (consumer, producer or admin) or fail with a known error.
 
@@ -50,10 +54,18 @@ async def start(client: Any, settings: Settings) -> None:
     otherwise. The broker's absence becomes `BrokerUnreachable`, and a producer start refused
     while idempotence is on `IdempotenceRefused`, so the CLI can say what to change.
     """
+    starting = asyncio.ensure_future(client.start())
     try:
         with quiet_kafka_client():
-            await client.start()
+            # Shielded: aiokafka's bootstrap leaks its connection when cancelled part-way (an
+            # "Unclosed AIOKafkaConnection" error at exit), so a cancelled caller lets the start
+            # end first (bounded), then closes the client below.
+            await asyncio.shield(starting)
     except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
+                async with asyncio.timeout(CANCELLED_START_WAIT):
+                    await starting
         with contextlib.suppress(Exception):
             await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
         address = settings.kafka_bootstrap_servers
