@@ -51,6 +51,8 @@ from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
 
+MAX_LIST_PAGES = 200  # 10,000 big segments in one environment
+
 
 class LookupFailed(Exception):
     def __init__(self, error: ApiError, attempts: int) -> None:
@@ -86,6 +88,9 @@ class KindResolver:
         self._clock = clock
         # (project, environment) -> when its big segments were listed (monotonic).
         self._listed: dict[tuple[str, str], float] = {}
+        # (project, environment) -> when its list could not be read: not tried again for
+        # the cache's lifetime (each segment is read on its own meanwhile).
+        self._unlisted: dict[tuple[str, str], float] = {}
         self._listing: dict[tuple[str, str], asyncio.Task[bool]] = {}
 
     def cached(self, segment: Route) -> SegmentKind | None:
@@ -102,9 +107,15 @@ class KindResolver:
     async def _listed_environment(self, segment: Route) -> bool:
         """Whether the environment's big segments are known (listed now, or lately)."""
         environment = (segment.project_key, segment.environment_key)
+        now = self._clock()
+        if self.cache.ttl <= 0:
+            return False  # nothing is kept: a list would be read for every batch
         listed = self._listed.get(environment)
-        if listed is not None and self._clock() - listed < self.cache.ttl:
+        if listed is not None and now - listed < self.cache.ttl:
             return True
+        failed = self._unlisted.get(environment)
+        if failed is not None and now - failed < self.cache.ttl:
+            return False
         task = self._listing.get(environment)
         if task is None:
             task = asyncio.create_task(self._list(*environment))
@@ -115,8 +126,20 @@ class KindResolver:
 
     async def _list(self, project: str, environment: str) -> bool:
         started = self._clock()
+        try:
+            listed = await self._read_list(project, environment, started)
+        except Exception as exc:  # noqa: BLE001 (any failure: each segment is read instead)
+            log.warning(
+                "segment.list_failed", project=project, environment=environment, error=repr(exc)
+            )
+            listed = False
+        if not listed:
+            self._unlisted[(project, environment)] = started
+        return listed
+
+    async def _read_list(self, project: str, environment: str, started: float) -> bool:
         found: dict[str, SegmentKind] = {}
-        offset = 0
+        offset = pages = 0
         while True:
             if not self._gate.is_open:
                 return False  # each segment's own read waits for the gate
@@ -147,8 +170,14 @@ class KindResolver:
                 found[segment_path(project, environment, key)] = kind
             offset += len(items)
             total = body.get("totalCount") if isinstance(body, dict) else None
-            if len(items) < SEGMENT_LIST_PAGE or (isinstance(total, int) and offset >= total):
+            if isinstance(total, int):  # pages may be shorter than asked: the total decides
+                if offset >= total or not items:
+                    break
+            elif len(items) < SEGMENT_LIST_PAGE:
                 break
+            pages += 1
+            if pages >= MAX_LIST_PAGES:
+                return False  # an answer that never ends (an offset ignored): trust none of it
         for path, kind in found.items():
             self.cache.put(path, kind, started)
         self._listed[(project, environment)] = started
@@ -162,6 +191,8 @@ class KindResolver:
         read when `fresh`)."""
         if not fresh:
             found = self.cached(segment)
+            if found is None and not live():
+                raise LookupStopped  # no read of any kind for a batch that stopped
             if found is None and await self._listed_environment(segment):
                 found = self.cached(segment)
             if found is not None:

@@ -236,9 +236,11 @@ class BatchSender:
                     results[position[id(item)]] = result
                 return results
             recheck = _Recheck(kinds, batch.route, kind, batch.live, done=rechecked)
+            mismatched: list[int] = []  # rejections by this plan's kind, undone if it changes
             try:
                 for step in plan(batch.route, waiting, kind):
                     if isinstance(step, Mismatch):
+                        mismatched.append(position[id(step.item)])
                         results[position[id(step.item)]] = InstructionResult(
                             Status.REJECTED,
                             BatchRef(batch.id, len(batch), position[id(step.item)]),
@@ -272,6 +274,8 @@ class BatchSender:
                         return results  # stopped: the rest is the next owner's
             except _KindChanged:
                 rechecked = True  # the refused request applied nothing: plan the rest again
+                for index in mismatched:  # judged by the old kind: planned again too
+                    results[index] = None
                 self.release(permit)
                 permit = None
                 continue

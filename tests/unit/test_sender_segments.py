@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import orjson
@@ -200,3 +201,77 @@ async def test_a_list_answer_that_is_not_a_list_of_big_segments_is_not_trusted()
         ("GET", SEGMENT),
         ("POST", SEGMENT + "/contexts"),
     ]
+
+
+async def test_a_mismatch_judged_by_a_kind_that_changed_is_planned_again() -> None:
+    client = Client((400, b'{"message": "not a big segment"}'), (200, STANDARD_BODY), (200, b"{}"))
+    sender, cache = await sender_for(client)
+    cache.put(SEGMENT, SegmentKind(True, "org"), time.monotonic())  # stale: big of orgs
+    results = await sender.send(
+        batch_of(
+            [
+                _targets("addIncludedTargets", "u1", context_kind="user"),
+                _targets("addIncludedTargets", "o1"),
+            ]
+        )
+    )
+    assert [r.status if r else None for r in results] == [Status.SUCCEEDED] * 2
+    patch = client.requests[-1]
+    assert patch[0] == "PATCH"
+    assert [i["values"] for i in patch[2]["instructions"]] == [["u1"], ["o1"]]  # in order
+
+
+async def test_a_stopped_batch_reads_nothing() -> None:
+    client = Client((200, BIG_ORG))
+    sender, _ = await sender_for(client)
+    batch = batch_of([_targets("addIncludedTargets", "a")])
+    for item in batch.items:
+        item.record.lease.stop()
+    assert await sender.send(batch) == [None]
+    assert client.lists == [] and client.requests == []
+
+
+async def test_a_list_that_cannot_be_read_is_not_read_again_for_every_batch() -> None:
+    client = Client((200, STANDARD_BODY), (200, b"{}"), listing=(403, b"{}"))
+    sender, _ = await sender_for(client)
+    for key in ("s", "t", "u"):
+        event = event_dict(
+            "segment", "addIncludedTargets", key=key, contextKind="org", values=["a"]
+        )
+        await sender.send(batch_of([event]))
+    assert len(client.lists) == 1  # then each segment on its own
+    assert [m for m, _, _ in client.requests].count("GET") == 3
+
+
+async def test_a_list_read_that_raises_falls_back_to_the_segment_read() -> None:
+    class Broken(Client):
+        async def get(self, path: str) -> ApiResponse:
+            if "?filter=" in path:
+                raise RuntimeError("Session is closed")
+            return await super().get(path)
+
+    client = Broken((200, BIG_ORG), (204, b""))
+    sender, _ = await sender_for(client)
+    [result] = await sender.send(batch_of([_targets("addIncludedTargets", "a")]))
+    assert result is not None and result.status is Status.SUCCEEDED
+    assert [m for m, _, _ in client.requests] == ["GET", "POST"]
+
+
+async def test_pages_shorter_than_asked_are_followed_to_the_total() -> None:
+    big = [{"key": f"b{i}", "unbounded": True, "unboundedContextKind": "org"} for i in range(30)]
+    pages = iter([big[:20], big[20:]])
+
+    class Paged(Client):
+        async def get(self, path: str) -> ApiResponse:
+            if "?filter=" in path:
+                self.lists.append(path)
+                body = orjson.dumps({"items": next(pages), "totalCount": 30})
+                return ApiResponse(200, {}, body, 0.0)
+            return await super().get(path)
+
+    client = Paged((204, b""))
+    sender, _ = await sender_for(client)
+    event = event_dict("segment", "addIncludedTargets", key="b25", contextKind="org", values=["a"])
+    await sender.send(batch_of([event]))
+    assert [p.rsplit("offset=", 1)[1] for p in client.lists] == ["0", "20"]
+    assert [m for m, _, _ in client.requests] == ["POST"]  # b25 is big, known from page two
