@@ -29,15 +29,14 @@ import structlog
 from consumer.big_segments import STANDARD, KindCache, SegmentKind
 from consumer.errors import (
     ApiError,
-    ConnectionFailed,
     InvalidResponse,
     RateLimited,
-    RequestTimeout,
     Unauthorized,
 )
 from consumer.gate import ApiGate, Verdict
-from consumer.ld_client import ApiResponse, LdClient, error_for
+from consumer.ld_client import ApiResponse, LdClient
 from consumer.metrics import Metrics
+from consumer.reads import throttled_get
 from consumer.retry import RetryPolicy
 from consumer.routing import (
     SEGMENT_LIST_PAGE,
@@ -265,27 +264,11 @@ class KindResolver:
             await asyncio.sleep(delay)
 
     async def _get(self, path: str, route: str) -> tuple[ApiResponse | None, ApiError | None]:
-        permit = await self._throttle.acquire(route)
-        response: ApiResponse | None = None
-        error: ApiError | None = None
-        try:
-            response = await self._client.get(path)
-        except (RequestTimeout, ConnectionFailed) as exc:
-            error = exc
-        else:
-            error = error_for(
-                response,
-                now_ms=time.time() * 1000,
-                rate_limit_default=self._policy.rate_limit_default,
-                needs_body=True,
-            )
-        finally:
-            self._throttle.observe(route, response.headers if response else None, error, permit.seq)
-        status = (
-            str(response.status) if response is not None else (error.code.value if error else "")
+        return await throttled_get(
+            self._client,
+            self._throttle,
+            path,
+            route,
+            rate_limit_default=self._policy.rate_limit_default,
+            metrics=self._metrics,
         )
-        self._metrics.requests.labels(endpoint=route, status=status).inc()
-        if isinstance(error, RateLimited):
-            self._metrics.rate_limited.inc()
-            log.warning("ld.rate_limited", path=path, retry_after_s=round(error.retry_after, 3))
-        return response, error

@@ -67,6 +67,7 @@ from consumer.outcomes import (
     results_from_body,
     results_from_error,
 )
+from consumer.reads import throttled_get
 from consumer.retry import RetryPolicy
 from consumer.routing import (
     CALLER_IDENTITY_PATH,
@@ -481,28 +482,15 @@ class BatchSender:
 
     async def probe(self) -> ApiError | None:
         """The API gate's probe: `GET /api/v2/caller-identity` within the rate limits."""
-        permit = await self._throttle.acquire(CALLER_IDENTITY_ROUTE)
-        response: ApiResponse | None = None
-        error: ApiError | None = None
-        try:
-            response = await self._client.get(CALLER_IDENTITY_PATH)
-        except (RequestTimeout, ConnectionFailed) as exc:
-            error = exc
-        else:
-            error = error_for(
-                response,
-                now_ms=time.time() * 1000,
-                rate_limit_default=self._policy.rate_limit_default,
-                needs_body=False,
-            )
-        finally:
-            self._throttle.observe(
-                CALLER_IDENTITY_ROUTE, response.headers if response else None, error, permit.seq
-            )
-        status = (
-            str(response.status) if response is not None else (error.code.value if error else "")
+        _, error = await throttled_get(
+            self._client,
+            self._throttle,
+            CALLER_IDENTITY_PATH,
+            CALLER_IDENTITY_ROUTE,
+            rate_limit_default=self._policy.rate_limit_default,
+            needs_body=False,
+            metrics=self._metrics,
         )
-        self._metrics.requests.labels(endpoint=CALLER_IDENTITY_ROUTE, status=status).inc()
         return error
 
 

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
-from consumer.errors import ApiError, ConnectionFailed, RateLimited, RequestTimeout
+from consumer.errors import RateLimited
 from consumer.events import (
     AddExpireUserTargetDate,
     FlagAddExpiringTarget,
@@ -56,7 +56,8 @@ from consumer.events import (
     UpdateName,
     decode,
 )
-from consumer.ld_client import LdClient, TokenSource, error_for
+from consumer.ld_client import LdClient, TokenSource
+from consumer.reads import throttled_get
 from consumer.retry import RetryPolicy
 from consumer.settings import Settings
 from consumer.throttle import RateLimiter
@@ -535,24 +536,14 @@ class Verifier:
         route = f"verify-{read.kind}"
         failures = 0
         while True:
-            permit = await self._throttle.acquire(route)
-            error: ApiError | None = None
-            response = None
-            try:
-                response = await self._client.get(read.path)
-            except (RequestTimeout, ConnectionFailed) as exc:
-                error = exc
-            else:
-                if response.status != 404:
-                    error = error_for(
-                        response,
-                        now_ms=time.time() * 1000,
-                        rate_limit_default=self._policy.rate_limit_default,
-                    )
-            finally:
-                self._throttle.observe(
-                    route, response.headers if response else None, error, permit.seq
-                )
+            response, error = await throttled_get(
+                self._client,
+                self._throttle,
+                read.path,
+                route,
+                rate_limit_default=self._policy.rate_limit_default,
+                accept=(404,),
+            )
             if error is None:
                 assert response is not None
                 return found_in(read, response.status, response.body)
