@@ -166,15 +166,25 @@ class BatchSender:
         closed (it says when it opens)."""
         if not self._gate.is_open:
             return None
-        return self._throttle.delay(route.endpoint.value, time.time() * 1000) / 1000
+        return self._throttle.delay(self._admitted_on(route), time.time() * 1000) / 1000
 
     def grant(self, route: Route, waited: float = 0.0) -> Permit:
         """Take the unit for a request on `route` that `delay` let go; `waited`: seconds its
         batch was held back for it."""
-        endpoint = route.endpoint.value
+        endpoint = self._admitted_on(route)
         permit = Permit(self._throttle.take(endpoint), waited)
         self._granted[permit.seq] = endpoint
         return permit
+
+    def _admitted_on(self, route: Route) -> str:
+        """The rate-limit route a lane's first request will most likely take: a segment
+        known to be big writes through `POST .../contexts` (its `*Users` events through
+        `.../users`, which then waits for a unit of its own), every other lane its own."""
+        if self._kinds is not None and route.endpoint is Endpoint.SEGMENT_TARGETS:
+            kind = self._kinds.cached(route)
+            if kind is not None and kind.big:
+                return Endpoint.BIG_SEGMENT_CONTEXTS.value
+        return route.endpoint.value
 
     def release(self, permit: Permit | None) -> None:
         """Give back a granted unit that no request used (nothing when one did)."""
@@ -250,8 +260,10 @@ class BatchSender:
                             Failure(ErrorCode.CONTEXT_KIND_MISMATCH, step.message),
                         )
                         continue
-                    if step.route is not batch.route:
-                        self.release(permit)  # granted on the segment PATCH's route
+                    if permit is not None and (
+                        self._granted.get(permit.seq) != step.route.endpoint.value
+                    ):
+                        self.release(permit)  # granted on another route than this request's
                         permit = None
                     request = Batch(step.route, batch.created_at)
                     for item in step.items:

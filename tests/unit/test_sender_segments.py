@@ -275,3 +275,27 @@ async def test_pages_shorter_than_asked_are_followed_to_the_total() -> None:
     await sender.send(batch_of([event]))
     assert [p.rsplit("offset=", 1)[1] for p in client.lists] == ["0", "20"]
     assert [m for m, _, _ in client.requests] == ["POST"]  # b25 is big, known from page two
+
+
+async def test_a_known_big_segment_is_admitted_on_the_budget_of_its_post() -> None:
+    client = Client((204, b""))
+    sender, cache = await sender_for(client)
+    cache.put(SEGMENT, SegmentKind(True, "org"), time.monotonic())
+    batch = batch_of([_targets("addIncludedTargets", "a")])
+    throttle = sender._throttle
+    seq = throttle.take("big-segment-contexts")  # the POST route's budget is spent ...
+    reset = time.time() * 1000 + 5_000
+    throttle.observe(
+        "big-segment-contexts",
+        {"X-Ratelimit-Route-Remaining": "0", "X-Ratelimit-Reset": str(reset)},
+        None,
+        seq,
+    )
+    delay = sender.delay(batch.route)
+    assert delay is not None and delay > 4  # ... so the lane is held, though PATCHes could go
+    throttle._route("big-segment-contexts").remaining = 5  # budget again
+    permit = sender.grant(batch.route)
+    [result] = await sender.send(batch, permit)
+    assert result is not None and result.status is Status.SUCCEEDED
+    assert [m for m, _, _ in client.requests] == ["POST"]
+    assert throttle._route("big-segment-contexts").in_flight == set()  # spent, answered
