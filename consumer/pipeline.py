@@ -481,5 +481,5 @@ def _errors(pairs: Pairs) -> dict[tuple[Status, ErrorCode], int]:
 def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
     error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
     return results_from_error(
-        batch.id, batch.items, error, status=Status.FAILED, attempts=[0] * len(batch)
+        batch.id, batch.items, error, status=Status(error.final_status), attempts=[0] * len(batch)
     )
