@@ -420,10 +420,6 @@ class Pipeline:
     def sending(self) -> int:
         return self._sending
 
-    @property
-    def publishing(self) -> int:
-        return self._publishing
-
 
 class _Admission:
     """One dispatch pass's answers to `Batcher.ready`'s `admit`: a route the rate limiter or

@@ -142,9 +142,6 @@ class Settings(BaseSettings):
         found = [self.kafka_sasl_password, self.kafka_ssl_key_password, self.ld_api_token]
         return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
-    def token_source_configured(self) -> bool:
-        return self.ld_api_token is not None or self.ld_api_token_file is not None
-
 
 def settings_environment(settings: Settings) -> dict[str, str]:
     """The settings as the environment variables that give them back (for a child process),
