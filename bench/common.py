@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from consumer import kafka
+from consumer.events import record_key
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
-from consumer.settings import Settings
+from consumer.settings import Settings, settings_environment
 from consumer.tansu import TANSU_SETTINGS, TansuBroker, free_port
 
 TOKEN = "api-bench-token-0123456789"
@@ -83,7 +83,7 @@ class Workload:
 
     def record(self, index: int, prefix: str) -> tuple[bytes, bytes]:
         event = self.event(index, prefix)
-        return recommended_key(event), json.dumps(event, separators=(",", ":")).encode()
+        return record_key(event), json.dumps(event, separators=(",", ":")).encode()
 
     def seed(self, count: int, prefix: str) -> dict[str, Any]:
         """Segments and flags for `count` events; flags already target the users they expire."""
@@ -141,14 +141,7 @@ class Stack:
         return Settings(**values)
 
     async def topics(self, settings: Settings, partitions: int) -> None:
-        await kafka.ensure_topics(
-            settings,
-            {
-                settings.consumer_input_topic: partitions,
-                settings.consumer_results_topic: partitions,
-                settings.consumer_dlq_topic: 1,
-            },
-        )
+        await kafka.ensure_service_topics(settings, partitions, partitions, 1)
 
     async def simulator(
         self,
@@ -218,13 +211,14 @@ def consumer_command() -> list[str]:
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes `ld-targeting-consumer run` use `settings`."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is not None and name != "ld_api_token":
-            env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update(LD_API_TOKEN=TOKEN, LOG_LEVEL="warning", LOG_FORMAT="json")
-    env.update(extra)
-    return env
+    return {
+        **os.environ,
+        **settings_environment(settings),
+        "LD_API_TOKEN": TOKEN,
+        "LOG_LEVEL": "warning",
+        "LOG_FORMAT": "json",
+        **extra,
+    }
 
 
 # -- producing -----------------------------------------------------------------------------------
@@ -286,16 +280,9 @@ async def follow(
 ) -> Followed:
     """Read `topic` from the beginning until `until` records were seen (or `timeout`)."""
     partitions = await kafka.topic_partitions(settings, topic)
-    consumer = AIOKafkaConsumer(
-        **kafka.common_config(settings),
-        group_id=None,
-        fetch_max_wait_ms=10,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
     seen = Followed()
     deadline = time.monotonic() + timeout
-    try:
+    async with kafka.reading(settings, fetch_max_wait_ms=10) as consumer:
         consumer.assign(partitions)
         await consumer.seek_to_beginning()
         while seen.count < until and time.monotonic() < deadline:
@@ -318,8 +305,6 @@ async def follow(
                         seen.by_source[source] = (ts, now)
             if on_poll is not None:
                 on_poll()
-    finally:
-        await consumer.stop()
     return seen
 
 

@@ -144,13 +144,9 @@ async def _group(settings: Settings, partitions: int) -> Check:
     async with kafka.admin_client(settings) as admin:
         # Explicit partitions: Tansu answers only those (TANSU.md).
         offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-    consumer = kafka.reader(settings)
-    await kafka.start(consumer, settings)
-    try:
+    async with kafka.reading(settings) as consumer:
         ends = await kafka.end_offsets(consumer, tps)
         starts = await consumer.beginning_offsets(tps)
-    finally:
-        await consumer.stop()
     rows = []
     for tp in tps:
         meta = offsets.get(tp)

@@ -335,7 +335,7 @@ def _fake_api(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from consumer import broker
+    from consumer import broker, kafka
     from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
     if not 0 < args.port < 65_536:
@@ -350,11 +350,9 @@ def _broker(args: argparse.Namespace) -> int:
     }
     settings = load_settings(need_token=False, **overrides)
     logs.configure("debug" if settings.log_level == "debug" else "error", settings.log_format)
-    partitions = {
-        settings.consumer_input_topic: args.input_partitions,
-        settings.consumer_results_topic: args.results_partitions,
-        settings.consumer_dlq_topic: args.dlq_partitions,
-    }
+    partitions = kafka.service_topics(
+        settings, args.input_partitions, args.results_partitions, args.dlq_partitions
+    )
     if len(partitions) < 3:
         raise UsageError("broker: the input, results and dead-letter topics must differ")
     return asyncio.run(broker.serve(tansu, settings, partitions, sys.stdout))

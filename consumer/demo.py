@@ -93,14 +93,7 @@ async def _demo(out: TextIO, external: str | None, timeout: float) -> int:
         async with RunningSimulator(Simulator({DEMO_TOKEN}, seed=sample_seed())) as api:
             _say(out, f"Started the LaunchDarkly simulator on {api.base_url}")
             settings = _settings(bootstrap, api.base_url, not external, suffix)
-            await kafka.ensure_topics(
-                settings,
-                {
-                    settings.consumer_input_topic: 4,
-                    settings.consumer_results_topic: 4,
-                    settings.consumer_dlq_topic: 1,
-                },
-            )
+            await kafka.ensure_service_topics(settings, 4, 4, 1)
             samples = demo_samples()
             outcomes, elapsed = await _run(settings, samples, timeout, out)
             dead_letters = await kafka.read_topic(

@@ -1,24 +1,37 @@
 """Error codes of outcomes and the tree of LaunchDarkly API errors.
 
-ApiError                       (code, status, message; `retryable` says what the pipeline does,
-|                               `outage` whether it may mean the API as a whole is down)
-+-- Unauthorized        401    neither rejects nor fails: the API gate closes (gate.py)
-+-- RetryableApiError          retried with backoff inside the per-event budget
-|   +-- RateLimited     429    carries `retry_after` (seconds) from the headers
-|   +-- ServerError     5xx    outage
-|   +-- RequestTimeout         no response in time; outage
-|   +-- ConnectionFailed       refused, reset or dropped; outage
-|   +-- Conflict        409    retried a bounded number of times, then permanent
-+-- PermanentApiError          pinned on the instructions of the request: `rejected`
-    +-- BadRequest      400/422  (an all-or-nothing batch is narrowed down first)
-    +-- Forbidden       403
-    +-- NotFound        404
-    +-- UnexpectedStatus       any other status
+Each class says, as class attributes, the outcome `code` (ErrorCode) and `final_status` (the
+outcome status, `rejected` or `failed`, of the instructions it is pinned on once no retry is
+left), as well as `retryable` (what the pipeline does) and `outage` (whether it may mean the API
+as a whole is down).
+
+                               HTTP      code                 final_status
+ApiError                                 unexpected_status    rejected
++-- Unauthorized               401       unexpected_status    rejected (never pinned: the API
+|                                                             gate closes, gate.py)
++-- RetryableApiError                    (retried with backoff inside the per-event budget)
+|   +-- RateLimited            429       rate_limited         failed   (carries `retry_after`)
+|   +-- ServerError            5xx       server_error         failed   (outage)
+|   +-- RequestTimeout                   timeout              failed   (outage)
+|   +-- ConnectionFailed                 connection_error     failed   (outage)
+|   +-- Conflict               409       conflict             rejected (bounded retries)
++-- PermanentApiError                    (pinned on the instructions of the request)
+|   +-- BadRequest             400/422   invalid_request      rejected (an all-or-nothing batch
+|   |                                                                  is narrowed down first)
+|   +-- Forbidden              403       forbidden            rejected
+|   +-- NotFound               404       not_found            rejected
+|   +-- UnexpectedStatus       other     unexpected_status    rejected
+|   +-- InvalidResponse        2xx       invalid_response     failed   (unreadable body)
++-- InternalError                        internal_error       failed   (inside the consumer)
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
+
+# The outcome status (events.Status) an error ends in once no retry is left.
+FinalStatus = Literal["rejected", "failed"]
 
 
 class ErrorCode(StrEnum):
@@ -53,6 +66,8 @@ class ApiError(Exception):
     """LaunchDarkly answered with an error, or did not answer."""
 
     code: ErrorCode = ErrorCode.UNEXPECTED_STATUS
+    # The outcome status of the instructions it ends up pinned on.
+    final_status: FinalStatus = "rejected"
     retryable: bool = False
     # Says nothing about the request itself: counted by the gate's outage detector.
     outage: bool = False
@@ -72,6 +87,7 @@ class Unauthorized(ApiError):
 class RetryableApiError(ApiError):
     """A passing failure: the same request may succeed later."""
 
+    final_status: FinalStatus = "failed"
     retryable = True
 
 
@@ -110,6 +126,8 @@ class Conflict(RetryableApiError):
     """409 optimistic_locking_error: a concurrent change; retried a bounded number of times."""
 
     code = ErrorCode.CONFLICT
+    # Outlived its retries: LaunchDarkly's refusal.
+    final_status: FinalStatus = "rejected"
 
 
 class PermanentApiError(ApiError):
@@ -144,9 +162,12 @@ class InvalidResponse(PermanentApiError):
     """A 2xx whose body could not be read: what was applied is unknown, so nothing is resent."""
 
     code = ErrorCode.INVALID_RESPONSE
+    # What was applied is unknown: a failure to get an answer, not a refusal.
+    final_status: FinalStatus = "failed"
 
 
 class InternalError(ApiError):
     """Sending a batch failed inside the consumer itself."""
 
     code = ErrorCode.INTERNAL_ERROR
+    final_status: FinalStatus = "failed"

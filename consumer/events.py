@@ -9,6 +9,7 @@ make the event invalid rather than being coerced or dropped.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -266,6 +267,17 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[SegmentEvent | FlagEvent] = TypeAdapter(Event)
 
 TargetingEvent = SegmentEvent | FlagEvent
+
+
+def record_key(event: TargetingEvent | Mapping[str, Any]) -> bytes:
+    """The recommended record key, `project/environment/kind/key`: one target's events share a
+    partition and keep their order. Of a decoded event or of its JSON object."""
+    if isinstance(event, Mapping):
+        resource = event["resource"]
+        parts = (event["projectKey"], event["environmentKey"], resource["kind"], resource["key"])
+    else:
+        parts = (event.projectKey, event.environmentKey, event.resource.kind, event.resource.key)
+    return "/".join(str(part) for part in parts).encode()
 
 
 def instruction_body(event: TargetingEvent) -> dict[str, Any]:

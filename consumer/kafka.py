@@ -213,6 +213,26 @@ async def ensure_topics(
             raise error(f"creating topic {name}: {message}")
 
 
+def service_topics(
+    settings: Settings, input_partitions: int, results_partitions: int, dlq_partitions: int
+) -> dict[str, int]:
+    """The service's topics (input, results, dead letters) -> their partition counts."""
+    return {
+        settings.consumer_input_topic: input_partitions,
+        settings.consumer_results_topic: results_partitions,
+        settings.consumer_dlq_topic: dlq_partitions,
+    }
+
+
+async def ensure_service_topics(
+    settings: Settings, input_partitions: int, results_partitions: int, dlq_partitions: int
+) -> None:
+    """Create the service's topics that do not exist yet (`ensure_topics`)."""
+    await ensure_topics(
+        settings, service_topics(settings, input_partitions, results_partitions, dlq_partitions)
+    )
+
+
 def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """Where reading `tp` ends for now, from the last fetch response (None before one came).
 
@@ -243,15 +263,25 @@ async def end_offsets(
     return {tp: max(listed.get(tp, 0), readable_end(consumer, tp) or 0) for tp in partitions}
 
 
-def reader(settings: Settings) -> AIOKafkaConsumer:
-    """A consumer without a group, for reading topics (replay, outcomes, check)."""
-    return AIOKafkaConsumer(
+@contextlib.asynccontextmanager
+async def reading(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer without a group, for reading topics (replay, outcomes, check…),
+    stopped on the way out. `options` are the caller's own aiokafka options (they win)."""
+    consumer = AIOKafkaConsumer(
         **common_config(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=100,
-        isolation_level=settings.kafka_isolation_level,
+        **{
+            "group_id": None,
+            "enable_auto_commit": False,
+            "fetch_max_wait_ms": 100,
+            "isolation_level": settings.kafka_isolation_level,
+            **options,
+        },
     )
+    await start(consumer, settings)
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
 
 
 async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
@@ -317,23 +347,12 @@ async def read_topic(
     while not partitions and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
         partitions = await topic_partitions(settings, topic)
-    consumer = AIOKafkaConsumer(
-        **common_config(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-        isolation_level=settings.kafka_isolation_level,
-    )
-    await start(consumer, settings)
     records: list[ConsumerRecord] = []
-    try:
+    async with reading(settings, auto_offset_reset="earliest") as consumer:
         consumer.assign(partitions)
         await consumer.seek_to_beginning()
         while not until(records) and time.monotonic() < deadline:
             fetched = await consumer.getmany(timeout_ms=200)
             for batch in fetched.values():
                 records.extend(batch)
-    finally:
-        await consumer.stop()
     return records

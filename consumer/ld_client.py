@@ -8,7 +8,6 @@ log line or exception built here contains it.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +78,6 @@ class TokenSource:
     def value(self) -> str:
         return self._current.get_secret_value()
 
-    def secret(self) -> SecretStr:
-        return self._current
-
 
 _UNPARSED: Any = object()
 
@@ -91,7 +87,6 @@ class ApiResponse:
     status: int
     headers: Mapping[str, str]
     raw: bytes
-    elapsed: float
     _body: Any = _UNPARSED
 
     @property
@@ -178,7 +173,6 @@ class LdClient:
         }
         if content_type is not None:
             headers["Content-Type"] = content_type
-        started = time.monotonic()
         try:
             async with self._session.request(
                 method, self.base_url + path, data=data, headers=headers
@@ -194,7 +188,7 @@ class LdClient:
             raise RequestTimeout(f"no response within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise ConnectionFailed(f"connection failed: {type(exc).__name__}") from None
-        return ApiResponse(status, kept, raw, time.monotonic() - started)
+        return ApiResponse(status, kept, raw)
 
 
 def _json_or_none(raw: bytes) -> Any:

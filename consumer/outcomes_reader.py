@@ -95,11 +95,9 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
             f"the results topic {topic} does not exist (CONSUMER_RESULTS_TOPIC): nothing to read"
         )
     partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
-    consumer = kafka.reader(settings)
-    await kafka.start(consumer, settings)
     shown = 0
     missing = set(query.event_ids)
-    try:
+    async with kafka.reading(settings) as consumer:
         ends = await kafka.end_offsets(consumer, partitions)
         await consumer.seek_to_beginning(*partitions)
         if query.since_ms is not None:
@@ -125,8 +123,6 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
             for tp in list(open_):
                 if await consumer.position(tp) >= ends[tp]:
                     open_.discard(tp)
-    finally:
-        await consumer.stop()
     return shown, missing
 
 

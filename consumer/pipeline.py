@@ -420,10 +420,6 @@ class Pipeline:
     def sending(self) -> int:
         return self._sending
 
-    @property
-    def publishing(self) -> int:
-        return self._publishing
-
 
 class _Admission:
     """One dispatch pass's answers to `Batcher.ready`'s `admit`: a route the rate limiter or
@@ -481,5 +477,5 @@ def _errors(pairs: Pairs) -> dict[tuple[Status, ErrorCode], int]:
 def _internal_failure(batch: Batch, exc: Exception) -> list[InstructionResult]:
     error = InternalError(f"internal error: {type(exc).__name__}: {exc}")
     return results_from_error(
-        batch.id, batch.items, error, status=Status.FAILED, attempts=[0] * len(batch)
+        batch.id, batch.items, error, status=Status(error.final_status), attempts=[0] * len(batch)
     )

@@ -24,7 +24,7 @@ from typing import Any, Literal, TextIO
 
 from consumer import kafka
 from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, CommandFailed
-from consumer.events import Invalid, TargetingEvent, decode
+from consumer.events import Invalid, TargetingEvent, decode, record_key
 from consumer.recovery import source_of
 from consumer.settings import Settings
 
@@ -45,12 +45,6 @@ class ProduceReport:
     sent_invalid: int = 0
     # (topic, partition, offset) -> label of every record sent
     placed: dict[tuple[str, int, int], str] = field(default_factory=dict)
-
-
-def recommended_key(event: TargetingEvent) -> bytes:
-    return (
-        f"{event.projectKey}/{event.environmentKey}/{event.resource.kind}/{event.resource.key}"
-    ).encode()
 
 
 def _compact(value: Any) -> bytes:
@@ -112,7 +106,7 @@ async def send(
     try:
         futures = []
         for item, decoded in checked:
-            key = None if isinstance(decoded, Invalid) else recommended_key(decoded)
+            key = None if isinstance(decoded, Invalid) else record_key(decoded)
             futures.append(await producer.send(topic, item.value, key=key))
         for (item, decoded), future in zip(checked, futures, strict=True):
             metadata = await future
@@ -192,10 +186,8 @@ async def wait_for_outcomes(
     found: dict[str, dict[str, Any]] = {}
     order = list(wanted.values())
     partitions = await kafka.topic_partitions(settings, settings.consumer_results_topic)
-    consumer = kafka.reader(settings)
-    await kafka.start(consumer, settings)
-    print(f"waiting up to {timeout:g} s for {len(wanted)} outcomes…", file=progress, flush=True)
-    try:
+    async with kafka.reading(settings) as consumer:
+        print(f"waiting up to {timeout:g} s for {len(wanted)} outcomes…", file=progress, flush=True)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         starts = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
@@ -224,8 +216,6 @@ async def wait_for_outcomes(
             if now - last_progress > PROGRESS_EVERY:
                 last_progress = now
                 print(f"{len(found)} of {len(order)} outcomes so far", file=progress, flush=True)
-    finally:
-        await consumer.stop()
     print_outcomes(found, order, out)
     if wanted:
         print(f"{len(wanted)} records had no outcome within {timeout:g} s", file=out)

@@ -117,15 +117,7 @@ class Recovery:
         if not positions:
             return {}
         started = time.monotonic()
-        consumer = AIOKafkaConsumer(
-            **kafka.common_config(self._settings),
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,
-            isolation_level=self._settings.kafka_isolation_level,
-        )
-        try:
-            await kafka.start(consumer, self._settings)
+        async with kafka.reading(self._settings) as consumer:
             deadline = started + self._timeout
             stamps = await self._first_timestamps(consumer, positions, deadline)
             if not stamps:
@@ -138,8 +130,6 @@ class Recovery:
             )
             waiting = {tp: positions[tp] for tp in stamps}
             done, scanned, complete = await self._scan(consumer, waiting, since_ms, deadline)
-        finally:
-            await consumer.stop()
         if not complete:
             log.warning(
                 "recovery.incomplete",

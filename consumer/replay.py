@@ -175,37 +175,35 @@ class Replayer:
         producer = None if self.dry_run else kafka.make_producer(self.settings)
         if producer is not None:
             await kafka.start(producer, self.settings)
-        consumer = _reader(self.settings)
-        await kafka.start(consumer, self.settings)
         try:
-            ends = await kafka.end_offsets(consumer, partitions)
-            await self._seek_start(consumer, partitions)
-            last_progress = time.monotonic()
-            open_ = {tp for tp in partitions if ends[tp] > 0}
-            while open_:
-                fetched = await consumer.getmany(*open_, timeout_ms=500, max_records=2_000)
-                for tp, records in fetched.items():
-                    for record in records:
-                        if record.offset >= ends[tp]:
-                            break
-                        await self._one(record, done, report, producer)
-                for tp in list(open_):
-                    if await consumer.position(tp) >= ends[tp]:
-                        open_.discard(tp)
-                if self._limit_reached(report):
-                    break
-                if time.monotonic() - last_progress > PROGRESS_EVERY:
-                    last_progress = time.monotonic()
-                    print(
-                        f"replay: read {report.read}, selected {report.selected},"
-                        f" replayed {report.replayed}",
-                        file=self.progress,
-                        flush=True,
-                    )
-            if producer is not None:
-                await producer.flush()
+            async with kafka.reading(self.settings) as consumer:
+                ends = await kafka.end_offsets(consumer, partitions)
+                await self._seek_start(consumer, partitions)
+                last_progress = time.monotonic()
+                open_ = {tp for tp in partitions if ends[tp] > 0}
+                while open_:
+                    fetched = await consumer.getmany(*open_, timeout_ms=500, max_records=2_000)
+                    for tp, records in fetched.items():
+                        for record in records:
+                            if record.offset >= ends[tp]:
+                                break
+                            await self._one(record, done, report, producer)
+                    for tp in list(open_):
+                        if await consumer.position(tp) >= ends[tp]:
+                            open_.discard(tp)
+                    if self._limit_reached(report):
+                        break
+                    if time.monotonic() - last_progress > PROGRESS_EVERY:
+                        last_progress = time.monotonic()
+                        print(
+                            f"replay: read {report.read}, selected {report.selected},"
+                            f" replayed {report.replayed}",
+                            file=self.progress,
+                            flush=True,
+                        )
+                if producer is not None:
+                    await producer.flush()
         finally:
-            await consumer.stop()
             if producer is not None:
                 await producer.stop()
         return report
@@ -286,10 +284,8 @@ class Replayer:
         partitions = await kafka.topic_partitions(self.settings, topic)
         if not partitions:
             return set()
-        consumer = _reader(self.settings)
-        await kafka.start(consumer, self.settings)
         markers: set[str] = set()
-        try:
+        async with kafka.reading(self.settings) as consumer:
             ends = await kafka.end_offsets(consumer, partitions)
             await consumer.seek_to_beginning(*partitions)
             open_ = {tp for tp in partitions if ends[tp] > 0}
@@ -299,19 +295,7 @@ class Replayer:
                 for tp in list(open_):
                     if await consumer.position(tp) >= ends[tp]:
                         open_.discard(tp)
-        finally:
-            await consumer.stop()
         return markers
-
-
-def _reader(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        **kafka.common_config(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=100,
-        isolation_level=settings.kafka_isolation_level,
-    )
 
 
 def print_report(report: Report, out: TextIO, *, dry_run: bool) -> None:

@@ -37,10 +37,6 @@ class EndpointSpec:
     # `SegmentUserState` (the instructions merged into add/remove lists, answered 204).
     method: str = "PATCH"
 
-    @property
-    def all_or_nothing(self) -> bool:
-        return not self.per_instruction_errors
-
 
 SPECS: dict[Endpoint, EndpointSpec] = {
     Endpoint.SEGMENT_EXPIRING_TARGETS: EndpointSpec(

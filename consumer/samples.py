@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from consumer.events import record_key
+
 PROJECT = "demo"
 ENV = "production"
 ON = "6f0b5f5e-0c57-4d1a-9d3e-0000000000a1"
@@ -23,13 +25,6 @@ class Sample:
     value: bytes
     expected: str
     note: str
-
-
-def recommended_key(event: dict[str, Any]) -> bytes:
-    resource = event["resource"]
-    return (
-        f"{event['projectKey']}/{event['environmentKey']}/{resource['kind']}/{resource['key']}"
-    ).encode()
 
 
 class _Builder:
@@ -56,9 +51,7 @@ class _Builder:
         }
         if comment:
             event["comment"] = comment
-        self.samples.append(
-            Sample(recommended_key(event), json.dumps(event).encode(), expected, note)
-        )
+        self.samples.append(Sample(record_key(event), json.dumps(event).encode(), expected, note))
 
     def raw(self, value: bytes, note: str, key: bytes | None = b"demo/bad") -> None:
         self.samples.append(Sample(key, value, "invalid", note))

@@ -51,7 +51,6 @@ from consumer.errors import (
     Conflict,
     ConnectionFailed,
     ErrorCode,
-    InvalidResponse,
     RateLimited,
     RequestTimeout,
     Unauthorized,
@@ -238,7 +237,7 @@ class BatchSender:
                     batch.id,
                     waiting,
                     error,
-                    status=_final_status(error),
+                    status=Status(error.final_status),
                     attempts=[exc.attempts] * len(waiting),
                 )
                 for item, result in zip(waiting, failed, strict=True):
@@ -382,7 +381,11 @@ class BatchSender:
                     return [None] * len(batch)
                 return list(
                     results_from_error(
-                        batch.id, batch.items, error, status=_final_status(error), attempts=attempts
+                        batch.id,
+                        batch.items,
+                        error,
+                        status=Status(error.final_status),
+                        attempts=attempts,
                     )
                 )
             self._metrics.retries.labels(reason=error.code.value).inc()
@@ -504,13 +507,3 @@ class BatchSender:
             metrics=self._metrics,
         )
         return error
-
-
-def _final_status(error: ApiError) -> Status:
-    # A conflict that outlived its retries is LaunchDarkly's refusal; an unreadable answer and
-    # retryable errors past the budget are failures to get an answer.
-    if isinstance(error, Conflict):
-        return Status.REJECTED
-    if error.retryable or isinstance(error, InvalidResponse):
-        return Status.FAILED
-    return Status.REJECTED

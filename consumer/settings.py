@@ -142,8 +142,17 @@ class Settings(BaseSettings):
         found = [self.kafka_sasl_password, self.kafka_ssl_key_password, self.ld_api_token]
         return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
-    def token_source_configured(self) -> bool:
-        return self.ld_api_token is not None or self.ld_api_token_file is not None
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as the environment variables that give them back (for a child process),
+    those that are None left out. The API token is left out too: a caller adds its own
+    LD_API_TOKEN (or LD_API_TOKEN_FILE), and the result is never printed with a token in it."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None or name == "ld_api_token":
+            continue
+        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 @dataclass(frozen=True)

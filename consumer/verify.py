@@ -557,25 +557,14 @@ class Verifier:
 
     # -- Kafka --------------------------------------------------------------------------------
 
-    def _reader(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            **kafka.common_config(self.settings),
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,
-            isolation_level=self.settings.kafka_isolation_level,
-        )
-
     async def _outcomes(self, report: Report) -> list[Outcome]:
         topic = self.settings.consumer_results_topic
         partitions = await kafka.topic_partitions(self.settings, topic)
         if not partitions:
             raise SystemExit(f"verify: the results topic {topic} does not exist")
         found: list[Outcome] = []
-        consumer = self._reader()
-        await consumer.start()
-        try:
-            ends = await _ends(consumer, partitions)
+        async with kafka.reading(self.settings) as consumer:
+            ends = await kafka.end_offsets(consumer, partitions)
             await consumer.seek_to_beginning(*partitions)
             if self.selection.since_ms is not None:
                 # Outcomes are published after `completedAt`: none of the window is earlier.
@@ -594,8 +583,6 @@ class Verifier:
                 if self.selection.takes(outcome):
                     found.append(outcome)
                 self._tick(f"verify: {report.outcomes_read} outcomes read")
-        finally:
-            await consumer.stop()
         return found
 
     async def _events(self, sources: Sequence[Any]) -> dict[tuple[str, int, int], TargetingEvent]:
@@ -605,11 +592,9 @@ class Verifier:
         if not wanted:
             return {}
         events: dict[tuple[str, int, int], TargetingEvent] = {}
-        consumer = self._reader()
-        await consumer.start()
-        try:
+        async with kafka.reading(self.settings) as consumer:
             partitions = list(wanted)
-            ends = await _ends(consumer, partitions)
+            ends = await kafka.end_offsets(consumer, partitions)
             for tp in partitions:
                 consumer.seek(tp, min(wanted[tp]))
             last = {tp: min(ends[tp], max(offsets) + 1) for tp, offsets in wanted.items()}
@@ -620,25 +605,7 @@ class Verifier:
                     if not isinstance(decoded, Invalid):
                         events[(record.topic, record.partition, record.offset)] = decoded
                 self._tick(f"verify: {len(events)} of {len(sources)} events read")
-        finally:
-            await consumer.stop()
         return events
-
-
-async def _ends(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """Each partition's end as of now (the larger of ListOffsets and a first fetch's high
-    watermark: Tansu answers the former too low)."""
-    consumer.assign(partitions)
-    listed = await consumer.end_offsets(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        kafka.readable_end(consumer, tp) is None for tp in partitions
-    ):
-        await consumer.getmany(*partitions, timeout_ms=100, max_records=1)
-    return {tp: max(listed.get(tp, 0), kafka.readable_end(consumer, tp) or 0) for tp in partitions}
 
 
 async def _to_end(

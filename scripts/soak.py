@@ -33,14 +33,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer import kafka
+from consumer.events import record_key
 from consumer.fake_api import Faults, Limits, RunningSimulator, Simulator, chains
 from consumer.fake_api.state import SeedIn
-from consumer.samples import recommended_key
-from consumer.settings import Settings
+from consumer.settings import Settings, settings_environment
 from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
 TOKEN = "api-soak-token-0123456789"
@@ -89,19 +88,20 @@ def _event(index: int, keys: int) -> tuple[bytes, bytes]:
             "values": [f"v{index}"],
         },
     }
-    return recommended_key(event), json.dumps(event).encode()
+    return record_key(event), json.dumps(event).encode()
 
 
 class Child:
     """The consumer as a child process, with its peak resident memory sampled."""
 
     def __init__(self, settings: Settings) -> None:
-        env = dict(os.environ)
-        for name, value in settings.model_dump().items():
-            if value is not None and name != "ld_api_token":
-                env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-        env.update(LD_API_TOKEN=TOKEN, LOG_LEVEL="warning", LOG_FORMAT="json")
-        self.env = env
+        self.env = {
+            **os.environ,
+            **settings_environment(settings),
+            "LD_API_TOKEN": TOKEN,
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+        }
         self.process: asyncio.subprocess.Process | None = None
         self.peak_kib = 0
 
@@ -131,13 +131,9 @@ async def _count_outcomes(
     """Follow the results topic until `stop_at` distinct records have an outcome: how many
     outcomes each (partition, offset) got, and the statuses."""
     partitions = await kafka.topic_partitions(settings, settings.consumer_results_topic)
-    consumer = AIOKafkaConsumer(
-        **kafka.common_config(settings), group_id=None, fetch_max_wait_ms=100
-    )
-    await consumer.start()
     seen: Counter[tuple[int, int]] = Counter()
     statuses: Counter[str] = Counter()
-    try:
+    async with kafka.reading(settings) as consumer:
         consumer.assign(partitions)
         await consumer.seek_to_beginning()
         while len(seen) < stop_at and time.monotonic() < deadline:
@@ -148,8 +144,6 @@ async def _count_outcomes(
                     statuses[outcome["status"]] += 1
             for child in children:
                 child.sample()
-    finally:
-        await consumer.stop()
     return seen, statuses
 
 
@@ -168,14 +162,7 @@ async def _setup(
         consumer_http_port=0,
         **(TANSU_SETTINGS if tansu else {}),
     )
-    await kafka.ensure_topics(
-        settings,
-        {
-            settings.consumer_input_topic: partitions,
-            settings.consumer_results_topic: partitions,
-            settings.consumer_dlq_topic: 1,
-        },
-    )
+    await kafka.ensure_service_topics(settings, partitions, partitions, 1)
     return settings
 
 

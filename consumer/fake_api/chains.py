@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.samples import recommended_key
+from consumer.events import record_key
 
 PROJECT, ENVIRONMENT = "chains", "production"
 BASE_VALUE = 1_900_000_000_000  # epoch ms, far enough ahead to stay a valid expiry
@@ -76,7 +76,7 @@ def rounds(
     for step in range(first_step, last_step + 1):
         for target in found:
             built = event(target, step, f"{prefix}-{target.segment}-{target.user}-{step}")
-            yield target, step, recommended_key(built), built
+            yield target, step, record_key(built), built
 
 
 def stale(state: dict[str, Any], expected: dict[Target, int]) -> dict[Target, int | None]:

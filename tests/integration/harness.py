@@ -19,9 +19,8 @@ from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.app import Service
-from consumer.events import Outcome, Status
-from consumer.samples import recommended_key
-from consumer.settings import Settings
+from consumer.events import Outcome, Status, record_key
+from consumer.settings import Settings, settings_environment
 from consumer.tansu import TANSU_SETTINGS
 from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
@@ -61,14 +60,7 @@ def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides:
 
 
 async def create_topics(settings: Settings, partitions: int = 2) -> None:
-    await kafka.ensure_topics(
-        settings,
-        {
-            settings.consumer_input_topic: partitions,
-            settings.consumer_results_topic: 2,
-            settings.consumer_dlq_topic: 1,
-        },
-    )
+    await kafka.ensure_service_topics(settings, partitions, 2, 1)
 
 
 async def produce(
@@ -270,18 +262,18 @@ def events(count: int, keys: int) -> list[Message]:
         event_dict(key=f"s{i % keys}", project=PROJECT, env=ENV, values=[f"k{i}"])
         for i in range(count)
     ]
-    return [(recommended_key(e), encode(e), []) for e in found]
+    return [(record_key(e), encode(e), []) for e in found]
 
 
 def environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The settings as the environment variables `run` reads."""
-    env = dict(os.environ)
-    for name, value in settings.model_dump().items():
-        if value is None or name == "ld_api_token":
-            continue
-        env[name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update({"LD_API_TOKEN": TOKEN, "LOG_FORMAT": "json", **extra})
-    return env
+    return {
+        **os.environ,
+        **settings_environment(settings),
+        "LD_API_TOKEN": TOKEN,
+        "LOG_FORMAT": "json",
+        **extra,
+    }
 
 
 async def start_process(

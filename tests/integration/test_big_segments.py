@@ -11,10 +11,9 @@ from typing import Any
 import jsonschema
 
 from consumer.errors import ErrorCode
-from consumer.events import Status
+from consumer.events import Status, record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
@@ -63,7 +62,7 @@ def _targets(segment: str, kind: str, values: list[str], context_kind: str) -> d
 
 
 def _message(event: dict[str, Any]) -> Message:
-    return recommended_key(event), encode(event), []
+    return record_key(event), encode(event), []
 
 
 def _apply(members: dict[str, set[str]], kind: str, values: list[str]) -> None:

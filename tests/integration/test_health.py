@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from consumer.tansu import free_port
 from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
@@ -78,7 +78,7 @@ async def test_readiness_follows_assignment_and_metrics_move_with_traffic(
         events.append(
             event_dict(key="s1", project=PROJECT, env=ENV, contextKind="org", values=["bad"])
         )
-        messages = [(recommended_key(e), encode(e), []) for e in events] + [(None, b"not json", [])]
+        messages = [(record_key(e), encode(e), []) for e in events] + [(None, b"not json", [])]
         await produce(settings, messages)
         await outcomes(settings, 8)
         await asyncio.sleep(settings.consumer_commit_interval_ms / 1000 * 2)
@@ -123,7 +123,7 @@ async def test_readiness_is_false_during_an_auth_outage(
     )
     await create_topics(settings)
     event = event_dict(key="s0", project=PROJECT, env=ENV)
-    await produce(settings, [(recommended_key(event), encode(event), [])])
+    await produce(settings, [(record_key(event), encode(event), [])])
     async with running(settings) as handle:
         await wait_until(lambda: not handle.service.auth_ok)
         status, body = await _get(port, "/readyz")

@@ -8,9 +8,9 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from consumer.tansu import free_port
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
@@ -76,7 +76,7 @@ async def test_every_metric_of_the_dashboard_and_the_rules_is_served(
     events = [event_dict(key="s0", project=PROJECT, env=ENV, values=[f"k{i}"]) for i in range(3)]
     events.append(event_dict(key="s1", project=PROJECT, env=ENV, contextKind="org", values=["bad"]))
     events.append(event_dict(key="s2", project=PROJECT, env=ENV))
-    messages = [(recommended_key(e), encode(e), []) for e in events] + [(None, b"not json", [])]
+    messages = [(record_key(e), encode(e), []) for e in events] + [(None, b"not json", [])]
     async with running(settings):
         await produce(settings, messages)
         await outcomes(settings, len(messages))

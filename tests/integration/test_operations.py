@@ -10,12 +10,11 @@ import pytest
 
 from consumer import kafka
 from consumer.cli import main
-from consumer.events import Status
+from consumer.events import Status, record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.replay import REPLAY_COUNT, ledger_topic
-from consumer.samples import recommended_key
-from consumer.settings import Settings
+from consumer.settings import Settings, settings_environment
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
@@ -32,12 +31,8 @@ from tests.integration.harness import (
 
 def use_environment(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     """What an operator's shell would export for these settings."""
-    for name, value in settings.model_dump().items():
-        if value is None or name == "ld_api_token":
-            continue
-        monkeypatch.setenv(
-            name.upper(), str(value).lower() if isinstance(value, bool) else str(value)
-        )
+    for name, value in settings_environment(settings).items():
+        monkeypatch.setenv(name, value)
 
 
 async def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -68,7 +63,7 @@ async def test_replay_after_fixing_the_cause_gives_new_outcomes_once(
         event_dict(key="later", project=PROJECT, env=ENV, values=[f"k{i}"]) for i in range(2)
     ]
     good = event_dict(key="live", project=PROJECT, env=ENV)
-    messages = [(recommended_key(e), encode(e), [("trace", b"abc")]) for e in [*missing, good]]
+    messages = [(record_key(e), encode(e), [("trace", b"abc")]) for e in [*missing, good]]
     messages.append((b"bad", b"{not json", []))
     await produce(settings, messages)
     async with running(settings):
@@ -124,7 +119,7 @@ def _letter(
     headers = [("app", b"x"), ("ldc.status", status.encode()), ("ldc.error.code", b"not_found")]
     if count is not None:
         headers.append((REPLAY_COUNT, str(count).encode()))
-    return recommended_key(event), encode(event), headers
+    return record_key(event), encode(event), headers
 
 
 async def _write_letters(

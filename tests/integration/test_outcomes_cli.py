@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from tests.factories import encode, event_dict
 from tests.integration.commands import SCRIPT, command
 from tests.integration.harness import (
@@ -25,7 +25,7 @@ from tests.integration.harness import (
 
 def message(key: str, event_id: str) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     event = event_dict(key=key, project=PROJECT, env=ENV, event_id=event_id)
-    return recommended_key(event), encode(event), []
+    return record_key(event), encode(event), []
 
 
 async def test_outcomes_by_id_status_and_time_and_follow(

@@ -12,11 +12,10 @@ import jsonschema
 import pytest
 
 from consumer import kafka
-from consumer.events import Status
+from consumer.events import Status, record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.routing import API_VERSION, CONTENT_TYPE, ROUTES
-from consumer.samples import recommended_key
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
@@ -45,7 +44,7 @@ def _event(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def _message(event: dict[str, Any], headers: list[tuple[str, bytes]] | None = None) -> Message:
-    return recommended_key(event), encode(event), headers or []
+    return record_key(event), encode(event), headers or []
 
 
 def _openapi_validator(path_template: str) -> jsonschema.protocols.Validator | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from consumer import kafka
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from consumer.settings import Settings
 from tests.factories import event_dict
 from tests.integration.commands import command
@@ -65,7 +65,7 @@ async def test_one_invalid_line_and_nothing_is_sent(settings: Settings, tmp_path
 
     skipped = await command("produce", str(path), "--skip-invalid", env=env)
     assert skipped.code == 1 and "sent 1 of 3 events" in skipped.out
-    assert await on_topic(settings, 2) == [recommended_key(events[0])]  # type: ignore[arg-type]
+    assert await on_topic(settings, 2) == [record_key(events[0])]
 
 
 async def test_allow_invalid_sends_every_element_and_names_elements(

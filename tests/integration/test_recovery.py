@@ -8,9 +8,9 @@ import signal
 from collections import Counter
 from typing import Any
 
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
@@ -56,7 +56,7 @@ async def test_sigkill_mid_stream_then_restart_repeats_at_most_the_in_flight(
         event_dict(key=f"s{i % keys}", project=PROJECT, env=ENV, values=[f"v{i}"])
         for i in range(total)
     ]
-    ends = await produce(settings, [(recommended_key(e), encode(e), []) for e in events])
+    ends = await produce(settings, [(record_key(e), encode(e), []) for e in events])
     # The first process never commits: after the kill, every record it finished comes back
     # from Kafka, and only the results topic can tell that it was done.
     process = await start_process(settings, CONSUMER_COMMIT_INTERVAL_MS="600000")

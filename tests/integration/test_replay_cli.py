@@ -8,7 +8,7 @@ import json
 import pytest
 
 from consumer import kafka
-from consumer.samples import recommended_key
+from consumer.events import record_key
 from consumer.settings import Settings
 from tests.factories import encode, event_dict
 from tests.integration.commands import Result, command
@@ -35,7 +35,7 @@ def letter(event_id: str, *, omitted: bool = False) -> Letter:
     ]
     if omitted:
         headers.append(("ldc.value-omitted", b"2000000 bytes"))
-    return recommended_key(event), None if omitted else encode(event), headers
+    return record_key(event), None if omitted else encode(event), headers
 
 
 async def write(settings: Settings, letters: list[Letter]) -> None:

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from consumer.events import Status
+from consumer.events import Status, record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
@@ -139,7 +138,7 @@ async def test_the_all_or_nothing_batch_applies_every_good_instruction(
         event_dict(key="orgs", project=PROJECT, env=ENV, contextKind="org", values=[f"x{i}"])
         for i in range(16)
     ]
-    await produce(settings, [(recommended_key(e), encode(e), []) for e in events])
+    await produce(settings, [(record_key(e), encode(e), []) for e in events])
     async with running(settings):
         results = {o.eventId: o for o in await outcomes(settings, 16)}
     rejected = {i for i, e in enumerate(events) if results[e["eventId"]].status is Status.REJECTED}

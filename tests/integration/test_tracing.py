@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer import kafka
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from consumer.web import start_site
 from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
@@ -116,10 +116,10 @@ async def test_trace_context_flows_from_input_to_outcomes_dead_letters_and_reque
     ]
     failing = event_dict(key="s2", project=PROJECT, env=ENV)
     messages = [
-        (recommended_key(good), encode(good), upstream),
-        (recommended_key(untraced), encode(untraced), []),
-        *[(recommended_key(e), encode(e), upstream) for e in narrowed],
-        (recommended_key(failing), encode(failing), upstream),
+        (record_key(good), encode(good), upstream),
+        (record_key(untraced), encode(untraced), []),
+        *[(record_key(e), encode(e), upstream) for e in narrowed],
+        (record_key(failing), encode(failing), upstream),
         (None, b"not json", upstream),
     ]
     # Produced before the service starts: each resource's events arrive in one fetch, one batch.
@@ -221,7 +221,7 @@ async def test_rate_limit_waits_are_spans_of_their_batch(
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
     await create_topics(settings, partitions=1)
     found_events = [event_dict(key=key, project=PROJECT, env=ENV) for key in ("s0", "s1")]
-    await produce(settings, [(recommended_key(e), encode(e), []) for e in found_events])
+    await produce(settings, [(record_key(e), encode(e), []) for e in found_events])
     async with running(settings, tracer_provider=provider):
         await kafka.read_topic(
             settings, settings.consumer_results_topic, until=lambda r: len(r) >= 2, timeout=30
@@ -252,9 +252,7 @@ async def test_run_exports_over_otlp_when_the_standard_variables_say_so(
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
     await create_topics(settings, partitions=1)
     event = event_dict(key="s0", project=PROJECT, env=ENV)
-    await produce(
-        settings, [(recommended_key(event), encode(event), [("traceparent", TRACEPARENT)])]
-    )
+    await produce(settings, [(record_key(event), encode(event), [("traceparent", TRACEPARENT)])])
     process = await start_process(
         settings,
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",

@@ -7,10 +7,9 @@ import json
 import sys
 from typing import Any
 
-from consumer.events import Status
+from consumer.events import Status, record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.samples import recommended_key
 from consumer.verify import Selection, Verifier
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
@@ -75,7 +74,7 @@ async def test_verify_is_clean_after_a_run_and_precise_after_a_change_behind_its
         _event("segment", "addExcludedTargets", key="vip", contextKind="account", values=["a5"]),
         _event("segment", "addIncludedTargets", key="nope", values=["x"]),  # 404: no claim
     ]
-    await produce(settings, [(recommended_key(e), encode(e), []) for e in events])
+    await produce(settings, [(record_key(e), encode(e), []) for e in events])
     async with running(settings):
         results = await outcomes(settings, len(events))
     assert sum(o.status is Status.SUCCEEDED for o in results) == len(events) - 1

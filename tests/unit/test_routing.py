@@ -47,7 +47,7 @@ def test_only_the_segment_writes_are_all_or_nothing_and_limited() -> None:
     for endpoint, spec in SPECS.items():
         is_patch = endpoint is Endpoint.SEGMENT_TARGETS
         is_big = endpoint in BIG_SEGMENT_ENDPOINTS
-        assert spec.all_or_nothing is (is_patch or is_big)
+        assert spec.per_instruction_errors is not (is_patch or is_big)
         assert spec.body_has_environment_key is is_patch
         assert spec.max_target_operations == (1_500 if is_patch or is_big else None)
         assert spec.method == ("POST" if is_big else "PATCH")

@@ -44,7 +44,7 @@ class FakeClient:
         if isinstance(answer, Exception):
             raise answer
         status, raw, *headers = answer
-        return ApiResponse(status, headers[0] if headers else {}, raw, 0.0)
+        return ApiResponse(status, headers[0] if headers else {}, raw)
 
     async def patch(self, path: str, body: dict[str, Any]) -> ApiResponse:
         return await self._answer("PATCH", path, body)

@@ -40,7 +40,7 @@ class Client(FakeClient):
     async def get(self, path: str) -> ApiResponse:
         if "?filter=" in path:
             self.lists.append(path)
-            return ApiResponse(self.listing[0], {}, self.listing[1], 0.0)
+            return ApiResponse(self.listing[0], {}, self.listing[1])
         return await super().get(path)
 
 
@@ -266,7 +266,7 @@ async def test_pages_shorter_than_asked_are_followed_to_the_total() -> None:
             if "?filter=" in path:
                 self.lists.append(path)
                 body = orjson.dumps({"items": next(pages), "totalCount": 30})
-                return ApiResponse(200, {}, body, 0.0)
+                return ApiResponse(200, {}, body)
             return await super().get(path)
 
     client = Paged((204, b""))
