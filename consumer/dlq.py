@@ -1,12 +1,89 @@
-"""The dead-letter copy: the original key, value and headers, byte for byte, plus `ldc.*`."""
+"""The dead-letter copy: the original key, value and headers, byte for byte, plus `ldc.*`.
+
+Every `ldc.*` header name (those of dead-letter copies and of outcome records) and the
+dead-letter headers' model are written here, once.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, Literal
 
-from consumer.events import DeadLetterHeaders, Status
+from pydantic import BaseModel, ConfigDict, Field
+
+from consumer.events import Status
 from consumer.outcomes import OutcomeMessage
 from consumer.records import ConsumedRecord
+
+# -- every `ldc.*` header name, written once --------------------------------------------------
+
+PREFIX = "ldc."
+# On a dead-letter copy (after the original record's own headers):
+STATUS = "ldc.status"
+ERROR_CODE = "ldc.error.code"
+ERROR_MESSAGE = "ldc.error.message"
+ORIGINAL_TOPIC = "ldc.original.topic"
+ORIGINAL_PARTITION = "ldc.original.partition"
+ORIGINAL_OFFSET = "ldc.original.offset"
+ORIGINAL_TIMESTAMP = "ldc.original.timestamp"
+ATTEMPTS = "ldc.attempts"
+HTTP_STATUS = "ldc.http.status"
+DEAD_LETTERED_AT = "ldc.dead-lettered-at"
+REPLAY_COUNT = "ldc.replay.count"  # added by replay
+VALUE_OMITTED = "ldc.value-omitted"  # a value too large for the dead-letter topic
+# On an outcome record: the input record it is the outcome of.
+SOURCE_TOPIC = "ldc.source.topic"
+SOURCE_PARTITION = "ldc.source.partition"
+SOURCE_OFFSET = "ldc.source.offset"
+
+
+def _headers_are_strings(schema: dict[str, Any]) -> None:
+    # An optional header is absent, never null: publish it as a plain string property.
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+        if "anyOf" in prop:
+            (kept,) = [option for option in prop.pop("anyOf") if option.get("type") != "null"]
+            prop.update(kept)
+            prop.pop("default", None)
+
+
+class DeadLetterHeaders(BaseModel):
+    """The `ldc.*` headers of a dead-letter copy; all values are UTF-8 strings."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, json_schema_extra=_headers_are_strings
+    )
+
+    status: Literal["rejected", "invalid", "failed"] = Field(alias=STATUS)
+    error_code: str = Field(alias=ERROR_CODE)
+    error_message: str = Field(alias=ERROR_MESSAGE)
+    original_topic: str = Field(alias=ORIGINAL_TOPIC)
+    original_partition: str = Field(alias=ORIGINAL_PARTITION, pattern=r"^[0-9]+$")
+    original_offset: str = Field(alias=ORIGINAL_OFFSET, pattern=r"^[0-9]+$")
+    original_timestamp: str = Field(
+        alias=ORIGINAL_TIMESTAMP,
+        pattern=r"^-?[0-9]+$",
+        description="the original record's timestamp, epoch milliseconds",
+    )
+    attempts: str = Field(alias=ATTEMPTS, pattern=r"^[0-9]+$")
+    http_status: str | None = Field(
+        None, alias=HTTP_STATUS, pattern=r"^[0-9]{3}$", description="when a response came"
+    )
+    dead_lettered_at: str = Field(alias=DEAD_LETTERED_AT, description="RFC 3339")
+    replay_count: str | None = Field(
+        None, alias=REPLAY_COUNT, pattern=r"^[0-9]+$", description="added by replay"
+    )
+    value_omitted: str | None = Field(
+        None,
+        alias=VALUE_OMITTED,
+        description="only when the original value was too large for the dead-letter topic:"
+        " its size and why it is missing",
+    )
+
+    def to_kafka(self) -> list[tuple[str, bytes]]:
+        fields = self.model_dump(by_alias=True, exclude_none=True)
+        return [(name, str(value).encode()) for name, value in fields.items()]
+
 
 DEAD_LETTER_STATUSES = frozenset({Status.REJECTED, Status.INVALID, Status.FAILED})
 

@@ -24,7 +24,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from consumer.dlq import dead_letter_headers, needs_dead_letter
+from consumer.dlq import VALUE_OMITTED, dead_letter_headers, needs_dead_letter
 from consumer.kafka import KeyPartitioner, value_for_send
 from consumer.outcomes import OutcomeMessage
 from consumer.records import ConsumedRecord
@@ -125,7 +125,6 @@ class Publisher:
 
 
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
-VALUE_OMITTED = "ldc.value-omitted"
 
 
 def _without_value(message: _Message) -> _Message:

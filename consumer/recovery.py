@@ -35,13 +35,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
+from consumer.dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-SOURCE_TOPIC = "ldc.source.topic"
-SOURCE_PARTITION = "ldc.source.partition"
-SOURCE_OFFSET = "ldc.source.offset"
 
 
 @functools.lru_cache(maxsize=64)

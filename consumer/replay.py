@@ -36,12 +36,10 @@ from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.cli_errors import CommandFailed
-from consumer.events import DLQ_HEADER_PREFIX
+from consumer.dlq import ERROR_CODE, ERROR_MESSAGE, PREFIX, REPLAY_COUNT, STATUS, VALUE_OMITTED
 from consumer.settings import Settings
 
-REPLAY_COUNT = "ldc.replay.count"
-VALUE_OMITTED = "ldc.value-omitted"
-SKIP_VALUE_OMITTED = "value omitted from the copy (ldc.value-omitted): take it from the input topic"
+SKIP_VALUE_OMITTED = f"value omitted from the copy ({VALUE_OMITTED}): take it from the input topic"
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
@@ -61,9 +59,9 @@ class Selection:
             return "before --since"
         if self.until_ms is not None and record.timestamp >= self.until_ms:
             return "after --until"
-        if self.statuses and _text(headers.get("ldc.status")) not in self.statuses:
+        if self.statuses and _text(headers.get(STATUS)) not in self.statuses:
             return "other status"
-        if self.error_codes and _text(headers.get("ldc.error.code")) not in self.error_codes:
+        if self.error_codes and _text(headers.get(ERROR_CODE)) not in self.error_codes:
             return "other error code"
         if self.event_ids or self.resource:
             event = _json_object(record.value)
@@ -129,7 +127,7 @@ def replay_headers(headers: Sequence[tuple[str, bytes]]) -> tuple[list[tuple[str
         if name == REPLAY_COUNT:
             with contextlib.suppress(ValueError):
                 previous = max(previous, int(value))
-        if not name.startswith(DLQ_HEADER_PREFIX):
+        if not name.startswith(PREFIX):
             kept.append((name, value))
     return [*kept, (REPLAY_COUNT, str(previous + 1).encode())], previous
 
@@ -240,9 +238,9 @@ class Replayer:
             Row(
                 record.partition,
                 record.offset,
-                _text(headers.get("ldc.status")),
-                _text(headers.get("ldc.error.code")),
-                _text(headers.get("ldc.error.message")),
+                _text(headers.get(STATUS)),
+                _text(headers.get(ERROR_CODE)),
+                _text(headers.get(ERROR_MESSAGE)),
                 str(event.get("eventId", "-")),
                 previous + 1,
             )

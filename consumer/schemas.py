@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from consumer import __version__
-from consumer.events import EVENT_ADAPTER, DeadLetterHeaders, Outcome
+from consumer import __version__, dlq
+from consumer.dlq import DeadLetterHeaders
+from consumer.events import EVENT_ADAPTER, Outcome
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://github.com/ld-targeting-consumer/ld-targeting-consumer/schemas/"
@@ -134,9 +135,9 @@ def asyncapi() -> dict[str, Any]:
                     "headers": {
                         "type": "object",
                         "properties": {
-                            "ldc.source.topic": string,
-                            "ldc.source.partition": {**string, "pattern": "^[0-9]+$"},
-                            "ldc.source.offset": {**string, "pattern": "^[0-9]+$"},
+                            dlq.SOURCE_TOPIC: string,
+                            dlq.SOURCE_PARTITION: {**string, "pattern": "^[0-9]+$"},
+                            dlq.SOURCE_OFFSET: {**string, "pattern": "^[0-9]+$"},
                             **TRACE_HEADERS,
                         },
                     },

@@ -10,10 +10,11 @@ import pytest
 
 from consumer import kafka
 from consumer.cli import main
+from consumer.dlq import REPLAY_COUNT
 from consumer.events import Status, record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.replay import REPLAY_COUNT, ledger_topic
+from consumer.replay import ledger_topic
 from consumer.settings import Settings, settings_environment
 from tests.factories import encode, event_dict
 from tests.integration.harness import (

@@ -3,10 +3,10 @@ from typing import Any
 
 import pytest
 
+from consumer.dlq import DeadLetterHeaders
 from consumer.errors import ErrorCode
 from consumer.events import (
     MAX_TARGET_VALUES,
-    DeadLetterHeaders,
     FlagEvent,
     Invalid,
     Outcome,
