@@ -18,8 +18,8 @@ from typing import Any, TextIO
 from consumer import kafka
 from consumer.app import Service
 from consumer.cli_errors import EXIT_INTERRUPTED
-from consumer.events import Outcome
 from consumer.fake_api import RunningSimulator, Simulator, sample_seed
+from consumer.outcomes import Outcome
 from consumer.samples import Sample, demo_samples
 from consumer.settings import Settings
 from consumer.signals import on_stop

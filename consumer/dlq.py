@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumer.events import Status
-from consumer.outcomes import OutcomeMessage
+from consumer.outcomes import OutcomeMessage, Status
 from consumer.records import ConsumedRecord
 
 # -- every `ldc.*` header name, written once --------------------------------------------------

@@ -1,4 +1,5 @@
-"""The messages: the input event, the outcome, the dead-letter headers; `decode(bytes)`.
+"""The input event: its models and `decode(bytes)` (the outcome is in outcomes.py, the
+dead-letter headers in dlq.py).
 
 One input event carries exactly one LaunchDarkly semantic-patch instruction. The instruction
 models mirror the API's camelCase fields, so `instruction.model_dump()` is the request item.
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,7 +26,6 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
-    model_validator,
 )
 
 from consumer.errors import ErrorCode
@@ -420,78 +418,3 @@ _PRIORITY = [
     ErrorCode.UNKNOWN_INSTRUCTION_KIND,
     ErrorCode.INVALID_EVENT,
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# The outcome (results topic)
-
-
-class Status(StrEnum):
-    SUCCEEDED = "succeeded"
-    REJECTED = "rejected"
-    INVALID = "invalid"
-    FAILED = "failed"
-
-
-class Source(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    topic: str
-    partition: int
-    offset: int
-
-
-class OutcomeResource(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    projectKey: str
-    environmentKey: str
-    kind: Literal["segment", "flag"]
-    key: str
-
-
-class BatchRef(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    id: str
-    size: int = Field(ge=1)
-    index: int = Field(ge=0, description="position of the instruction in `instructions`")
-
-
-class HttpRef(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    method: str
-    path: str
-    status: int | None = Field(description="the last response's status; null when none came")
-    attempts: int = Field(ge=0)
-
-
-class OutcomeError(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    code: ErrorCode
-    message: str
-
-
-class Outcome(BaseModel):
-    """Exactly one per input record processed; keyed like the input record."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    eventId: str | None = Field(description="null only when the record could not be parsed")
-    status: Status
-    source: Source
-    resource: OutcomeResource | None
-    instructionKind: str | None
-    batch: BatchRef | None
-    http: HttpRef | None
-    error: OutcomeError | None = Field(description="null exactly when status is succeeded")
-    item: dict[str, Any] | None = Field(
-        description="the API's response item for this instruction, when it returned one"
-    )
-    completedAt: datetime
-
-    @model_validator(mode="after")
-    def _error_iff_not_succeeded(self) -> Outcome:
-        if (self.error is None) != (self.status is Status.SUCCEEDED):
-            raise ValueError("error must be null exactly when status is succeeded")
-        return self
-
-    def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()

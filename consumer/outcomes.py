@@ -1,11 +1,13 @@
-"""One outcome per instruction, from one response or one error. Pure, no I/O.
+"""The outcome, the results topic's contract: its model (`Outcome`, `Status`) and one outcome
+per instruction, from one response or one error. Pure, no I/O.
 
 The single assumption about `errors[].instructionIndex` (it counts from 0, the position in
 `instructions`) lives in `failed_positions`; see the README's assumptions section.
 
 Outcomes are written straight to bytes (`encode`): they are the hot path's output, one per
 event, and building a pydantic model for each costs more than everything else an event
-needs. `events.Outcome` is the schema they follow; the tests read every one back with it.
+needs. `Outcome` is the schema they follow; the tests read every one back with it and
+compare the bytes with pydantic's.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import orjson
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from consumer.errors import ApiError, ErrorCode
 from consumer.events import (
@@ -27,7 +31,6 @@ from consumer.events import (
     Invalid,
     SegmentAddExpiringTarget,
     SegmentUpdateExpiringTarget,
-    Status,
     TargetingEvent,
     UpdateExpireUserTargetDate,
 )
@@ -39,8 +42,83 @@ log = structlog.get_logger(__name__)
 _MAX_MESSAGE = 1_000
 
 
+# ---------------------------------------------------------------------------------------------
+# The outcome's model (the results topic's contract; `encode` below writes the same bytes)
+
+
+class Status(StrEnum):
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    topic: str
+    partition: int
+    offset: int
+
+
+class OutcomeResource(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    projectKey: str
+    environmentKey: str
+    kind: Literal["segment", "flag"]
+    key: str
+
+
+class BatchRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    size: int = Field(ge=1)
+    index: int = Field(ge=0, description="position of the instruction in `instructions`")
+
+
+class HttpRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: str
+    path: str
+    status: int | None = Field(description="the last response's status; null when none came")
+    attempts: int = Field(ge=0)
+
+
+class OutcomeError(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    code: ErrorCode
+    message: str
+
+
+class Outcome(BaseModel):
+    """Exactly one per input record processed; keyed like the input record."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    eventId: str | None = Field(description="null only when the record could not be parsed")
+    status: Status
+    source: Source
+    resource: OutcomeResource | None
+    instructionKind: str | None
+    batch: BatchRef | None
+    http: HttpRef | None
+    error: OutcomeError | None = Field(description="null exactly when status is succeeded")
+    item: dict[str, Any] | None = Field(
+        description="the API's response item for this instruction, when it returned one"
+    )
+    completedAt: datetime
+
+    @model_validator(mode="after")
+    def _error_iff_not_succeeded(self) -> Outcome:
+        if (self.error is None) != (self.status is Status.SUCCEEDED):
+            raise ValueError("error must be null exactly when status is succeeded")
+        return self
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
 @dataclass(slots=True)  # not frozen: one per event, and frozen __init__ is slow
-class BatchRef:
+class BatchPosition:
     id: str
     size: int
     index: int
@@ -59,7 +137,7 @@ class InstructionResult:
     """What became of one instruction in the last request it went in."""
 
     status: Status
-    batch: BatchRef
+    batch: BatchPosition
     http_status: int | None
     attempts: int
     error: Failure | None = None
@@ -173,7 +251,7 @@ def results_from_body(
     index_of_items = ItemIndex(response_items if isinstance(response_items, list) else [])
     results = []
     for index, pending in enumerate(items):
-        ref = BatchRef(batch_id, size, index)
+        ref = BatchPosition(batch_id, size, index)
         if index in failed:
             error = Failure(ErrorCode.INSTRUCTION_ERROR, _clip(failed[index]))
             results.append(
@@ -201,7 +279,7 @@ def results_from_error(
     return [
         InstructionResult(
             status,
-            BatchRef(batch_id, size, i),
+            BatchPosition(batch_id, size, i),
             error.status,
             attempts[i],
             outcome_error,
@@ -221,11 +299,7 @@ def outcome_for(
         {
             "eventId": event.eventId,
             "status": result.status.value,
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-            },
+            "source": _source(record),
             "resource": {
                 "projectKey": event.projectKey,
                 "environmentKey": event.environmentKey,
@@ -258,11 +332,7 @@ def invalid_outcome(
         {
             "eventId": invalid.event_id,
             "status": Status.INVALID.value,
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-            },
+            "source": _source(record),
             "resource": None,
             "instructionKind": None,
             "batch": None,
@@ -273,6 +343,10 @@ def invalid_outcome(
         }
     )
     return OutcomeMessage(Status.INVALID, error, None, 0, value)
+
+
+def _source(record: ConsumedRecord) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def encode(outcome: dict[str, Any]) -> bytes:

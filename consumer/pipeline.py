@@ -53,12 +53,13 @@ import structlog
 from consumer.batcher import Batch, Batcher
 from consumer.dlq import DEAD_LETTER_STATUSES
 from consumer.errors import ErrorCode, InternalError
-from consumer.events import Invalid, Status, decode, target_operations
+from consumer.events import Invalid, decode, target_operations
 from consumer.leases import Lease
 from consumer.metrics import Metrics
 from consumer.outcomes import (
     InstructionResult,
     OutcomeMessage,
+    Status,
     invalid_outcome,
     now,
     outcome_for,

@@ -8,7 +8,8 @@ from typing import Any
 
 from consumer import __version__, dlq
 from consumer.dlq import DeadLetterHeaders
-from consumer.events import EVENT_ADAPTER, Outcome
+from consumer.events import EVENT_ADAPTER
+from consumer.outcomes import Outcome
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 BASE_ID = "https://github.com/ld-targeting-consumer/ld-targeting-consumer/schemas/"

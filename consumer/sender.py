@@ -55,14 +55,15 @@ from consumer.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from consumer.events import Status, instruction_body
+from consumer.events import instruction_body
 from consumer.gate import ApiGate, Verdict
 from consumer.ld_client import ApiResponse, LdClient, error_for
 from consumer.metrics import Metrics
 from consumer.outcomes import (
-    BatchRef,
+    BatchPosition,
     Failure,
     InstructionResult,
+    Status,
     results_from_body,
     results_from_error,
 )
@@ -253,7 +254,7 @@ class BatchSender:
                         mismatched.append(position[id(step.item)])
                         results[position[id(step.item)]] = InstructionResult(
                             Status.REJECTED,
-                            BatchRef(batch.id, len(batch), position[id(step.item)]),
+                            BatchPosition(batch.id, len(batch), position[id(step.item)]),
                             None,
                             0,
                             Failure(ErrorCode.CONTEXT_KIND_MISMATCH, step.message),

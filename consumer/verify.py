@@ -43,20 +43,19 @@ from consumer.events import (
     FlagRemoveExpiringTarget,
     FlagUpdateExpiringTarget,
     Invalid,
-    Outcome,
     RemoveExpireUserTargetDate,
     SegmentAddExpiringTarget,
     SegmentRemoveExpiringTarget,
     SegmentTargets,
     SegmentUpdateExpiringTarget,
     SegmentUsers,
-    Status,
     TargetingEvent,
     UpdateExpireUserTargetDate,
     UpdateName,
     decode,
 )
 from consumer.ld_client import LdClient, TokenSource
+from consumer.outcomes import Outcome, Status
 from consumer.reads import throttled_get
 from consumer.retry import RetryPolicy
 from consumer.settings import Settings

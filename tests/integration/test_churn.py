@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
-from consumer.events import Status
 from consumer.fake_api import RunningSimulator, chains
 from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.outcomes import Status
 from consumer.settings import Settings
 from tests.factories import encode
 from tests.integration.harness import (

@@ -11,9 +11,10 @@ import pytest
 from consumer import kafka
 from consumer.cli import main
 from consumer.dlq import REPLAY_COUNT
-from consumer.events import Status, record_key
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.outcomes import Status
 from consumer.replay import ledger_topic
 from consumer.settings import Settings, settings_environment
 from tests.factories import encode, event_dict

@@ -12,9 +12,10 @@ import jsonschema
 import pytest
 
 from consumer import kafka
-from consumer.events import Status, record_key
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.outcomes import Status
 from consumer.routing import API_VERSION, CONTENT_TYPE, ROUTES
 from tests.factories import encode, event_dict
 from tests.integration.harness import (

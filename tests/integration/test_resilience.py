@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from consumer.events import Status, record_key
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.outcomes import Status
 from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
 from tests.integration.harness import (

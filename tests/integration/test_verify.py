@@ -7,9 +7,10 @@ import json
 import sys
 from typing import Any
 
-from consumer.events import Status, record_key
+from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.outcomes import Status
 from consumer.verify import Selection, Verifier
 from tests.factories import encode, event_dict
 from tests.integration.harness import (

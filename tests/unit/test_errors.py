@@ -4,7 +4,7 @@ import pytest
 
 from consumer import errors
 from consumer.errors import ErrorCode
-from consumer.events import Status
+from consumer.outcomes import Status
 
 
 @pytest.mark.parametrize(

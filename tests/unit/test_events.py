@@ -9,14 +9,12 @@ from consumer.events import (
     MAX_TARGET_VALUES,
     FlagEvent,
     Invalid,
-    Outcome,
     SegmentEvent,
-    Source,
-    Status,
     decode,
     instruction_body,
     target_operations,
 )
+from consumer.outcomes import Outcome, Source, Status
 from tests.factories import INSTRUCTIONS, encode, event_dict
 
 

@@ -1,8 +1,10 @@
 import pytest
 
 from consumer.errors import ErrorCode, NotFound, ServerError
-from consumer.events import Invalid, Outcome, Status
+from consumer.events import Invalid
 from consumer.outcomes import (
+    Outcome,
+    Status,
     failed_positions,
     invalid_outcome,
     match_item,

@@ -12,10 +12,10 @@ import orjson
 from consumer.batcher import Batch, Batcher
 from consumer.big_segments import STANDARD, KindCache, SegmentKind
 from consumer.errors import ErrorCode
-from consumer.events import Status
 from consumer.ld_client import ApiResponse
 from consumer.leases import Leases
 from consumer.metrics import Metrics
+from consumer.outcomes import Status
 from consumer.retry import RetryPolicy
 from consumer.segment_kinds import KindResolver
 from consumer.sender import BatchSender

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.events import Outcome, Status, TargetingEvent
+from consumer.events import TargetingEvent
+from consumer.outcomes import Outcome, Status
 from consumer.verify import (
     FLAG_EXPIRING,
     MEMBERSHIP,
