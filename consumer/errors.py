@@ -30,7 +30,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-# The outcome status (events.Status) an error ends in once no retry is left.
+# The outcome status (outcomes.Status) an error ends in once no retry is left.
 FinalStatus = Literal["rejected", "failed"]
 
 
