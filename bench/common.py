@@ -23,10 +23,10 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from consumer import kafka
+from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker, free_port
 from consumer.events import record_key
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.settings import Settings, settings_environment
-from consumer.tansu import TANSU_SETTINGS, TansuBroker, free_port
 
 TOKEN = "api-bench-token-0123456789"
 PROJECT = "bench"

@@ -2,7 +2,7 @@
 commands by hand.
 
 It starts Tansu, creates the three topics with the partition counts asked for, prints the
-environment the other terminals need (the Tansu client settings, `consumer/tansu.py`), and runs
+environment the other terminals need (the Tansu client settings, `consumer/demo/tansu.py`), and runs
 until SIGINT or SIGTERM. Memory storage: topics, records and offsets are gone when it stops.
 """
 
@@ -14,9 +14,9 @@ from typing import TextIO
 
 from consumer import kafka
 from consumer.cli_errors import EXIT_OK, CommandFailed
+from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.settings import Settings
 from consumer.signals import on_stop
-from consumer.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.web import CannotListen
 
 # How often the broker process is looked at while waiting for a signal.

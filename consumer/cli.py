@@ -336,7 +336,7 @@ def _fake_api(args: argparse.Namespace) -> int:
 
 def _broker(args: argparse.Namespace) -> int:
     from consumer import broker, kafka
-    from consumer.tansu import TANSU_SETTINGS, TansuBroker
+    from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
 
     if not 0 < args.port < 65_536:
         raise UsageError(f"broker: --port must be 1-65535, not {args.port}")
@@ -359,7 +359,7 @@ def _broker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from consumer.demo import run_demo
+    from consumer.demo.run import run_demo
 
     logs.configure("info" if args.verbose else "error", "auto")
     return asyncio.run(run_demo())

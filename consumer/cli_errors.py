@@ -17,8 +17,8 @@ from typing import TextIO
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from consumer import kafka, logs
+from consumer.demo.tansu import BrokerNotStarted
 from consumer.settings import SettingsError
-from consumer.tansu import BrokerNotStarted
 from consumer.web import CannotListen
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -36,11 +36,11 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer import kafka
+from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.events import record_key
 from consumer.fake_api import Faults, Limits, RunningSimulator, Simulator, chains
 from consumer.fake_api.state import SeedIn
 from consumer.settings import Settings, settings_environment
-from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
 TOKEN = "api-soak-token-0123456789"
 

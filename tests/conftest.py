@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from consumer.demo.tansu import TansuBroker
 from consumer.fake_api import RunningSimulator, Simulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.tansu import TansuBroker
 
 TOKEN = "api-test-0123456789abcdef"
 

@@ -19,10 +19,10 @@ from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.app import Service
+from consumer.demo.tansu import TANSU_SETTINGS
 from consumer.events import record_key
 from consumer.outcomes import Outcome, Status
 from consumer.settings import Settings, settings_environment
-from consumer.tansu import TANSU_SETTINGS
 from tests.conftest import TOKEN
 from tests.factories import encode, event_dict
 

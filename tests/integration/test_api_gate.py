@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
+from consumer.demo.tansu import free_port
 from consumer.fake_api import Faults, RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.tansu import free_port
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     assert_all_succeeded,

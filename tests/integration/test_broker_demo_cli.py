@@ -8,8 +8,8 @@ import signal
 import socket
 
 from consumer import kafka
+from consumer.demo.tansu import TANSU_SETTINGS, free_port
 from consumer.settings import Settings
-from consumer.tansu import TANSU_SETTINGS, free_port
 from tests.integration.commands import SCRIPT, children, command, gone
 
 

@@ -13,12 +13,12 @@ from collections import Counter
 import pytest
 
 from consumer.app import STOP_GRACE
-from consumer.demo import run_demo
+from consumer.demo.run import run_demo
+from consumer.demo.tansu import TansuBroker
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.outcomes import Status
 from consumer.runner import EXIT_INTERRUPTED
-from consumer.tansu import TansuBroker
 from tests.conftest import TOKEN
 from tests.integration.harness import (
     committed,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
+from consumer.demo.tansu import free_port
 from consumer.settings import Settings
-from consumer.tansu import free_port
 from tests.integration.commands import Result, children, gone
 
 ROOT = Path(__file__).parents[2]

@@ -243,7 +243,7 @@ async def test_fake_api_command_serves_until_sigterm(tmp_path: Any) -> None:
     import signal
     import sys
 
-    from consumer.tansu import free_port
+    from consumer.demo.tansu import free_port
 
     port = free_port()
     seed_file = tmp_path / "seed.json"

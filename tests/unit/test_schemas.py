@@ -6,7 +6,7 @@ import pytest
 
 from consumer import schemas
 from consumer.cli import main
-from consumer.samples import demo_samples
+from consumer.demo.samples import demo_samples
 from tests.factories import INSTRUCTIONS, encode, event_dict
 
 ROOT = Path(__file__).resolve().parents[2]

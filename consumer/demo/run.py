@@ -18,12 +18,12 @@ from typing import Any, TextIO
 from consumer import kafka
 from consumer.app import Service
 from consumer.cli_errors import EXIT_INTERRUPTED
+from consumer.demo.samples import Sample, demo_samples
+from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.fake_api import RunningSimulator, Simulator, sample_seed
 from consumer.outcomes import Outcome
-from consumer.samples import Sample, demo_samples
 from consumer.settings import Settings
 from consumer.signals import on_stop
-from consumer.tansu import TANSU_SETTINGS, TansuBroker
 
 DEMO_TOKEN = "api-demo-0000-token"  # noqa: S105 - accepted by the demo simulator only
 
