@@ -11,8 +11,7 @@ import pytest
 from consumer.demo.tansu import TansuBroker
 from consumer.fake_api import RunningSimulator, Simulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-
-TOKEN = "api-test-0123456789abcdef"
+from tests.factories import TOKEN
 
 
 @pytest.fixture(scope="session")

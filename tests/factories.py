@@ -16,6 +16,9 @@ from consumer.leases import Lease, Leases
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.routing import route
 
+# The API token every test uses (the simulator accepts it; the service is configured with it).
+TOKEN = "api-test-0123456789abcdef"
+
 VARIATION = "6f0b5f5e-0c57-4d1a-9d3e-0000000000a1"
 LATER = 1_798_761_600_000
 

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import TOKEN
+from tests.factories import TOKEN
 
 SCRIPT = str(Path(sys.executable).parent / "ld-targeting-consumer")
 

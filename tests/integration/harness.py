@@ -23,8 +23,7 @@ from consumer.demo.tansu import TANSU_SETTINGS
 from consumer.events import record_key
 from consumer.outcomes import Outcome, Status
 from consumer.settings import Settings, settings_environment
-from tests.conftest import TOKEN
-from tests.factories import encode, event_dict
+from tests.factories import TOKEN, encode, event_dict
 
 PROJECT, ENV = "proj", "production"
 VARIATION = "6f0b5f5e-0c57-4d1a-9d3e-0000000000a1"

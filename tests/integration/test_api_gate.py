@@ -12,7 +12,7 @@ import aiohttp
 from consumer.demo.tansu import free_port
 from consumer.fake_api import Faults, RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from tests.conftest import TOKEN
+from tests.factories import TOKEN
 from tests.integration.harness import (
     assert_all_succeeded,
     create_topics,

@@ -8,7 +8,7 @@ import json
 from consumer import kafka
 from consumer.fake_api import RunningSimulator
 from consumer.settings import Settings
-from tests.conftest import TOKEN
+from tests.factories import TOKEN
 from tests.integration.commands import Result, command
 from tests.integration.harness import (
     create_topics,

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from consumer.settings import Settings
-from tests.conftest import TOKEN
-from tests.factories import event_dict
+from tests.factories import TOKEN, event_dict
 from tests.integration.commands import command
 from tests.integration.harness import ENV, PROJECT, create_topics, environment, make_settings
 

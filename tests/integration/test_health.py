@@ -13,8 +13,7 @@ from consumer.demo.tansu import free_port
 from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from tests.conftest import TOKEN
-from tests.factories import encode, event_dict
+from tests.factories import TOKEN, encode, event_dict
 from tests.integration.harness import (
     ENV,
     PROJECT,

@@ -19,7 +19,7 @@ from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.outcomes import Status
 from consumer.runner import EXIT_INTERRUPTED
-from tests.conftest import TOKEN
+from tests.factories import TOKEN
 from tests.integration.harness import (
     committed,
     create_topics,

@@ -14,8 +14,7 @@ from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.outcomes import Status
-from tests.conftest import TOKEN
-from tests.factories import encode, event_dict
+from tests.factories import TOKEN, encode, event_dict
 from tests.integration.harness import (
     ENV,
     PROJECT,

@@ -12,7 +12,7 @@ import pytest
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.routing import API_VERSION, CONTENT_TYPE
-from tests.conftest import TOKEN
+from tests.factories import TOKEN
 from tests.integration.harness import ENV, PROJECT, VARIATION, seed
 
 RATE_HEADERS = ("X-Ratelimit-Global-Remaining", "X-Ratelimit-Route-Remaining", "X-Ratelimit-Reset")
