@@ -24,11 +24,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer.events import SegmentTargets, SegmentUsers
+from consumer.events import MAX_TARGET_VALUES, SegmentTargets, SegmentUsers
 from consumer.records import PendingEvent
 from consumer.routing import Endpoint, Route, big_segment_route
 
-MAX_KEYS_PER_REQUEST = 1_500
+MAX_KEYS_PER_REQUEST = MAX_TARGET_VALUES
 # What a big segment without `unboundedContextKind` targets: big segments from before
 # contexts were user segments (see the README's assumptions).
 DEFAULT_CONTEXT_KIND = "user"

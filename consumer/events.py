@@ -39,6 +39,9 @@ from consumer.errors import ErrorCode
 LD_KEY_PATTERN = r"^(?!\.+$)[A-Za-z0-9._-]{1,256}$"
 _LD_KEY_CHECK = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
 LD_KEY_RULE = "must be 1-256 characters of A-Z a-z 0-9 . _ -, not dots alone"
+# The most keys one request may add or remove (the segment PATCH's documented cap, and the
+# big-segment endpoints'); also the most one event may carry. Written once: routing.py and
+# big_segments.py use it.
 MAX_TARGET_VALUES = 1_500
 
 LdKey = Annotated[

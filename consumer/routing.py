@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from consumer.events import TargetingEvent
+from consumer.events import MAX_TARGET_VALUES, TargetingEvent
 
 
 class Endpoint(StrEnum):
@@ -52,13 +52,21 @@ SPECS: dict[Endpoint, EndpointSpec] = {
         "/api/v2/flags/{project}/{resource}/expiring-targets/{environment}", True, False, None
     ),
     Endpoint.SEGMENT_TARGETS: EndpointSpec(
-        "/api/v2/segments/{project}/{environment}/{resource}", False, True, 1_500
+        "/api/v2/segments/{project}/{environment}/{resource}", False, True, MAX_TARGET_VALUES
     ),
     Endpoint.BIG_SEGMENT_CONTEXTS: EndpointSpec(
-        "/api/v2/segments/{project}/{environment}/{resource}/contexts", False, False, 1_500, "POST"
+        "/api/v2/segments/{project}/{environment}/{resource}/contexts",
+        False,
+        False,
+        MAX_TARGET_VALUES,
+        "POST",
     ),
     Endpoint.BIG_SEGMENT_USERS: EndpointSpec(
-        "/api/v2/segments/{project}/{environment}/{resource}/users", False, False, 1_500, "POST"
+        "/api/v2/segments/{project}/{environment}/{resource}/users",
+        False,
+        False,
+        MAX_TARGET_VALUES,
+        "POST",
     ),
 }
 BIG_SEGMENT_ENDPOINTS = (Endpoint.BIG_SEGMENT_CONTEXTS, Endpoint.BIG_SEGMENT_USERS)

@@ -14,6 +14,8 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumer.events import MAX_TARGET_VALUES
+
 
 class SettingsError(Exception):
     """A setting is missing or has a bad value."""
@@ -77,7 +79,7 @@ class Settings(BaseSettings):
     consumer_input_topic: str = "ld.targeting-changes"
     consumer_results_topic: str = "ld.targeting-results"
     consumer_dlq_topic: str = "ld.targeting-changes.dlq"
-    consumer_batch_max_size: int = Field(50, ge=1, le=1_500)
+    consumer_batch_max_size: int = Field(50, ge=1, le=MAX_TARGET_VALUES)
     consumer_batch_linger_ms: int = Field(200, ge=0)
     consumer_batch_comment_max_chars: int = Field(4_000, ge=1_000)
     consumer_max_in_flight_requests: int = Field(16, ge=1)
