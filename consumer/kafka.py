@@ -356,3 +356,24 @@ async def read_topic(
             for batch in fetched.values():
                 records.extend(batch)
     return records
+
+
+async def records_to(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
+) -> AsyncIterator[ConsumerRecord]:
+    """The records before `ends` (each partition's end offset when the read began), in order
+    per partition: a read that stops at what was there, however much is written meanwhile."""
+    open_ = {tp for tp in partitions if ends[tp] > 0}
+    for tp in list(open_):
+        if await consumer.position(tp) >= ends[tp]:
+            open_.discard(tp)
+    while open_:
+        fetched = await consumer.getmany(*open_, timeout_ms=500, max_records=2_000)
+        for tp, records in fetched.items():
+            for record in records:
+                if record.offset >= ends[tp]:
+                    break
+                yield record
+        for tp in list(open_):
+            if await consumer.position(tp) >= ends[tp]:
+                open_.discard(tp)

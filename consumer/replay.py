@@ -178,17 +178,8 @@ class Replayer:
                 ends = await kafka.end_offsets(consumer, partitions)
                 await self._seek_start(consumer, partitions)
                 last_progress = time.monotonic()
-                open_ = {tp for tp in partitions if ends[tp] > 0}
-                while open_:
-                    fetched = await consumer.getmany(*open_, timeout_ms=500, max_records=2_000)
-                    for tp, records in fetched.items():
-                        for record in records:
-                            if record.offset >= ends[tp]:
-                                break
-                            await self._one(record, done, report, producer)
-                    for tp in list(open_):
-                        if await consumer.position(tp) >= ends[tp]:
-                            open_.discard(tp)
+                async for record in kafka.records_to(consumer, partitions, ends):
+                    await self._one(record, done, report, producer)
                     if self._limit_reached(report):
                         break
                     if time.monotonic() - last_progress > PROGRESS_EVERY:

@@ -26,13 +26,12 @@ import random
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
@@ -573,7 +572,7 @@ class Verifier:
                 for tp, offset in times.items():
                     if offset is not None:
                         consumer.seek(tp, offset.offset)
-            async for record in _to_end(consumer, partitions, ends):
+            async for record in kafka.records_to(consumer, partitions, ends):
                 report.outcomes_read += 1
                 try:
                     outcome = Outcome.model_validate_json(record.value or b"")
@@ -597,7 +596,7 @@ class Verifier:
             for tp in partitions:
                 consumer.seek(tp, min(wanted[tp]))
             last = {tp: min(ends[tp], max(offsets) + 1) for tp, offsets in wanted.items()}
-            async for record in _to_end(consumer, partitions, last):
+            async for record in kafka.records_to(consumer, partitions, last):
                 tp = TopicPartition(record.topic, record.partition)
                 if record.offset in wanted[tp]:
                     decoded = decode(record.value)
@@ -605,22 +604,3 @@ class Verifier:
                         events[(record.topic, record.partition, record.offset)] = decoded
                 self._tick(f"verify: {len(events)} of {len(sources)} events read")
         return events
-
-
-async def _to_end(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[TopicPartition, int]
-) -> AsyncIterator[ConsumerRecord]:
-    open_ = {tp for tp in partitions if ends[tp] > 0}
-    for tp in list(open_):
-        if await consumer.position(tp) >= ends[tp]:
-            open_.discard(tp)
-    while open_:
-        fetched = await consumer.getmany(*open_, timeout_ms=500, max_records=2_000)
-        for tp, records in fetched.items():
-            for record in records:
-                if record.offset >= ends[tp]:
-                    break
-                yield record
-        for tp in list(open_):
-            if await consumer.position(tp) >= ends[tp]:
-                open_.discard(tp)
