@@ -11,7 +11,7 @@ Rules (contract section 2):
 - the waiting events of revoked leases are taken back out (`drop_leases`): their new owner
   sends them; a batch handed out is `live()` only while every lease it holds records of is
   active (leases.py, rule 4);
-- at most one batch per path is handed out at a time (`ready` ... `done`), so a later change
+- at most one batch per path is handed out at a time (`ready` ... `finished`), so a later change
   can never overtake an earlier one; paths that wait longest go first;
 - late binding: a due lane is cut into a request only when the caller's `admit` says that
   request can go now (rate limits, the API gate). Until then its events stay in the lane,
@@ -221,7 +221,7 @@ class Batcher:
             if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
                 yield lane.head_created_at(), path
 
-    def done(self, path: str) -> None:
+    def finished(self, path: str) -> None:
         """The batch handed out for `path` is finished; the next one may go."""
         lane = self._lanes.get(path)
         if lane is None:

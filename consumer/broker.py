@@ -15,9 +15,9 @@ from typing import TextIO
 from consumer import kafka
 from consumer.cli_errors import EXIT_OK, CommandFailed
 from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
+from consumer.listening import CannotListen
 from consumer.settings import Settings
 from consumer.signals import on_stop
-from consumer.web import CannotListen
 
 # How often the broker process is looked at while waiting for a signal.
 WATCH_INTERVAL_S = 0.5

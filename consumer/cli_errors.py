@@ -18,8 +18,8 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from consumer import kafka, logs
 from consumer.demo.tansu import BrokerNotStarted
+from consumer.listening import CannotListen
 from consumer.settings import SettingsError
-from consumer.web import CannotListen
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130

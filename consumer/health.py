@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumer.web import CannotListen, start_site
+from consumer.listening import CannotListen, start_site
 
 BROKER_PROBE_AFTER = 5.0  # seconds without broker contact before the commit loop checks it
 BROKER_STALE_AFTER = 30.0  # ... and before /readyz says the broker is unreachable

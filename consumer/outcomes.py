@@ -339,7 +339,7 @@ def invalid_outcome(
             "http": None,
             "error": {"code": error.code.value, "message": error.message},
             "item": None,
-            "completedAt": completed_at or now(),
+            "completedAt": completed_at or completed_now(),
         }
     )
     return OutcomeMessage(Status.INVALID, error, None, 0, value)
@@ -356,7 +356,7 @@ def encode(outcome: dict[str, Any]) -> bytes:
         return json.dumps(outcome, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def now() -> str:
+def completed_now() -> str:
     """The time for `completedAt`, as pydantic writes a UTC datetime (RFC 3339, `Z`)."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 

@@ -60,8 +60,8 @@ from consumer.outcomes import (
     InstructionResult,
     OutcomeMessage,
     Status,
+    completed_now,
     invalid_outcome,
-    now,
     outcome_for,
     results_from_error,
 )
@@ -244,7 +244,7 @@ class Pipeline:
             self._publishing -= 1
         self._flights.pop(flight.batch.id, None)
         self._sender.release(flight.permit)  # cancelled before its request: give it back
-        self.batcher.done(flight.batch.path)
+        self.batcher.finished(flight.batch.path)
 
     async def _fly(self, flight: Flight) -> None:
         batch = flight.batch
@@ -263,7 +263,7 @@ class Pipeline:
         self._sending -= 1
         self._publishing += 1
         self._wake.set()
-        completed_at = now()
+        completed_at = completed_now()
         pairs = [
             (item.record, outcome_for(item, result, completed_at))
             for item, result in zip(batch.items, results, strict=True)

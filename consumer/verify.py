@@ -35,6 +35,7 @@ import structlog
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
+from consumer.cli_errors import CommandFailed
 from consumer.errors import RateLimited
 from consumer.events import (
     AddExpireUserTargetDate,
@@ -559,7 +560,7 @@ class Verifier:
         topic = self.settings.consumer_results_topic
         partitions = await kafka.topic_partitions(self.settings, topic)
         if not partitions:
-            raise SystemExit(f"verify: the results topic {topic} does not exist")
+            raise CommandFailed(f"verify: the results topic {topic} does not exist")
         found: list[Outcome] = []
         async with kafka.reading(self.settings) as consumer:
             ends = await kafka.end_offsets(consumer, partitions)

@@ -11,7 +11,7 @@ import subprocess
 import time
 from types import TracebackType
 
-from consumer.web import CannotListen
+from consumer.listening import CannotListen
 
 # Listening on every interface: clients cannot be told to connect to these.
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104

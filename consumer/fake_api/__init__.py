@@ -10,7 +10,7 @@ from aiohttp import web
 
 from consumer.fake_api.server import Faults, Limits, Simulator
 from consumer.fake_api.state import SeedIn
-from consumer.web import start_site
+from consumer.listening import start_site
 
 __all__ = ["Faults", "Limits", "RunningSimulator", "Simulator", "load_seed", "sample_seed"]
 

@@ -10,8 +10,8 @@ import structlog
 from consumer.cli_errors import UsageError
 from consumer.fake_api import RunningSimulator, load_seed, sample_seed
 from consumer.fake_api.server import Faults, Limits, Simulator
+from consumer.listening import CannotListen
 from consumer.signals import on_stop
-from consumer.web import CannotListen
 
 log = structlog.get_logger(__name__)
 

@@ -23,7 +23,7 @@ from consumer import kafka
 from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.web import start_site
+from consumer.listening import start_site
 from tests.factories import TOKEN, encode, event_dict
 from tests.integration.harness import (
     ENV,

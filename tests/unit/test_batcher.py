@@ -25,14 +25,14 @@ def test_closes_at_max_size_and_keeps_order() -> None:
     assert [len(b) for b in first] == [3]  # one in flight per path, the open one still lingers
     assert first[0].items == items[:3]
     assert batcher.ready(now=0.0, limit=10) == []
-    batcher.done(first[0].path)
+    batcher.finished(first[0].path)
     second = batcher.ready(now=0.0, limit=10)
     assert second[0].items == items[3:6]
-    batcher.done(second[0].path)
+    batcher.finished(second[0].path)
     assert batcher.ready(now=1.0, limit=10) == []
     third = batcher.ready(now=10.0, limit=10)
     assert third[0].items == items[6:]
-    batcher.done(third[0].path)
+    batcher.finished(third[0].path)
     assert batcher.idle() and batcher.waiting == 0
 
 
@@ -65,7 +65,7 @@ def test_one_request_in_flight_per_path() -> None:
     assert len(batcher.ready(now=1.0, limit=5)) == 1
     assert batcher.next_due(now=1.0) is None  # the only path is busy
     assert batcher.ready(now=1.0, limit=5) == []
-    batcher.done("/api/v2/segments/proj/production/beta")
+    batcher.finished("/api/v2/segments/proj/production/beta")
     assert batcher.next_due(now=1.0) is None  # due already: the caller's to hand out
     assert len(batcher.ready(now=1.0, limit=5)) == 1
 
@@ -80,7 +80,7 @@ def test_segment_patch_never_passes_1500_target_operations() -> None:
         for batch in batcher.ready(now=1.0, limit=1):
             seen.append([item.target_operations for item in batch.items])
             assert batch.target_operations <= 1500
-            batcher.done(batch.path)
+            batcher.finished(batch.path)
     assert seen == [[700, 700], [200], [1500], [1]]
 
 
@@ -113,7 +113,7 @@ def test_a_comment_that_does_not_fit_starts_a_new_batch() -> None:
     while not batcher.idle():
         for batch in batcher.ready(now=1.0, limit=1):
             comments.append((batch.comment, len(batch)))
-            batcher.done(batch.path)
+            batcher.finished(batch.path)
     assert comments == [(long_a, 1), (long_b, 2)]
 
 
@@ -144,7 +144,7 @@ def test_drop_leases_takes_back_waiting_events_only() -> None:
     dropped = batcher.drop_leases([drop_1.record.lease])
     assert dropped == [drop_2]
     assert batcher.waiting == 1
-    batcher.done(in_flight[0].path)
+    batcher.finished(in_flight[0].path)
     [rest] = batcher.ready(now=100.0, limit=5)
     assert rest.items == [kept_2]
 
@@ -169,7 +169,7 @@ def test_waiting_counts_events_not_handed_out() -> None:
     assert batcher.waiting == 5
     [batch] = batcher.ready(now=0.0, limit=5)
     assert batcher.waiting == 3
-    batcher.done(batch.path)
+    batcher.finished(batch.path)
 
 
 def test_sub_batches_get_their_own_id() -> None:
@@ -222,10 +222,10 @@ def test_a_lane_not_admitted_is_not_cut_and_keeps_filling_to_the_cap() -> None:
     assert batcher.waiting == 12
     [batch] = batcher.ready(now=2.0, limit=5)
     assert len(batch) == 5  # the lane filled to the cap while it was held back
-    batcher.done(batch.path)
+    batcher.finished(batch.path)
     [batch] = batcher.ready(now=2.0, limit=5)
     assert len(batch) == 5
-    batcher.done(batch.path)
+    batcher.finished(batch.path)
     [batch] = batcher.ready(now=2.0, limit=5)
     assert len(batch) == 2
 
@@ -258,7 +258,7 @@ def test_admit_is_not_asked_for_lanes_not_due_or_in_flight() -> None:
     batcher.ready(now=2.2, limit=5, admit=lambda route: asked.append(route.path) is None)
     assert asked == []
     assert batcher.next_due(now=2.2) == pytest.approx(0.3)
-    batcher.done(busy.path)
+    batcher.finished(busy.path)
 
 
 def test_full_batches_of_a_held_lane_go_in_order() -> None:
@@ -271,5 +271,5 @@ def test_full_batches_of_a_held_lane_go_in_order() -> None:
     while not batcher.idle():
         for batch in batcher.ready(now=1.0, limit=5):
             sent.extend(batch.items)
-            batcher.done(batch.path)
+            batcher.finished(batch.path)
     assert sent == items
