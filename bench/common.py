@@ -348,14 +348,16 @@ class Child:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             self.cpu_s = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
-    async def stop(self) -> bytes:
-        """SIGTERM (after a last sample); returns what it printed."""
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send `signum` (after a last sample) and wait for the exit; returns its code. The
+        same child may be started again (a restart after a kill)."""
         assert self.process is not None
         self.sample()
         with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        out, _ = await self.process.communicate()
-        return out
+            self.process.send_signal(signum)
+        await self.process.communicate()
+        assert self.process.returncode is not None
+        return self.process.returncode
 
     async def wait(self) -> bytes:
         assert self.process is not None

@@ -6,7 +6,7 @@ value of its last event; a lost event, or an older change landing after a newer 
 another value. Updates carry no `version`, so applying one again changes nothing: repeats
 (allowed, at least once) pass the check, reorders do not.
 
-Used by the churn test and `scripts/soak.py --churn`.
+Used by the churn test and `bench/soak.py --churn`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Soak the consumer under faults and print figures (a benchmark, not a test).
 
-    .venv/bin/python scripts/soak.py                      # 20k records under faults, one kill
-    .venv/bin/python scripts/soak.py --records 1000000 --no-faults --no-kill --max-seconds 120
-    .venv/bin/python scripts/soak.py --churn              # 100k records, a steady stream while
+    .venv/bin/python bench/soak.py                        # 20k records under faults, one kill
+    .venv/bin/python bench/soak.py --records 1000000 --no-faults --no-kill --max-seconds 120
+    .venv/bin/python bench/soak.py --churn                # 100k records, a steady stream while
                                                           # members join, leave and are killed
 
 Churn mode: the records are chains of changes per target (consumer/fake_api/chains.py), the
@@ -31,18 +31,16 @@ import signal
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
+from common import TOKEN, Child, consumer_command, service_env
 
 from consumer import kafka
 from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.events import record_key
 from consumer.fake_api import Faults, Limits, RunningSimulator, Simulator, chains
 from consumer.fake_api.state import SeedIn
-from consumer.settings import Settings, settings_environment
-
-TOKEN = "api-soak-token-0123456789"
+from consumer.settings import Settings
 
 
 def _args() -> argparse.Namespace:
@@ -91,38 +89,9 @@ def _event(index: int, keys: int) -> tuple[bytes, bytes]:
     return record_key(event), json.dumps(event).encode()
 
 
-class Child:
-    """The consumer as a child process, with its peak resident memory sampled."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.env = {
-            **os.environ,
-            **settings_environment(settings),
-            "LD_API_TOKEN": TOKEN,
-            "LOG_LEVEL": "warning",
-            "LOG_FORMAT": "json",
-        }
-        self.process: asyncio.subprocess.Process | None = None
-        self.peak_kib = 0
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumer", "run", env=self.env, stderr=asyncio.subprocess.DEVNULL
-        )
-
-    def sample(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-
-    async def stop(self, signum: int) -> int:
-        assert self.process is not None
-        self.sample()
-        self.process.send_signal(signum)
-        return await self.process.wait()
+def _child(settings: Settings) -> Child:
+    """`ld-targeting-consumer run` for these settings (common.Child: CPU and peak memory)."""
+    return Child([*consumer_command(), "run"], service_env(settings, LOG_LEVEL="warning"))
 
 
 async def _count_outcomes(
@@ -218,7 +187,7 @@ async def main() -> int:
                 f"produced {args.records} records in {time.monotonic() - started:.1f} s", flush=True
             )
 
-            child = Child(settings)
+            child = _child(settings)
             deadline = time.monotonic() + args.max_seconds
             started = time.monotonic()
             await child.start()
@@ -250,7 +219,7 @@ async def main() -> int:
             ("instructions applied twice", sum(n - 1 for n in applied.values() if n > 1)),
             ("kills (SIGKILL) and restarts", kills),
             ("exit code after SIGTERM", code),
-            ("peak memory of the consumer (VmHWM)", f"{child.peak_kib / 1024:.1f} MiB"),
+            ("peak memory of the consumer (VmHWM)", f"{child.peak_rss_mib:.1f} MiB"),
             ("elapsed", f"{elapsed:.1f} s"),
             ("throughput", f"{len(seen) / elapsed:.0f} records/s"),
         ]
@@ -273,7 +242,7 @@ class Churn:
         self.counts: Counter[str] = Counter()
 
     async def join(self) -> None:
-        child = Child(self.settings)
+        child = _child(self.settings)
         await child.start()
         self.live.append(child)
         self.counts["joins"] += 1
@@ -397,7 +366,7 @@ async def churn(args: argparse.Namespace) -> int:
         ends = dict(_all_offsets(seen))
         stale = chains.stale(simulator.store.snapshot(), last_step)
         stats = simulator.stats
-        peak = max(child.peak_kib for child in members.children())
+        peak = max(child.peak_rss_mib for child in members.children())
         rows: list[tuple[str, object]] = [
             ("records (adds + updates)", total),
             ("records with an outcome", len(seen)),
@@ -410,7 +379,7 @@ async def churn(args: argparse.Namespace) -> int:
             ("exit codes of the last members (SIGTERM)", codes),
             ("API requests", stats["requests"]),
             ("429s received", stats["rate_limited"]),
-            ("peak memory of a member (VmHWM)", f"{peak / 1024:.1f} MiB"),
+            ("peak memory of a member (VmHWM)", f"{peak:.1f} MiB"),
             ("elapsed (stream and drain)", f"{elapsed:.1f} s"),
         ]
         if stale:
