@@ -7,7 +7,7 @@ as a whole is down).
 
                                HTTP      code                 final_status
 ApiError                                 unexpected_status    rejected
-+-- Unauthorized               401       unexpected_status    rejected (never pinned: the API
++-- Unauthorized               401       unauthorized         rejected (never pinned: the API
 |                                                             gate closes, gate.py)
 +-- RetryableApiError                    (retried with backoff inside the per-event budget)
 |   +-- RateLimited            429       rate_limited         failed   (carries `retry_after`)
@@ -51,6 +51,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     UNEXPECTED_STATUS = "unexpected_status"
+    # the token was refused (401): never an event's outcome while the gate holds them back
+    UNAUTHORIZED = "unauthorized"
     # rejected without a request: the event's context kind is not its big segment's
     CONTEXT_KIND_MISMATCH = "context_kind_mismatch"
     # failed: given up after retries, or the answer could not be read
@@ -79,9 +81,10 @@ class ApiError(Exception):
 
 
 class Unauthorized(ApiError):
-    """The API token was refused (401); it is wrong for every event alike."""
+    """The API token was refused (401); it is wrong for every event alike. The gate closes
+    and the events wait (no outcome); the code names it wherever it is reported."""
 
-    code = ErrorCode.UNEXPECTED_STATUS
+    code = ErrorCode.UNAUTHORIZED
 
 
 class RetryableApiError(ApiError):

@@ -176,23 +176,8 @@ class FlagRemoveExpiringTarget(Strict):
     contextKind: ContextKind
 
 
-SegmentInstruction = Annotated[
-    SegmentAddExpiringTarget
-    | SegmentUpdateExpiringTarget
-    | SegmentRemoveExpiringTarget
-    | AddExpireUserTargetDate
-    | UpdateExpireUserTargetDate
-    | RemoveExpireUserTargetDate
-    | SegmentTargets
-    | SegmentUsers
-    | UpdateName,
-    Field(discriminator="kind"),
-]
-FlagInstruction = Annotated[
-    FlagAddExpiringTarget | FlagUpdateExpiringTarget | FlagRemoveExpiringTarget,
-    Field(discriminator="kind"),
-]
-Instruction = (
+# The instruction kinds, listed once per resource kind.
+_SegmentInstructions = (
     SegmentAddExpiringTarget
     | SegmentUpdateExpiringTarget
     | SegmentRemoveExpiringTarget
@@ -202,10 +187,11 @@ Instruction = (
     | SegmentTargets
     | SegmentUsers
     | UpdateName
-    | FlagAddExpiringTarget
-    | FlagUpdateExpiringTarget
-    | FlagRemoveExpiringTarget
 )
+_FlagInstructions = FlagAddExpiringTarget | FlagUpdateExpiringTarget | FlagRemoveExpiringTarget
+SegmentInstruction = Annotated[_SegmentInstructions, Field(discriminator="kind")]
+FlagInstruction = Annotated[_FlagInstructions, Field(discriminator="kind")]
+Instruction = _SegmentInstructions | _FlagInstructions
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from consumer.outcomes import Status
     ("cls", "code", "status"),
     [
         (errors.ApiError, ErrorCode.UNEXPECTED_STATUS, Status.REJECTED),
-        (errors.Unauthorized, ErrorCode.UNEXPECTED_STATUS, Status.REJECTED),
+        (errors.Unauthorized, ErrorCode.UNAUTHORIZED, Status.REJECTED),
         (errors.RateLimited, ErrorCode.RATE_LIMITED, Status.FAILED),
         (errors.ServerError, ErrorCode.SERVER_ERROR, Status.FAILED),
         (errors.RequestTimeout, ErrorCode.TIMEOUT, Status.FAILED),
