@@ -77,6 +77,8 @@ Pairs = Sequence[tuple[ConsumedRecord, OutcomeMessage]]
 
 
 class Sender(Protocol):
+    def admitted_on(self, route: Route) -> str: ...
+
     def delay(self, route: Route) -> float | None: ...
 
     def grant(self, route: Route, waited: float) -> Permit: ...
@@ -423,8 +425,9 @@ class Pipeline:
 
 
 class _Admission:
-    """One dispatch pass's answers to `Batcher.ready`'s `admit`: a route the rate limiter or
-    the gate holds back is asked once per pass, and `wait` is how long until one may go."""
+    """One dispatch pass's answers to `Batcher.ready`'s `admit`: a rate-limit route the limiter
+    or the gate holds back is asked once per pass (many lanes share one), and `wait` is how
+    long until one may go."""
 
     __slots__ = ("_held", "_held_back", "_now", "_sender", "granted", "wait")
 
@@ -432,15 +435,16 @@ class _Admission:
         self._sender = sender
         self._held = held
         self._now = now
-        self._held_back: set[str] = set()
+        # Rate-limit route -> its delay this pass (None: the gate is closed).
+        self._held_back: dict[str, float | None] = {}
         self.granted: dict[str, Permit] = {}
         self.wait: float | None = None  # None: nothing held back, or only by the gate
 
     def admit(self, route: Route) -> bool:
-        endpoint = route.endpoint.value
-        delay = None if endpoint in self._held_back else self._sender.delay(route)
-        if endpoint in self._held_back or delay != 0:
-            self._held_back.add(endpoint)
+        key = self._sender.admitted_on(route)
+        delay = self._held_back[key] if key in self._held_back else self._sender.delay(route)
+        if delay != 0:
+            self._held_back[key] = delay
             if delay is not None:  # held by the rate limiter (not the gate): the wait metric
                 self._held.setdefault(route.path, self._now)
                 self.wait = delay if self.wait is None else min(self.wait, delay)

@@ -166,17 +166,17 @@ class BatchSender:
         closed (it says when it opens)."""
         if not self._gate.is_open:
             return None
-        return self._throttle.delay(self._admitted_on(route), time.time() * 1000) / 1000
+        return self._throttle.delay(self.admitted_on(route), time.time() * 1000) / 1000
 
     def grant(self, route: Route, waited: float = 0.0) -> Permit:
         """Take the unit for a request on `route` that `delay` let go; `waited`: seconds its
         batch was held back for it."""
-        endpoint = self._admitted_on(route)
+        endpoint = self.admitted_on(route)
         permit = Permit(self._throttle.take(endpoint), waited)
         self._granted[permit.seq] = endpoint
         return permit
 
-    def _admitted_on(self, route: Route) -> str:
+    def admitted_on(self, route: Route) -> str:
         """The rate-limit route a lane's first request will most likely take: a segment
         known to be big writes through `POST .../contexts` (its `*Users` events through
         `.../users`, which then waits for a unit of its own), every other lane its own."""

@@ -69,7 +69,6 @@ async def produce(
     """Publish and return the end offset (last + 1) of every partition written."""
     producer = kafka.make_producer(settings)
     await producer.start()
-    ends: dict[TopicPartition, int] = {}
     try:
         futures = [
             await producer.send(
@@ -77,11 +76,18 @@ async def produce(
             )
             for key, value, headers in messages
         ]
-        for metadata in await asyncio.gather(*futures):
-            tp = TopicPartition(metadata.topic, metadata.partition)
-            ends[tp] = max(ends.get(tp, 0), metadata.offset + 1)
+        ends = _end_offsets(await asyncio.gather(*futures))
     finally:
         await producer.stop()
+    return ends
+
+
+def _end_offsets(written: Sequence[Any]) -> dict[TopicPartition, int]:
+    """The end offset (last + 1) of every partition in these records' metadata."""
+    ends: dict[TopicPartition, int] = {}
+    for metadata in written:
+        tp = TopicPartition(metadata.topic, metadata.partition)
+        ends[tp] = max(ends.get(tp, 0), metadata.offset + 1)
     return ends
 
 
@@ -102,10 +108,7 @@ async def produce_steadily(
                     )
                 )
             await asyncio.sleep(tick)
-        ends: dict[TopicPartition, int] = {}
-        for metadata in await asyncio.gather(*futures):
-            tp = TopicPartition(metadata.topic, metadata.partition)
-            ends[tp] = max(ends.get(tp, 0), metadata.offset + 1)
+        ends = _end_offsets(await asyncio.gather(*futures))
     finally:
         await producer.stop()
     return ends

@@ -37,6 +37,9 @@ class Sender:
         self.granted: list[Permit] = []
         self.released: set[int] = set()
 
+    def admitted_on(self, route: Route) -> str:
+        return route.path
+
     def delay(self, route: Route) -> float | None:
         return self.delays.get(route.path, 0.0)
 
