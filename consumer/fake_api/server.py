@@ -1,10 +1,13 @@
-"""The LaunchDarkly API simulator over HTTP: the four PATCH endpoints, the big-segment POSTs
-(`/contexts`, `/users`), the reads (segments, big-segment membership, expiring targets, flags,
-caller identity), an admin API.
+"""The LaunchDarkly API simulator over HTTP: the four PATCH endpoints (the segment PATCH also
+as a JSON patch or a JSON merge patch, `patches.py`), the big-segment POSTs (`/contexts`,
+`/users`), the reads (segments, big-segment membership, expiring targets, flags, caller
+identity), an admin API. Every answer deserializes in LaunchDarkly's official client's models
+(tests/integration/test_official_client.py).
 
-Every /api response carries the rate-limit headers. Requests are checked in LaunchDarkly's
-order: token (401), rate limit (429), injected faults, resource (404), body (400), then the
-instructions. The admin API (/admin/...) has no authentication: it is a local test tool.
+Every /api response carries the rate-limit headers (a per-token limit, when set, its own
+`X-Ratelimit-Auth-Token-*`). Requests are checked in LaunchDarkly's order: token (401), rate
+limits (429), injected faults, resource (404), body (400), then the instructions. The admin API
+(/admin/...) has no authentication: it is a local test tool.
 """
 
 from __future__ import annotations
@@ -22,10 +25,18 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from consumer.fake_api import patches
+from consumer.fake_api.instructions import (
+    FLAG_EXPIRING,
+    SEGMENT_EXPIRING,
+    SEGMENT_EXPIRING_USERS,
+    SEGMENT_TARGETS,
+    check_instruction,
+    per_instruction,
+)
 from consumer.fake_api.state import (
     FlagIn,
     FlagTargetIn,
-    InstructionFailed,
     NotFoundError,
     RequestRejected,
     SeedIn,
@@ -71,13 +82,22 @@ NO_FAULTS = Faults()
 
 
 class Limits(BaseModel):
-    """A real rate limit: fixed windows, one count for the account and one per route."""
+    """A real rate limit: fixed windows, one count for the account and one per route, and
+    optionally one per access token."""
 
     model_config = ConfigDict(extra="forbid")
 
     window_ms: int = Field(10_000, ge=1)
     global_limit: int = Field(100_000, ge=1)
     route_limit: int = Field(100_000, ge=1)
+    token_limit: int | None = Field(
+        None,
+        ge=1,
+        description="requests per window for each access token (None: no such limit). Its"
+        " window starts at the token's first request; answers carry X-Ratelimit-Auth-Token-*,"
+        " and its 429 names its reset only in X-Ratelimit-Auth-Token-Reset, as LaunchDarkly"
+        " documents for per-token limits.",
+    )
 
 
 class _Window:
@@ -107,13 +127,15 @@ class Simulator:
         self.tokens = set(tokens)
         self.faults = faults or Faults()
         self.limits = limits or Limits()
-        self.store = Store()
+        self.store = Store(_now_ms)
         if seed is not None:
             self.store.seed(seed)
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_log)
         self.stats: Counter[str] = Counter()
         self._rng = rng or random.Random()
         self._window = _Window()
+        # Keyed by the token itself: in memory only, never logged or answered.
+        self._token_windows: dict[str, _Window] = {}
         self._blocked_until_ms = 0.0
         self._blocked_since_ms = 0.0
 
@@ -232,6 +254,28 @@ class Simulator:
         if global_left < 0 or route_left < 0:
             entry["fault"] = "limit"
             return self._rate_limited(reset_ms, now_ms, headers, retry_after=False)
+        if limits.token_limit is not None:
+            window = self._token_windows.setdefault(request.headers["Authorization"], _Window())
+            window.roll(now_ms, limits.window_ms)
+            window.counts["*"] += 1
+            token_left = limits.token_limit - window.counts["*"]
+            token_reset_ms = window.start_ms + limits.window_ms
+            token_headers = {
+                "X-Ratelimit-Auth-Token-Limit": str(limits.token_limit),
+                "X-Ratelimit-Auth-Token-Remaining": str(max(0, token_left)),
+                "X-Ratelimit-Auth-Token-Reset": str(int(token_reset_ms)),
+            }
+            if token_left < 0:
+                # Only the token's own headers: its reset is not X-Ratelimit-Reset's.
+                entry["fault"] = "token-limit"
+                return self._rate_limited(
+                    token_reset_ms,
+                    now_ms,
+                    token_headers,
+                    retry_after=False,
+                    reset_header="X-Ratelimit-Auth-Token-Reset",
+                )
+            headers.update(token_headers)
         faults = self.faults if self.faults.apply_to(request.path) else NO_FAULTS
         low, high = faults.latency_ms
         if high > 0:
@@ -279,11 +323,14 @@ class Simulator:
     async def _handle(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
         handler = request.match_info.handler
         if request.method == "PATCH":
-            if SEMANTIC_PATCH not in (entry["contentType"] or ""):
+            semantic = SEMANTIC_PATCH in (entry["contentType"] or "")
+            # Only the segment PATCH also takes a JSON patch or a merge patch (its handler
+            # reads which); the expiring-targets endpoints are semantic patches only.
+            if not semantic and handler != self.segment_patch:
                 raise RequestRejected(
                     "expected Content-Type with domain-model=launchdarkly.semanticpatch"
                 )
-            if not isinstance(entry["body"], dict):
+            if semantic and not isinstance(entry["body"], dict):
                 raise RequestRejected("request body is not a JSON object")
             _PARSED_BODY.set(entry["body"])
         elif request.method == "POST":
@@ -297,14 +344,20 @@ class Simulator:
         return "ok" if value in self.tokens else "invalid"
 
     def _rate_limited(
-        self, reset_ms: float, now_ms: float, headers: dict[str, str], *, retry_after: bool
+        self,
+        reset_ms: float,
+        now_ms: float,
+        headers: dict[str, str],
+        *,
+        retry_after: bool,
+        reset_header: str = "X-Ratelimit-Reset",
     ) -> web.Response:
         self.stats["rate_limited"] += 1
         self._blocked_until_ms = max(self._blocked_until_ms, reset_ms)
         # From when the 429 leaves (after any injected latency), not from when its request came:
         # a client cannot hold back before the answer reaches it.
         self._blocked_since_ms = time.time() * 1000
-        headers = dict(headers, **{"X-Ratelimit-Reset": str(int(reset_ms))})
+        headers = dict(headers, **{reset_header: str(int(reset_ms))})
         if retry_after:
             headers["Retry-After"] = str(max(0, round((reset_ms - now_ms) / 1000)))
         return self._error(
@@ -337,7 +390,7 @@ class Simulator:
         if unknown:
             raise RequestRejected(f"unknown body fields: {sorted(unknown)}")
         for position, instruction in enumerate(instructions):
-            _check_instruction(position, instruction, allowed)
+            check_instruction(position, instruction, allowed)
         return body, instructions
 
     async def segment_expiring(self, request: web.Request) -> web.Response:
@@ -352,7 +405,7 @@ class Simulator:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
         _, instructions = await self._instructions(request, allowed)
-        return _per_instruction(
+        return per_instruction(
             instructions,
             lambda instruction: self.store.segment_expiring(
                 segment, instruction, user_form=user_form
@@ -363,7 +416,7 @@ class Simulator:
         m = request.match_info
         flag = self.store.flag(m["project"], m["environment"], m["resource"])
         _, instructions = await self._instructions(request, FLAG_EXPIRING)
-        return _per_instruction(
+        return per_instruction(
             instructions,
             lambda instruction: self.store.flag_expiring(flag, m["environment"], instruction),
         )
@@ -371,6 +424,11 @@ class Simulator:
     async def segment_patch(self, request: web.Request) -> web.Response:
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
+        content_type = request.headers.get("Content-Type")
+        if SEMANTIC_PATCH not in (content_type or ""):
+            update = patches.parse(content_type, _PARSED_BODY.get())
+            patches.write_back(segment, update.apply(patches.document_of(segment)), _now_ms())
+            return web.json_response(segment.representation())
         body, instructions = await self._instructions(request, SEGMENT_TARGETS)
         if self.faults.refused_keys:
             self._refuse([key for i in instructions for key in i.get("values") or []])
@@ -470,11 +528,17 @@ class Simulator:
         return web.json_response({"items": items, "_links": {}})
 
     async def get_flag(self, request: web.Request) -> web.Response:
+        """With every environment of the project, or those `env` names (LaunchDarkly's
+        filter)."""
         m = request.match_info
         flag = self.store.flags.get((m["project"], m["resource"]))
         if flag is None:
             raise NotFoundError(f"unknown flag {m['resource']}")
-        return web.json_response(flag.representation())
+        environments = sorted(self.store.environments.get(m["project"], set()))
+        wanted = request.query.getall("env", [])
+        if wanted:
+            environments = [e for e in environments if e in wanted]
+        return web.json_response(flag.representation(environments))
 
     async def caller_identity(self, request: web.Request) -> web.Response:
         # CallerIdentityRep in LaunchDarkly's OpenAPI document; the consumer's API gate probes
@@ -498,7 +562,7 @@ class Simulator:
         return web.json_response(self.store.snapshot())
 
     async def admin_reset(self, request: web.Request) -> web.Response:
-        self.store = Store()
+        self.store = Store(_now_ms)
         self.requests.clear()
         self.stats.clear()
         self.faults = Faults()
@@ -524,7 +588,8 @@ class Simulator:
 
     async def admin_flag(self, request: web.Request) -> web.Response:
         flag = self.store.put_flag(await _model(request, FlagIn))
-        return web.json_response(flag.representation(), status=201)
+        environments = sorted(self.store.environments.get(flag.project, set()))
+        return web.json_response(flag.representation(environments), status=201)
 
     async def admin_flag_targets(self, request: web.Request) -> web.Response:
         m = request.match_info
@@ -565,6 +630,7 @@ class Simulator:
     async def admin_put_limits(self, request: web.Request) -> web.Response:
         self.limits = await _model(request, Limits)
         self._window = _Window()
+        self._token_windows.clear()
         return web.json_response(self.limits.model_dump())
 
     async def admin_put_tokens(self, request: web.Request) -> web.Response:
@@ -579,96 +645,12 @@ class Simulator:
 M = TypeVar("M", bound=BaseModel)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 async def _model(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(await request.json())
     except (ValidationError, ValueError) as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-
-
-def _per_instruction(
-    instructions: list[dict[str, Any]], apply: Callable[[dict[str, Any]], dict[str, Any] | None]
-) -> web.Response:
-    items: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    for index, instruction in enumerate(instructions):
-        try:
-            item = apply(instruction)
-        except InstructionFailed as exc:
-            errors.append({"instructionIndex": index, "message": str(exc)})
-            continue
-        if item is not None:
-            items.append(item)
-    return web.json_response(
-        {
-            "items": items,
-            "_links": {},
-            "totalInstructions": len(instructions),
-            "successfulInstructions": len(instructions) - len(errors),
-            "failedInstructions": len(errors),
-            "errors": errors,
-        }
-    )
-
-
-_CONTEXT = {"targetType", "contextKey", "contextKind"}
-SEGMENT_EXPIRING = {
-    "addExpiringTarget": _CONTEXT | {"value"},
-    "updateExpiringTarget": _CONTEXT | {"value", "version?"},
-    "removeExpiringTarget": _CONTEXT,
-}
-SEGMENT_EXPIRING_USERS = {
-    "addExpireUserTargetDate": {"targetType", "userKey", "value"},
-    "updateExpireUserTargetDate": {"targetType", "userKey", "value", "version"},
-    "removeExpireUserTargetDate": {"targetType", "userKey"},
-}
-_FLAG = {"variationId", "contextKey", "contextKind"}
-FLAG_EXPIRING = {
-    "addExpiringTarget": _FLAG | {"value"},
-    "updateExpiringTarget": _FLAG | {"value", "version?"},
-    "removeExpiringTarget": _FLAG,
-}
-SEGMENT_TARGETS = {
-    **{
-        f"{v}{s}Targets": {"contextKind", "values"}
-        for v in ("add", "remove")
-        for s in ("Included", "Excluded")
-    },
-    **{f"{v}{s}Users": {"values"} for v in ("add", "remove") for s in ("Included", "Excluded")},
-    "updateName": {"value"},
-}
-
-
-def _check_instruction(position: int, instruction: Any, allowed: dict[str, set[str]]) -> None:
-    where = f"instructions[{position}]"
-    if not isinstance(instruction, dict):
-        raise RequestRejected(f"{where} is not an object")
-    kind = instruction.get("kind")
-    if kind not in allowed:
-        raise RequestRejected(f"{where}: unsupported instruction kind {kind!r}")
-    fields = allowed[kind]
-    required = {f for f in fields if not f.endswith("?")}
-    known = {f.rstrip("?") for f in fields} | {"kind"}
-    missing = required - set(instruction)
-    if missing:
-        raise RequestRejected(f"{where}: missing {sorted(missing)}")
-    extra = set(instruction) - known
-    if extra:
-        raise RequestRejected(f"{where}: unknown fields {sorted(extra)}")
-    if kind == "updateName":
-        if not isinstance(instruction["value"], str) or not instruction["value"]:
-            raise RequestRejected(f"{where}: value must be a non-empty string")
-        return
-    for name in ("value", "version"):
-        if name in instruction and (
-            not isinstance(instruction[name], int) or isinstance(instruction[name], bool)
-        ):
-            raise RequestRejected(f"{where}: {name} must be an integer")
-    if "values" in instruction and (
-        not isinstance(instruction["values"], list)
-        or not instruction["values"]
-        or not all(isinstance(v, str) and v for v in instruction["values"])
-    ):
-        raise RequestRejected(f"{where}: values must be a non-empty list of keys")
-    if "targetType" in instruction and instruction["targetType"] not in ("included", "excluded"):
-        raise RequestRejected(f"{where}: targetType must be included or excluded")

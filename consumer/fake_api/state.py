@@ -13,6 +13,12 @@ Pure: no HTTP here. `server.py` maps requests onto these methods and their error
   and `.../users` (a `SegmentUserState` body, 204); included and excluded are two
   independent lists (the membership read answers both). What a write meant for the other
   kind of segment does is decided in one place, `require_kind`: 400.
+- The segment PATCH also takes a JSON patch or a JSON merge patch: `patches.py` applies them
+  to the representation and writes the editable fields of the result back, all or nothing,
+  under the same rules as the semantic patch.
+- Representations carry every field LaunchDarkly's official client requires (`UserSegment`,
+  `FeatureFlag`): dates are epoch milliseconds from the clock the `Store` is given (fixed at
+  creation; `lastModifiedDate` and `version` move with each write of the segment).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import copy
 import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +66,8 @@ class SegmentIn(_In):
     environmentKey: str
     key: str
     name: str | None = None
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
     included: dict[str, list[str]] = Field(default_factory=dict)
     excluded: dict[str, list[str]] = Field(default_factory=dict)
     # A big segment (list-based over 15,000 entries, or synced) of one context kind.
@@ -143,7 +152,13 @@ class Segment:
     environment: str
     key: str
     name: str
+    created_ms: int  # creationDate
     version: int = 1
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    generation: int = 1  # how many times a segment of this key was created
+    modified_ms: int = 0  # lastModifiedDate (creationDate until the first write)
     # target type -> context kind -> keys, in insertion order
     targets: dict[str, dict[str, dict[str, None]]] = field(
         default_factory=lambda: {"included": {}, "excluded": {}}
@@ -156,6 +171,11 @@ class Segment:
     def has_target(self, target_type: str, kind: str, key: str) -> bool:
         return key in self.targets[target_type].get(kind, {})
 
+    def changed(self, now_ms: int) -> None:
+        """A write: a new version, modified now."""
+        self.version += 1
+        self.modified_ms = max(now_ms, self.created_ms)
+
     def resource_id(self) -> dict[str, str]:
         return {
             "kind": "segment",
@@ -165,6 +185,8 @@ class Segment:
         }
 
     def representation(self) -> dict[str, Any]:
+        """The segment as the API answers it (`UserSegment` in the official client)."""
+
         def contexts(target_type: str) -> list[dict[str, Any]]:
             return [
                 {"contextKind": kind, "values": list(keys)}
@@ -172,11 +194,27 @@ class Segment:
                 if kind != "user" and keys
             ]
 
+        path = f"/api/v2/segments/{self.project}/{self.environment}"
+        common: dict[str, Any] = {
+            "key": self.key,
+            "name": self.name,
+            # "omitted in the response if not provided"
+            **({"description": self.description} if self.description is not None else {}),
+            "tags": list(self.tags),
+            "creationDate": self.created_ms,
+            "lastModifiedDate": max(self.modified_ms, self.created_ms),
+            "version": self.version,
+            "generation": self.generation,
+            "rules": copy.deepcopy(self.rules),
+            "deleted": False,
+            "_links": {
+                "self": {"href": f"{path}/{self.key}", "type": "application/json"},
+                "parent": {"href": path, "type": "application/json"},
+            },
+        }
         if self.unbounded:  # a big segment's members are read one by one, never listed
             return {
-                "key": self.key,
-                "name": self.name,
-                "version": self.version,
+                **common,
                 "included": [],
                 "excluded": [],
                 "includedContexts": [],
@@ -187,20 +225,14 @@ class Segment:
                     "includedCount": len(self.big_members("included")),
                     "excludedCount": len(self.big_members("excluded")),
                 },
-                "deleted": False,
-                "_links": {},
             }
         return {
-            "key": self.key,
-            "name": self.name,
-            "version": self.version,
+            **common,
             "included": list(self.targets["included"].get("user", {})),
             "excluded": list(self.targets["excluded"].get("user", {})),
             "includedContexts": contexts("included"),
             "excludedContexts": contexts("excluded"),
             "unbounded": False,
-            "deleted": False,
-            "_links": {},
         }
 
     def big_members(self, target_type: str) -> dict[str, None]:
@@ -213,15 +245,82 @@ class Flag:
     key: str
     name: str
     variations: list[dict[str, Any]]
+    created_ms: int  # creationDate, and every environment's lastModified
     # environment -> variation id -> context kind -> keys
     targets: dict[str, dict[str, dict[str, dict[str, None]]]] = field(default_factory=dict)
     # environment -> (context kind, context key) -> scheduled removal (one variation per context)
     expiring: dict[str, dict[tuple[str, str], Expiring]] = field(default_factory=dict)
+    salt: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def variation_ids(self) -> set[str]:
         return {v["_id"] for v in self.variations}
 
-    def representation(self) -> dict[str, Any]:
+    def representation(self, environments: list[str]) -> dict[str, Any]:
+        """The flag as `GET /api/v2/flags/{project}/{flag}` answers it (`FeatureFlag` in the
+        official client), with `environments`' settings: individual targets by variation
+        index, users in `targets` and other context kinds in `contextTargets`."""
+        index = {v["_id"]: i for i, v in enumerate(self.variations)}
+        values = [v.get("value") for v in self.variations]
+        boolean = len(values) == 2 and {type(v) for v in values} == {bool}
+        off = len(self.variations) - 1
+        path = f"/api/v2/flags/{self.project}"
+
+        def targets(environment: str, *, users: bool) -> list[dict[str, Any]]:
+            return [
+                {"variation": index[vid], "contextKind": kind, "values": list(keys)}
+                for vid, kinds in self.targets.get(environment, {}).items()
+                for kind, keys in kinds.items()
+                if keys and (kind == "user") == users
+            ]
+
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": "boolean" if boolean else "multivariate",
+            "description": "",
+            "_version": 1,
+            "creationDate": self.created_ms,
+            "variations": copy.deepcopy(self.variations),
+            "temporary": False,
+            "tags": [],
+            "archived": False,
+            "deprecated": False,
+            "includeInSnippet": False,
+            "customProperties": {},
+            "experiments": {"baselineIdx": 0, "items": []},
+            "defaults": {"onVariation": 0, "offVariation": off},
+            "_links": {
+                "self": {"href": f"{path}/{self.key}", "type": "application/json"},
+                "parent": {"href": path, "type": "application/json"},
+            },
+            "environments": {
+                environment: {
+                    "on": False,
+                    "archived": False,
+                    "salt": self.salt,
+                    "sel": self.salt[::-1],
+                    "lastModified": self.created_ms,
+                    "version": 1,
+                    "targets": targets(environment, users=True),
+                    "contextTargets": targets(environment, users=False),
+                    "rules": [],
+                    "fallthrough": {"variation": 0},
+                    "offVariation": off,
+                    "prerequisites": [],
+                    "_site": {
+                        "href": f"/{self.project}/{environment}/features/{self.key}",
+                        "type": "text/html",
+                    },
+                    "_environmentName": environment,
+                    "trackEvents": False,
+                    "trackEventsFallthrough": False,
+                }
+                for environment in environments
+            },
+        }
+
+    def state_view(self) -> dict[str, Any]:
+        """The flag in `GET /admin/state`: targets by variation id, with expiring targets."""
         return {
             "key": self.key,
             "name": self.name,
@@ -253,7 +352,9 @@ class Flag:
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int]) -> None:
+        """`clock`: now, in epoch milliseconds (the dates of representations)."""
+        self.clock = clock
         self.environments: dict[str, set[str]] = {}
         self.segments: dict[tuple[str, str, str], Segment] = {}
         self.flags: dict[tuple[str, str], Flag] = {}
@@ -270,11 +371,16 @@ class Store:
 
     def put_segment(self, spec: SegmentIn) -> Segment:
         self.environments.setdefault(spec.projectKey, set()).add(spec.environmentKey)
+        earlier = self.segments.get((spec.projectKey, spec.environmentKey, spec.key))
         segment = Segment(
             spec.projectKey,
             spec.environmentKey,
             spec.key,
             spec.name or spec.key,
+            self.clock(),
+            description=spec.description,
+            tags=list(dict.fromkeys(spec.tags)),
+            generation=earlier.generation + 1 if earlier is not None else 1,
             unbounded=spec.unbounded,
             context_kind=spec.unboundedContextKind,
         )
@@ -289,7 +395,12 @@ class Store:
             spec.projectKey,
             spec.key,
             spec.name or spec.key,
-            [v.model_dump(by_alias=True, exclude_none=True) for v in spec.variations],
+            # `value` stays even when null: the official client's `Variation` requires it.
+            [
+                {"_id": v.id, "value": v.value, **({"name": v.name} if v.name else {})}
+                for v in spec.variations
+            ],
+            self.clock(),
         )
         self.flags[(spec.projectKey, spec.key)] = flag
         for environment, targets in spec.targets.items():
@@ -319,7 +430,7 @@ class Store:
                 keys.pop(value, None)
         else:
             keys.update(dict.fromkeys(spec.values))
-        segment.version += 1
+        segment.changed(self.clock())
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -343,7 +454,7 @@ class Store:
                 }
                 for s in self.segments.values()
             ],
-            "flags": [{"projectKey": f.project, **f.representation()} for f in self.flags.values()],
+            "flags": [{"projectKey": f.project, **f.state_view()} for f in self.flags.values()],
         }
 
     # -- lookups ------------------------------------------------------------------------------
@@ -484,7 +595,7 @@ class Store:
         segment.targets = targets
         segment.expiring = expiring
         segment.name = name
-        segment.version += 1
+        segment.changed(self.clock())
 
     # -- big segments ---------------------------------------------------------------------------
 
@@ -515,7 +626,7 @@ class Store:
                     members[key] = None
                 else:
                     members.pop(key, None)
-        segment.version += 1
+        segment.changed(self.clock())
 
     def big_membership(self, segment: Segment, key: str, *, users: bool) -> dict[str, Any]:
         """The membership read of one context (`users`: of one user) in a big segment."""
