@@ -36,9 +36,12 @@ from consumer.errors import (
 from consumer.retry import rate_limit_wait
 from consumer.routing import API_VERSION, CONTENT_TYPE, JSON_CONTENT_TYPE, METHOD
 
+# What an answer keeps of its headers: those `retry.rate_limit_wait` and the throttle read
+# (and `check` shows).
 RATE_LIMIT_HEADERS = (
     "Retry-After",
     "X-Ratelimit-Reset",
+    "X-Ratelimit-Auth-Token-Reset",
     "X-Ratelimit-Global-Remaining",
     "X-Ratelimit-Route-Remaining",
 )

@@ -1,6 +1,7 @@
 """How long to wait before trying a request again, and when to give up. Pure, no I/O.
 
-- 429: `Retry-After` seconds if present, else `X-Ratelimit-Reset` (epoch ms) minus now, never
+- 429: `Retry-After` seconds if present, else `X-Ratelimit-Reset` (epoch ms) minus now, else
+  `X-Ratelimit-Auth-Token-Reset` (a per-token limit's own reset, epoch ms) minus now, never
   negative, else a default (10 s); plus up to `rate_limit_jitter` so that many clients do not
   come back at the same instant. 429s count against the elapsed budget only: being told to wait
   is not a failure of the event.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,28 +22,41 @@ from email.utils import parsedate_to_datetime
 
 from consumer.errors import ApiError, Conflict, RateLimited
 
+# Resets in epoch milliseconds, in the order they are read: the account's and route's window,
+# then a per-token limit's, which LaunchDarkly names only in its own header.
+RESET_HEADERS = ("X-Ratelimit-Reset", "X-Ratelimit-Auth-Token-Reset")
+
 
 def rate_limit_wait(headers: Mapping[str, str], now_ms: float, default: float) -> float:
-    """Seconds a 429 asks us to wait (contract section 1)."""
+    """Seconds a 429 asks us to wait (contract section 1), the one place this is decided:
+    `Retry-After`, else the first of `RESET_HEADERS` present, else `default`; never negative.
+    A header that cannot be read counts as absent."""
     retry_after = headers.get("Retry-After")
     if retry_after is not None:
         seconds = _retry_after_seconds(retry_after.strip(), now_ms)
         if seconds is not None:
             return seconds
-    reset = headers.get("X-Ratelimit-Reset")
-    if reset is not None:
-        try:
-            return max(0.0, (float(reset) - now_ms) / 1000.0)
-        except ValueError:
-            pass
+    for name in RESET_HEADERS:
+        reset = _number(headers.get(name))
+        if reset is not None:
+            return max(0.0, (reset - now_ms) / 1000.0)
     return default
 
 
-def _retry_after_seconds(value: str, now_ms: float) -> float | None:
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
     try:
-        return max(0.0, float(value))
+        number = float(value)
     except ValueError:
-        pass
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _retry_after_seconds(value: str, now_ms: float) -> float | None:
+    seconds = _number(value)
+    if seconds is not None:
+        return max(0.0, seconds)
     try:  # the HTTP-date form
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -3,6 +3,7 @@ import random
 import pytest
 
 from consumer.errors import BadRequest, Conflict, RateLimited, RequestTimeout, ServerError
+from consumer.ld_client import RATE_LIMIT_HEADERS, ApiResponse, error_for
 from consumer.retry import RetryPolicy, rate_limit_wait
 
 NOW_MS = 1_800_000_000_000.0
@@ -19,10 +20,37 @@ NOW_MS = 1_800_000_000_000.0
         ({"Retry-After": "soon", "X-Ratelimit-Reset": str(NOW_MS + 1000)}, 1.0),
         ({"X-Ratelimit-Reset": "garbage"}, 10.0),
         ({}, 10.0),
+        # A per-token limit names its reset only in its own header.
+        ({"X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 4000)}, 4.0),
+        ({"X-Ratelimit-Auth-Token-Reset": str(NOW_MS - 4000)}, 0.0),
+        ({"Retry-After": "1", "X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 4000)}, 1.0),
+        (
+            {
+                "X-Ratelimit-Reset": str(NOW_MS + 2000),
+                "X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 4000),
+            },
+            2.0,
+        ),
+        (
+            {"X-Ratelimit-Reset": "garbage", "X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 3000)},
+            3.0,
+        ),
+        ({"X-Ratelimit-Auth-Token-Reset": "inf"}, 10.0),
+        ({"Retry-After": "nan", "X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 500)}, 0.5),
     ],
 )
 def test_rate_limit_wait(headers: dict[str, str], expected: float) -> None:
     assert rate_limit_wait(headers, NOW_MS, 10.0) == pytest.approx(expected)
+
+
+def test_a_per_token_429_becomes_a_wait_for_its_reset() -> None:
+    """The header survives the client (it keeps only the headers it names) and the 429 waits
+    for the reset it names, not the default."""
+    reset = NOW_MS + 2500
+    assert "X-Ratelimit-Auth-Token-Reset" in RATE_LIMIT_HEADERS
+    response = ApiResponse(429, {"X-Ratelimit-Auth-Token-Reset": str(reset)}, b"{}")
+    error = error_for(response, now_ms=NOW_MS, rate_limit_default=10.0)
+    assert isinstance(error, RateLimited) and error.retry_after == pytest.approx(2.5)
 
 
 def test_retry_after_http_date() -> None:

@@ -1,6 +1,7 @@
 """BatchSender against the LaunchDarkly simulator over loopback HTTP, without a broker: a
 retry that ends in success, narrowing to the one refused instruction, a refused token closing
-the gate until it is fixed, and a URL failing on its own while the API answers."""
+the gate until it is fixed, a URL failing on its own while the API answers, and a per-token
+429 waited out until the reset it names."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from pydantic import SecretStr
 
@@ -116,3 +118,28 @@ async def test_a_url_failing_on_its_own_fails_once_the_api_is_seen_answering(
     assert result is not None and result.status is Status.FAILED
     assert result.error is not None and result.error.code is ErrorCode.SERVER_ERROR
     assert await members(admin) == []
+
+
+async def test_a_per_token_429_waits_for_the_reset_it_names(
+    sender: BatchSender, admin: SimulatorAdmin, simulator: RunningSimulator
+) -> None:
+    """A per-token limit answers 429 with only `X-Ratelimit-Auth-Token-Reset` (no `Retry-After`,
+    no `X-Ratelimit-Reset`): the batch is sent again after that reset, not after the 10 s
+    default wait for a 429 that names none."""
+    await admin.set_limits(window_ms=1_500, token_limit=1)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            simulator.base_url + "/api/v2/caller-identity", headers={"Authorization": TOKEN}
+        ) as spent,  # the token's only request of this window
+    ):
+        assert spent.status == 200
+    [result] = await sender.send(batch_of("k0"))
+    assert result is not None and result.status is Status.SUCCEEDED
+    assert await members(admin) == ["k0"]
+    [limited, retried] = [r for r in await admin.requests() if r["method"] == "PATCH"]
+    assert (limited["status"], limited["fault"], retried["status"]) == (429, "token-limit", 200)
+    stats = await admin.stats()
+    assert stats.get("early_requests", 0) == 0  # nothing came before the reset it named
+    default_wait_ms = RetryPolicy().rate_limit_default * 1000
+    assert retried["receivedAt"] < limited["receivedAt"] + default_wait_ms
