@@ -13,6 +13,7 @@ limits (429), injected faults, resource (404), body (400), then the instructions
 from __future__ import annotations
 
 import asyncio
+import copy
 import fnmatch
 import json
 import random
@@ -422,8 +423,11 @@ class Simulator:
         )
 
     async def segment_patch(self, request: web.Request) -> web.Response:
+        """`dryRun=true` (the API's query parameter): answered as if applied, nothing kept."""
         m = request.match_info
         segment = self.store.segment(m["project"], m["environment"], m["resource"])
+        if request.query.get("dryRun") == "true":
+            segment = copy.deepcopy(segment)
         content_type = request.headers.get("Content-Type")
         if SEMANTIC_PATCH not in (content_type or ""):
             update = patches.parse(content_type, _PARSED_BODY.get())

@@ -246,6 +246,11 @@ async def test_json_patch_with_the_client_model(client: Client) -> None:
     assert contexts(patched.excluded_contexts) == {"org": ["bad"], "device": ["d1"]}
     [rule] = patched.rules
     assert rule.id and rule.clauses[0].attribute == "email" and rule.clauses[0].id
+    # A dry run answers the result and keeps nothing.
+    rename = PatchWithComment(patch=[PatchOperation(op="replace", path="/name", value="Dry")])
+    dry = await client(client.segments.patch_segment, PROJECT, ENV, "beta", rename, dry_run=True)
+    assert (dry.name, dry.version) == ("Dry", 3)
+    assert (await client(client.segments.get_segment, PROJECT, ENV, "beta")) == patched
     # A failed `test` applies nothing: the version is 2 now.
     stale = PatchWithComment(
         patch=[
