@@ -70,7 +70,7 @@ CHART_MANAGED = SECRET_SETTINGS | {
 MIN_SCALE_DOWN_WINDOW = 300
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def helm_available() -> None:
     try:
         ensure_helm()
@@ -100,8 +100,12 @@ class Example(NamedTuple):
     objects: Rendered
 
 
+# For the tests that run helm itself (the others read the chart's files only).
+needs_helm = pytest.mark.usefixtures("helm_available")
+
+
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, Rendered]:
+def rendered(helm_available: None) -> dict[str, Rendered]:
     return {name: Rendered(render([path])) for name, path in EXAMPLES.items()}
 
 
@@ -119,6 +123,7 @@ def test_the_examples_cover_what_is_checked() -> None:
 # -- helm lint, and the API schemas ----------------------------------------------------------
 
 
+@needs_helm
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_helm_lint_passes_for_each_example(name: str) -> None:
     done = lint([EXAMPLES[name]])
@@ -226,6 +231,7 @@ def test_the_service_accepts_the_settings_it_is_given(
         pytest.fail(f"the service would refuse to start: {exc}")
 
 
+@needs_helm
 def test_a_config_change_rolls_the_pods() -> None:
     def checksum(overrides: dict[str, Any] | None) -> str:
         objects = Rendered(render([EXAMPLES["minimal"]], overrides))
@@ -274,6 +280,7 @@ def test_the_token_comes_from_a_secret_key_or_a_mounted_secret_file(example: Exa
         assert objects.all("Secret") == []  # the user's Secret, none of the chart's
 
 
+@needs_helm
 def test_a_plain_token_opted_in_is_only_in_a_secret_of_the_chart() -> None:
     token = yaml.safe_load(EXAMPLES["plain-token"].read_text())["ldApiToken"]["value"]
     text = render_text([EXAMPLES["plain-token"]])
@@ -371,6 +378,7 @@ def test_rollouts_and_drains_take_one_member_at_a_time(example: Example) -> None
     assert "helm.sh/chart" not in deployment["template"]["metadata"]["labels"]
 
 
+@needs_helm
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_the_install_notes_render(name: str) -> None:
     text = notes([EXAMPLES[name]])
@@ -429,6 +437,7 @@ def test_the_prometheus_rule_is_the_shipped_rules_for_the_scraped_job(
     assert selector == objects.one("Deployment")["spec"]["selector"]
 
 
+@needs_helm
 def test_the_job_name_and_runbook_links_can_be_set() -> None:
     monitoring = {
         "jobName": "ldc-prod",
@@ -564,6 +573,7 @@ REFUSED = [
 ]
 
 
+@needs_helm
 @pytest.mark.parametrize("case", REFUSED, ids=[case.why for case in REFUSED])
 def test_rendering_refuses_unsafe_values(case: Refused) -> None:
     with pytest.raises(RenderFailed) as failed:
@@ -587,6 +597,7 @@ SERVICE_RULES = {
 }
 
 
+@needs_helm
 @pytest.mark.parametrize("why", sorted(SERVICE_RULES))
 def test_rendering_refuses_the_timeouts_the_service_refuses(why: str) -> None:
     config = {**DEFAULTS["config"], **SERVICE_RULES[why]}
@@ -597,6 +608,7 @@ def test_rendering_refuses_the_timeouts_the_service_refuses(why: str) -> None:
     assert f"config: {broken.message}" in str(failed.value)
 
 
+@needs_helm
 def test_every_broken_rule_is_reported_at_once() -> None:
     with pytest.raises(RenderFailed) as failed:
         render(
@@ -613,12 +625,14 @@ def test_every_broken_rule_is_reported_at_once() -> None:
     assert "KAFKA_REBALANCE_TIMEOUT_MS (20000 >= 20000)" in message
 
 
+@needs_helm
 def test_an_unknown_setting_is_refused_by_the_values_schema() -> None:
     with pytest.raises(RenderFailed) as failed:
         render([EXAMPLES["minimal"]], {"config": {"CONSUMER_SHUTDOWN_TIMEOUT": 30000}})
     assert "CONSUMER_SHUTDOWN_TIMEOUT" in str(failed.value)
 
 
+@needs_helm
 def test_a_short_scale_down_stabilisation_is_refused_by_the_values_schema() -> None:
     short = {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 30}}}
     with pytest.raises(RenderFailed) as failed:
