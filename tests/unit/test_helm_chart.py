@@ -191,6 +191,7 @@ def test_the_pod_runs_unprivileged_on_a_read_only_root(example: Example) -> None
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == DOCKERFILE_UID
     assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
     assert container["securityContext"] == {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
