@@ -357,6 +357,33 @@ def test_keda_reads_the_lag_with_the_consumers_credentials(rendered: dict[str, R
     assert {"key": refs["ca"]["key"], "path": ca_file.name} in volume["secret"]["items"]
 
 
+@needs_helm
+def test_keda_trusts_the_consumers_ca_and_client_certificate() -> None:
+    mutual_tls = {
+        "config": {"KAFKA_SECURITY_PROTOCOL": "SSL"},
+        "kafka": {
+            "tls": {"existingSecret": "kafka-client", "certKey": "tls.crt", "keyKey": "tls.key"}
+        },
+    }
+    objects = Rendered(render([EXAMPLES["keda"]], mutual_tls))
+    (trigger,) = objects.one("ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["tls"] == "enable" and "sasl" not in trigger["metadata"]
+    auth = objects.one("TriggerAuthentication")
+    refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    assert refs == {
+        "ca": ("kafka-client", "ca.crt"),
+        "cert": ("kafka-client", "tls.crt"),
+        "key": ("kafka-client", "tls.key"),
+    }
+    env = {entry["name"]: entry["value"] for entry in objects.container["env"] if "value" in entry}
+    files = {
+        env[name].rsplit("/", 1)[1]
+        for name in ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")
+    }
+    assert files == {"ca.crt", "tls.crt", "tls.key"}
+    assert [schema_errors(obj) for obj in objects.objects] == [[]] * len(objects.objects)
+
+
 def test_keda_without_credentials_needs_no_trigger_authentication(
     rendered: dict[str, Rendered],
 ) -> None:
@@ -564,6 +591,18 @@ REFUSED = [
         "minimal",
         {"config": {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}},
         "kafka.sasl.existingSecret is required with KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+    ),
+    Refused(
+        "a CA for a protocol without TLS",
+        "minimal",
+        {"kafka": {"tls": {"existingSecret": "kafka-ca"}}},
+        "kafka.tls.existingSecret is set but KAFKA_SECURITY_PROTOCOL=PLAINTEXT does not use TLS",
+    ),
+    Refused(
+        "a client certificate without its key",
+        "keda-sasl",
+        {"kafka": {"tls": {"certKey": "tls.crt"}}},
+        "kafka.tls.certKey and kafka.tls.keyKey go together",
     ),
     Refused(
         "no brokers",
