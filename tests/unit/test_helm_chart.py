@@ -4,8 +4,8 @@ schema of its kind (tests/helm_chart.py), and the rules that make a consumer gro
 asserted on the objects. Rendering must fail, with a message that says why, on values that
 break them.
 
-helm is built by scripts/helm on first use (a few minutes, then cached); without it these
-tests skip, except under CI, where they fail.
+helm is built by scripts/helm on first use (a few minutes, then cached); without it the tests
+that run helm skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ from tests.observability import (
 pytestmark = pytest.mark.timeout(1_500)
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE_UID = 10001  # Dockerfile: useradd --uid 10001, USER 10001
+# The image's user (Dockerfile: USER <uid>), which the pod must run as.
+_USER = re.search(r"^USER (\d+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+assert _USER is not None
+DOCKERFILE_UID = int(_USER[1])
 # Set from Secrets by the chart, never in its ConfigMap.
 SECRET_SETTINGS = {"LD_API_TOKEN", "KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"}
 CHART_MANAGED = SECRET_SETTINGS | {
