@@ -13,6 +13,8 @@ from typing import Any
 import promql_parser
 import yaml
 
+from consumer.metrics import Metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "observability" / "grafana" / "dashboards" / "ld-targeting-consumer.json"
 RULES = ROOT / "observability" / "prometheus" / "alerts.yml"
@@ -21,6 +23,26 @@ RULES = ROOT / "observability" / "prometheus" / "alerts.yml"
 TARGET_LABELS = {"job", "instance"}
 # Series Prometheus makes up itself about each target.
 SYNTHETIC_METRICS = {"up"}
+
+# The sample names a family of each type is served as (prometheus_client's text format; no
+# `_created` samples: consumer/metrics.py turns them off).
+SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "info": ("_info",),
+}
+
+
+def declared_metrics() -> set[str]:
+    """Every sample name the service's registry (consumer/metrics.py) can serve, read without
+    running anything (a running consumer's /metrics: tests/integration/test_observability.py)."""
+    registry = Metrics().registry
+    return {
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in SAMPLE_SUFFIXES[family.type]
+    }
 
 
 def dashboard() -> dict[str, Any]:

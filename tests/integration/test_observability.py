@@ -23,15 +23,13 @@ from tests.integration.harness import (
     running,
     seed,
 )
-from tests.observability import SYNTHETIC_METRICS, TARGET_LABELS, all_queries, uses
-
-# The sample names a family of each type is served as (prometheus_client's text format).
-_SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "gauge": ("",),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "info": ("_info",),
-}
+from tests.observability import (
+    SAMPLE_SUFFIXES,
+    SYNTHETIC_METRICS,
+    TARGET_LABELS,
+    all_queries,
+    uses,
+)
 
 
 async def _scrape(port: int) -> str:
@@ -48,7 +46,7 @@ def _served(text: str) -> dict[str, set[str]]:
     a labelled family nothing has been counted in)."""
     served: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
-        for suffix in _SUFFIXES[family.type]:
+        for suffix in SAMPLE_SUFFIXES[family.type]:
             served.setdefault(family.name + suffix, set())
         for sample in family.samples:
             served.setdefault(sample.name, set()).update(sample.labels)
