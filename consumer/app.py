@@ -43,7 +43,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedCodecError,
+)
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
@@ -51,12 +59,13 @@ from consumer.batcher import Batcher
 from consumer.big_segments import KindCache
 from consumer.errors import ApiError
 from consumer.gate import ApiGate, Closed
+from consumer.halts import Halt, Halts
 from consumer.health import BROKER_PROBE_AFTER, HealthServer, Vitals
 from consumer.ld_client import LdClient, TokenSource
-from consumer.leases import Lease, Leases
+from consumer.leases import Follow, Lease, Leases, LeaseState
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
-from consumer.publisher import Publisher
+from consumer.publisher import Publisher, Refused
 from consumer.recovery import Recovered, Recovery
 from consumer.retry import RetryPolicy
 from consumer.segment_kinds import KindResolver
@@ -73,6 +82,7 @@ log = structlog.get_logger(__name__)
 POSITION_WAIT = 10.0  # seconds the newly assigned partitions' positions are awaited together
 STOP_GRACE = 5.0  # seconds past CONSUMER_SHUTDOWN_TIMEOUT_MS for the last commit and closing
 CLOSE_MIN = 0.5  # seconds each close step gets, however late
+CORRUPT_FETCH_TRIES = 3  # fetches of a batch that fails its CRC check before its partition halts
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -121,6 +131,11 @@ class Service:
         self._backpressure = False
         self._stop_deadline = float("inf")  # set when the stop begins
         self._granting: asyncio.Task[None] | None = None
+        self.halts = Halts()
+        # Fetch errors in a row per partition (a corrupt batch is fetched again a few times).
+        self._fetch_failures: dict[TopicPartition, int] = {}
+        self._restarting: set[Lease] = set()  # leases being started again (rule 2b)
+        self._background: set[asyncio.Task[None]] = set()
         self.recovery = Recovery(settings)
         self.tracing = Tracing(
             tracer_provider, group_id=settings.consumer_group_id, base_url=settings.ld_base_url
@@ -177,6 +192,7 @@ class Service:
             max_in_flight=settings.consumer_max_in_flight_requests,
             on_published=self.vitals.broker_seen,
             on_failure=self._fail,
+            on_refused=self._on_refused,
             tracing=self.tracing,
         )
         self.health = (
@@ -265,7 +281,7 @@ class Service:
             for task in waits:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
-            await _cancelled(self._granting)
+            await _cancelled(self._granting, *self._background)
             await self.pipeline.cancel_all()
             await asyncio.shield(self._commit(timeout=self._time_left()))  # 4.
 
@@ -307,49 +323,152 @@ class Service:
         consumer = self._consumer
         settings = self.settings
         timeout_ms = max(50, min(500, settings.kafka_fetch_max_wait_ms))
-        records_at = 0.0  # when a fetch last returned records (monotonic)
         while True:
             self._apply_pauses()
             fetch = self.leases.begin_fetch()
-            batches = await consumer.getmany(
-                timeout_ms=timeout_ms, max_records=settings.kafka_max_poll_records
-            )
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=settings.kafka_max_poll_records
+                )
+            except kafka.PARTITION_FETCH_ERRORS as exc:
+                self._fetch_failed(exc)
+                continue
             # No await from here to the end of the turn: the runs are judged against the
-            # leases as they are now (leases.py, rule 2).
+            # leases as they are now (leases.py, rules 2 and 2b).
             self.vitals.beat()
             now = time.monotonic()
-            if not batches:
-                continue
-            self.vitals.broker_seen()
-            records_at = now
-            # The linger counts from the record timestamp for a stream that is kept up with,
-            # from when the record was taken while a backlog is read (see Batcher.add).
-            leases = self.leases.active()
-            behind = reading_backlog(
-                {lease.tp: lease.next for lease in leases},
-                {lease.tp: kafka.readable_end(consumer, lease.tp) for lease in leases},
-                since_records=now - records_at,
-                threshold=settings.kafka_max_poll_records,
-            )
-            wall_ms = None if behind else time.time() * 1000
-            taken = 0
-            for tp, records in batches.items():
-                admission = self.leases.admit(tp, records[0].offset, records[-1].offset, fetch)
-                if admission.seek_to is not None:
-                    consumer.seek(tp, admission.seek_to)
-                    log.warning(
-                        "fetch.resync",
-                        partition=tp.partition,
-                        first=records[0].offset,
-                        seek_to=admission.seek_to,
-                    )
-                elif admission.take_from is not None:
-                    lease = self.leases.get(tp)
-                    assert lease is not None
-                    taken += self.pipeline.accept(lease, records, admission.take_from, now, wall_ms)
-                elif self.leases.get(tp) is None:
-                    log.warning("fetch.not_owned", partition=tp.partition, records=len(records))
-            self.metrics.records_consumed.inc(taken)
+            if batches:
+                self.vitals.broker_seen()
+                self._take(batches, fetch, now, since_records=0.0)
+            self._follow(fetch)
+
+    def _take(
+        self,
+        batches: dict[TopicPartition, list[Any]],
+        fetch: int,
+        now: float,
+        since_records: float,
+    ) -> None:
+        consumer = self._consumer
+        settings = self.settings
+        # The linger counts from the record timestamp for a stream that is kept up with,
+        # from when the record was taken while a backlog is read (see Batcher.add).
+        leases = self.leases.active()
+        behind = reading_backlog(
+            {lease.tp: lease.next for lease in leases},
+            {lease.tp: kafka.readable_end(consumer, lease.tp) for lease in leases},
+            since_records=since_records,
+            threshold=settings.kafka_max_poll_records,
+        )
+        wall_ms = None if behind else time.time() * 1000
+        taken = 0
+        for tp, records in batches.items():
+            admission = self.leases.admit(tp, records[0].offset, records[-1].offset, fetch)
+            if admission.seek_to is not None:
+                consumer.seek(tp, admission.seek_to)
+                log.warning(
+                    "fetch.resync",
+                    partition=tp.partition,
+                    first=records[0].offset,
+                    seek_to=admission.seek_to,
+                )
+            elif admission.take_from is not None:
+                lease = self.leases.get(tp)
+                assert lease is not None
+                taken += self.pipeline.accept(lease, records, admission.take_from, now, wall_ms)
+                self._fetch_failures.pop(tp, None)
+            elif self.leases.get(tp) is None:
+                log.warning("fetch.not_owned", partition=tp.partition, records=len(records))
+        self.metrics.records_consumed.inc(taken)
+
+    def _follow(self, fetch: int) -> None:
+        """Rule 2b: offsets the consumer passed over without a record (transaction markers,
+        aborted or compacted records) move the leases past them; a position below a lease
+        (the log lost what it took) starts the lease again there."""
+        for lease in self.leases.active():
+            tp = lease.tp
+            position = kafka.consumed_position(self._consumer, tp)
+            if self.leases.follow(tp, position, fetch) is Follow.BEHIND:
+                assert position is not None
+                log.warning(
+                    "partition.log_behind",
+                    partition=tp.partition,
+                    lease_next=lease.next,
+                    position=position,
+                    message="the log no longer holds what this member took (offset out of"
+                    " range and reset: a broker that lost its data, a topic re-created);"
+                    " starting again at the reset position",
+                )
+                self.metrics.offset_resets.labels(
+                    policy=self.settings.consumer_auto_offset_reset
+                ).inc()
+                self._restarting.add(lease)
+                task = asyncio.create_task(self._restart_lease(lease, position))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _restart_lease(self, lease: Lease, position: int) -> None:
+        """Rule 2b's BEHIND: stop the lease's work as a revoke does, then grant it again at
+        `position` (nothing it took is committed: those offsets are gone from the log)."""
+        try:
+            deadline = time.monotonic() + self.settings.consumer_revoke_timeout_ms / 1000
+            if lease.state is LeaseState.ENDED or self.stopping:
+                return
+            self.leases.revoke([lease.tp])
+            more = await self.pipeline.revoke([lease], deadline)
+            self.leases.end([lease])
+            if self.stopping or lease.tp not in self._consumer.assignment():
+                return
+            self.leases.grant(lease.tp, position)
+            self._consumer.seek(lease.tp, position)
+            while more:
+                more = await self._rewind(more, deadline)
+        finally:
+            self._restarting.discard(lease)
+
+    def _fetch_failed(self, exc: Exception) -> None:
+        """`getmany` raised for one partition (PARTITION_FETCH_ERRORS): halt it, never skip.
+
+        aiokafka may have advanced other partitions' positions past records it unpacked but
+        did not return (they are dropped with the error), so every lease is fetched again from
+        its `next` (rule 2: never pass a record over in silence)."""
+        for synced, start in self.leases.resync().items():
+            self._consumer.seek(synced, start)
+        tp = kafka.failed_partition(exc)
+        if tp is None:
+            log.error("fetch.failed", error=repr(exc), message="partition unknown; fetching again")
+            return
+        failures = self._fetch_failures[tp] = self._fetch_failures.get(tp, 0) + 1
+        # A CRC error may be a bad read: fetched again a few times before it halts.
+        if isinstance(exc, CorruptRecordException) and failures < CORRUPT_FETCH_TRIES:
+            log.warning("fetch.corrupt", partition=tp.partition, error=repr(exc), tries=failures)
+            return
+        lease = self.leases.get(tp)
+        at = lease.next if lease is not None else _out_of_range_offset(exc)
+        self._halt(Halt(tp, at, fetch_error_reason(exc, self.settings)))
+
+    def _on_refused(self, refused: list[Refused]) -> None:
+        for found in refused:
+            record = found.record
+            self._halt(Halt(record.tp, record.offset, found.reason))
+
+    def _halt(self, halt: Halt) -> None:
+        """Halt a partition (halts.py): paused by the next turn, reported on /readyz."""
+        if not self.halts.add(halt):
+            return
+        if halt.tp in self._consumer.assignment():
+            self._consumer.pause(halt.tp)
+        self.vitals.halted = self.halts.describe()
+        self.metrics.halted.set(len(self.halts))
+        log.error(
+            "partition.halted",
+            topic=halt.tp.topic,
+            partition=halt.tp.partition,
+            offset=halt.offset,
+            reason=halt.reason,
+            message="this partition is not read until the member restarts or loses it;"
+            " the others go on",
+        )
 
     def _apply_pauses(self) -> None:
         """Fetch only partitions with an active lease, while the gate is open and the pending
@@ -365,7 +484,7 @@ class Service:
         if self._backpressure or not self.gate.is_open:
             wanted: set[TopicPartition] = set()
         else:
-            wanted = self.leases.partitions()
+            wanted = self.leases.partitions() - self.halts.partitions()
         paused = consumer.paused()
         pause = (assigned - wanted) - paused
         resume = (paused & wanted) & assigned
@@ -522,6 +641,11 @@ class Service:
             unfinished = self.leases.pending(leases)
             self.leases.end(leases)
             self.vitals.partitions = len(self.leases.active())
+            self.halts.clear(revoked)
+            self.vitals.halted = self.halts.describe()
+            self.metrics.halted.set(len(self.halts))
+            for tp in revoked:
+                self._fetch_failures.pop(tp, None)
         while rewind:
             rewind = await self._rewind(rewind, deadline)
         log.info(
@@ -610,3 +734,42 @@ def reading_backlog(
         if end is not None and end > position:
             lag += end - position
     return lag >= threshold
+
+
+def _out_of_range_offset(exc: Exception) -> int | None:
+    if isinstance(exc, OffsetOutOfRangeError) and exc.args and isinstance(exc.args[0], dict):
+        for offset in exc.args[0].values():
+            return int(offset)
+    return None
+
+
+def fetch_error_reason(exc: Exception, settings: Settings) -> str:
+    """One line for a halted partition (halts.py): what the client library could not do, and
+    what would fix it. The broker is not to blame for any of these."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, UnsupportedCodecError):
+        return (
+            f"aiokafka (the Kafka client library) cannot decompress its records ({detail});"
+            " the codecs come with this package (cramjam): reinstall it"
+        )
+    if isinstance(exc, CorruptRecordException):
+        return (
+            f"aiokafka (the Kafka client library) found a corrupt record batch ({detail}),"
+            f" {CORRUPT_FETCH_TRIES} times in a row"
+        )
+    if isinstance(exc, RecordTooLargeError):
+        return f"aiokafka (the Kafka client library) cannot fetch a record this large ({detail})"
+    if isinstance(exc, OffsetOutOfRangeError):
+        return (
+            "the committed offset is out of range (records deleted by retention before they"
+            " were processed?) and CONSUMER_AUTO_OFFSET_RESET="
+            f"{settings.consumer_auto_offset_reset}: set it to earliest or latest to go on"
+        )
+    if isinstance(exc, NoOffsetForPartitionError):
+        return (
+            "the group has no committed offset for it and CONSUMER_AUTO_OFFSET_RESET=none:"
+            " set it to earliest or latest, or commit an offset for the group"
+        )
+    if isinstance(exc, TopicAuthorizationFailedError):
+        return f"not authorized to read the topic ({detail})"
+    return f"aiokafka (the Kafka client library) could not fetch it: {detail}"

@@ -29,11 +29,15 @@ ATTEMPTS = "ldc.attempts"
 HTTP_STATUS = "ldc.http.status"
 DEAD_LETTERED_AT = "ldc.dead-lettered-at"
 REPLAY_COUNT = "ldc.replay.count"  # added by replay
-VALUE_OMITTED = "ldc.value-omitted"  # a value too large for the dead-letter topic
+# Written by versions before 0.2 on a copy whose value did not fit; now such a record halts its
+# partition instead (publisher.py). Replay still recognises old copies.
+VALUE_OMITTED = "ldc.value-omitted"
 # On an outcome record: the input record it is the outcome of.
 SOURCE_TOPIC = "ldc.source.topic"
 SOURCE_PARTITION = "ldc.source.partition"
 SOURCE_OFFSET = "ldc.source.offset"
+# On an outcome record that was too large for the results topic and was shrunk to fit.
+OUTCOME_SHRUNK = "ldc.outcome.shrunk"
 
 
 def _headers_are_strings(schema: dict[str, Any]) -> None:

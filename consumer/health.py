@@ -32,6 +32,8 @@ class Vitals:
         # Why the API gate is closed (gate.ApiGate.describe), None while it is open.
         self.api_closed: str | None = None
         self.api_token_refused = False
+        # Halted partitions (halts.py), one line each; empty while all flow.
+        self.halted: list[str] = []
 
     def beat(self) -> None:
         self.loop_beat = self._clock()
@@ -51,6 +53,7 @@ class Vitals:
             "broker_reachable": self.broker_quiet_for() < BROKER_STALE_AFTER,
             "api_token_accepted": not self.api_token_refused,
             "api_available": self.api_closed is None,
+            "partitions_flowing": not self.halted,
             "running": not self.stopping,
         }
 
@@ -65,6 +68,7 @@ class Vitals:
             found.append(f"no answer from the Kafka broker for {self.broker_quiet_for():.0f} s")
         if self.api_closed is not None:
             found.append(self.api_closed)
+        found.extend(self.halted)
         if self.stopping:
             found.append("stopping")
         return found

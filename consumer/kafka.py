@@ -13,8 +13,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     BrokerResponseError,
+    CorruptRecordException,
     KafkaConnectionError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnsupportedCodecError,
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
@@ -233,6 +239,64 @@ async def ensure_service_topics(
     )
 
 
+def consumed_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The offset of the next record `getmany` would return for `tp`, without waiting (None
+    when it is not known: not assigned, or a reset under way).
+
+    `consumer.position()` is the public form, but it is a coroutine, and the fetch loop reads
+    this between `getmany` and the end of its turn, where nothing may be awaited (leases.py,
+    rule 2b). aiokafka's own subscription state is what `position()` reads.
+    """
+    try:
+        assignment = consumer._subscription.subscription.assignment
+        if assignment is None or tp not in assignment.tps:
+            return None
+        state = assignment.state_value(tp)
+        if not state.has_valid_position:
+            return None
+        position: int = state.position
+        return position
+    except AttributeError:  # another aiokafka: the rule then only waits for records
+        return None
+
+
+# What `getmany` raises for one partition whose records cannot be had (the others go on): the
+# service halts that partition (halts.py) instead of exiting or skipping records.
+PARTITION_FETCH_ERRORS: tuple[type[Exception], ...] = (
+    UnsupportedCodecError,
+    CorruptRecordException,
+    RecordTooLargeError,
+    OffsetOutOfRangeError,
+    NoOffsetForPartitionError,
+    TopicAuthorizationFailedError,
+)
+
+
+def failed_partition(exc: BaseException) -> TopicPartition | None:
+    """The partition a fetch error is about.
+
+    An out-of-range error carries it; a decoding error raised out of `getmany` does not, but
+    aiokafka's fetcher holds it in a local `tp` of the frames the error passed through (the
+    innermost is the partition whose records were being unpacked).
+    """
+    if isinstance(exc, OffsetOutOfRangeError | NoOffsetForPartitionError) and exc.args:
+        first = exc.args[0]
+        if isinstance(first, dict) and first:
+            found = next(iter(first))
+            if isinstance(found, TopicPartition):
+                return found
+        if isinstance(first, TopicPartition):
+            return first
+    found_tp: TopicPartition | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("tp")
+        if isinstance(candidate, TopicPartition):
+            found_tp = candidate
+        tb = tb.tb_next
+    return found_tp
+
+
 def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """Where reading `tp` ends for now, from the last fetch response (None before one came).
 
@@ -348,6 +412,8 @@ async def read_topic(
         await asyncio.sleep(0.1)
         partitions = await topic_partitions(settings, topic)
     records: list[ConsumerRecord] = []
+    if not partitions:
+        return records  # no such topic (brokers that do not auto-create topics)
     async with reading(settings, auto_offset_reset="earliest") as consumer:
         consumer.assign(partitions)
         await consumer.seek_to_beginning()

@@ -15,6 +15,13 @@ The ownership rules, enforced here and by their callers (app.py, pipeline.py, se
    partition is seeked back to `next`, the first offset not taken: no record is ever passed
    over in silence. Runs of a partition without an active lease are not ours: not taken, and
    the next owner reads them from the committed offset.
+2b. **Follow.** After every fetch, an active lease synced before it began compares its `next`
+   with the consumer's position for the partition (the offset of the next record it would
+   return). Past `next`: the consumer passed over offsets that hold no record for us
+   (transaction markers, aborted or compacted records, a reset past retention) and `next`
+   moves there (offsets.py, rule 5). Before `next`: the log no longer holds what the lease
+   took (the offset was out of range and reset: a broker that lost its data, a topic
+   re-created), and the lease must start again at the consumer's position (`BEHIND`).
 3. **Finish.** A taken record is done when its outcome (and dead-letter copy) is acknowledged
    by the broker; the lease's commit position is its first taken offset not done (offsets.py).
 4. **Revoke.** A revoked lease stops at once: it takes nothing more, and its batches start no
@@ -96,6 +103,12 @@ class Admission:
 NOTHING = Admission()
 
 
+class Follow(enum.Enum):
+    SAME = "same"  # the consumer is where the lease is, or may not be compared now
+    SKIPPED = "skipped"  # it passed over offsets without records: the lease moved with it
+    BEHIND = "behind"  # its position is below the lease's: the lease must start again
+
+
 def admit(lease: Lease | None, first: int, last: int, fetch: int) -> Admission:
     """Rule 2 for a run of offsets `first`..`last` returned by fetch number `fetch`."""
     if lease is None or not lease.active:
@@ -138,6 +151,30 @@ class Leases:
             assert lease is not None
             lease.synced_at = self.fetch
         return admission
+
+    def follow(self, tp: TopicPartition, position: int | None, fetch: int) -> Follow:
+        """Rule 2b after fetch number `fetch`: `position` is the consumer's for `tp` (None:
+        unknown)."""
+        lease = self._by_tp.get(tp)
+        if position is None or lease is None or not lease.active or lease.synced_at >= fetch:
+            return Follow.SAME
+        if position > lease.next:
+            lease.offsets.skip_to(position)
+            return Follow.SKIPPED
+        if position < lease.next:
+            return Follow.BEHIND
+        return Follow.SAME
+
+    def resync(self) -> dict[TopicPartition, int]:
+        """Every active lease is to be fetched again from its `next` (the caller seeks each at
+        once, no await between): after a fetch error, aiokafka may have moved positions past
+        records it never returned."""
+        found = {}
+        for tp, lease in self._by_tp.items():
+            if lease.active:
+                lease.synced_at = self.fetch
+                found[tp] = lease.next
+        return found
 
     def revoke(self, tps: Iterable[TopicPartition]) -> list[Lease]:
         """Rule 4, first half: the leases of `tps` stop taking and sending. Returns every one

@@ -124,4 +124,17 @@ class Metrics:
             registry=r,
         )
         self.assigned = Gauge("ldc_partitions_assigned", "Partitions assigned", registry=r)
+        self.halted = Gauge(
+            "ldc_partitions_halted",
+            "Partitions this member stopped reading (records it cannot decode, an offset out of"
+            " range with no reset, a dead-letter copy the topic cannot take): /readyz says why",
+            registry=r,
+        )
+        self.offset_resets = Counter(
+            "ldc_offset_resets",
+            "Partitions whose position was out of range and reset by CONSUMER_AUTO_OFFSET_RESET"
+            " (retention deleted records not processed yet, a log that lost data)",
+            ["policy"],
+            registry=r,
+        )
         self.auth_ok.set(1)

@@ -10,6 +10,10 @@ The commit invariant, enforced here (one `PartitionOffsets` per lease, see lease
    URLs finish in any order; the position never passes a record still in the works.
 4. A position is offered for commit only when it moved past the last one committed (the
    start counts as committed: it came from the group's committed offset or its reset).
+5. Offsets that hold no record for us (transaction markers, aborted records under
+   read_committed, records removed by compaction or retention) are passed over by the
+   consumer; once it has passed them, `skip_to` moves `next` past them, so they hold nothing
+   up: the commit position reaches them as soon as every record taken before them is done.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ class PartitionOffsets:
         self._pending.append(offset)
         self.next = offset + 1
         return True
+
+    def skip_to(self, offset: int) -> None:
+        """Offsets below `offset` not taken yet hold no record for us (rule 5)."""
+        if offset > self.next:
+            self.next = offset
 
     def done(self, offset: int) -> None:
         pending = self._pending

@@ -349,6 +349,24 @@ def _source(record: ConsumedRecord) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
+# What a shrunk outcome's error message keeps (publisher.py: an outcome too large to publish).
+SHRUNK_MESSAGE = 200
+
+
+def shrink(value: bytes) -> bytes:
+    """An outcome's value without the API's `item` and with its error message cut to
+    SHRUNK_MESSAGE characters: what is left (status, ids, source, code) is bounded by the
+    event's own limits."""
+    outcome = json.loads(value)
+    outcome["item"] = None
+    error = outcome.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        message = error["message"]
+        if len(message) > SHRUNK_MESSAGE:
+            error["message"] = message[: SHRUNK_MESSAGE - 1] + "…"
+    return encode(outcome)
+
+
 def encode(outcome: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(outcome)

@@ -65,6 +65,7 @@ from consumer.outcomes import (
     outcome_for,
     results_from_error,
 )
+from consumer.publisher import Refused
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.recovery import Recovered
 from consumer.routing import Route, UnroutableEvent, route
@@ -93,7 +94,7 @@ class Sender(Protocol):
 
 
 class OutcomePublisher(Protocol):
-    async def publish(self, pairs: Pairs) -> None: ...
+    async def publish(self, pairs: Pairs) -> list[Refused]: ...
 
 
 class Phase(enum.Enum):
@@ -120,6 +121,7 @@ class Pipeline:
         max_in_flight: int,
         on_published: Callable[[], None] = lambda: None,
         on_failure: Callable[[BaseException], None] = lambda exc: None,
+        on_refused: Callable[[list[Refused]], None] = lambda refused: None,
         tracing: Tracing | None = None,
     ) -> None:
         self.batcher = batcher
@@ -130,6 +132,7 @@ class Pipeline:
         self._max_in_flight = max_in_flight
         self._on_published = on_published
         self._on_failure = on_failure
+        self._on_refused = on_refused
         self.recovered = Recovered()
         self.skipped_already_done = 0
         self._flights: dict[str, Flight] = {}
@@ -192,7 +195,8 @@ class Pipeline:
         return taken
 
     async def _publish_invalid(self, record: ConsumedRecord, invalid: Invalid) -> None:
-        await self._publish([(record, invalid_outcome(record, invalid))])
+        if await self._publish([(record, invalid_outcome(record, invalid))]):
+            return  # refused: not done, its partition halts
         record.done()
         log.info(
             "record.invalid",
@@ -271,24 +275,31 @@ class Pipeline:
             for item, result in zip(batch.items, results, strict=True)
             if result is not None
         ]
-        if pairs:
-            await self._publish(pairs)
+        refused = await self._publish(pairs) if pairs else set()
         for record, _ in pairs:
-            record.done()
+            if id(record) not in refused:
+                record.done()
         endpoint = batch.route.endpoint.value
         self._metrics.batches.labels(endpoint=endpoint).inc()
         self._metrics.batch_size.labels(endpoint=endpoint).observe(len(batch))
         self._log_batch(batch, pairs, time.monotonic() - started)
 
-    async def _publish(self, pairs: Pairs) -> None:
-        await self._publisher.publish(pairs)
+    async def _publish(self, pairs: Pairs) -> set[int]:
+        """Publish; returns the `id`s of the records refused (not done: see publisher.py),
+        whose partitions the owner halts."""
+        refused = await self._publisher.publish(pairs)
         self._on_published()
+        if refused:
+            self._on_refused(refused)
+            gone = {id(r.record) for r in refused}
+            pairs = [(record, outcome) for record, outcome in pairs if id(record) not in gone]
         for status, count in _statuses(pairs).items():
             self._metrics.outcomes.labels(status=status.value).inc(count)
             if status in DEAD_LETTER_STATUSES:
                 self._metrics.dead_letters.labels(status=status.value).inc(count)
         for (status, code), count in _errors(pairs).items():
             self._metrics.outcome_errors.labels(status=status.value, code=code.value).inc(count)
+        return {id(r.record) for r in refused}
 
     def _log_batch(self, batch: Batch, pairs: Pairs, elapsed: float) -> None:
         last = pairs[-1][1] if pairs else None

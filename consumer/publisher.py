@@ -1,10 +1,21 @@
 """Publishes outcomes and dead-letter copies, and returns only once the broker has them all.
 
 The producer runs with acks=all; an offset is marked done by the caller only after `publish`
-returns. A send that fails for a passing reason is sent again (alone: the ones that went through
-are not repeated) with capped backoff until it succeeds or the task is cancelled at the end of a
-drain. Any other failure (a record too large for the topic, no authorization) is raised: the
-service stops rather than block a partition in silence.
+returns, and only for the records it did not refuse. A send that fails for a passing reason is
+sent again (alone: the ones that went through are not repeated) with capped backoff until it
+succeeds or the task is cancelled at the end of a drain.
+
+A record too large for its topic (the producer's KAFKA_PRODUCER_MAX_REQUEST_SIZE or the topic's
+`max.message.bytes`):
+
+- an outcome is sent again shrunk (the API's item dropped, the error message cut), with a
+  `ldc.outcome.shrunk` header saying so: nothing an operator needs is in the parts dropped;
+- a dead-letter copy is never changed (it is byte-identical to its input, so that replay gives
+  the event back as it was): its record is *refused*, gets no outcome, and is not marked done,
+  so nothing past it is committed; the caller halts its partition (halts.py).
+
+Any other failure (no authorization) is raised: the service stops rather than block a
+partition in silence.
 """
 
 from __future__ import annotations
@@ -24,9 +35,9 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from consumer.dlq import VALUE_OMITTED, dead_letter_headers, needs_dead_letter
+from consumer.dlq import OUTCOME_SHRUNK, dead_letter_headers, needs_dead_letter
 from consumer.kafka import KeyPartitioner, value_for_send
-from consumer.outcomes import OutcomeMessage
+from consumer.outcomes import OutcomeMessage, shrink
 from consumer.records import ConsumedRecord
 from consumer.recovery import source_headers
 from consumer.tracing import end_events, trace_headers
@@ -50,14 +61,18 @@ class Publisher:
         self._dlq_topic = dlq_topic
         self._partitioner = KeyPartitioner()
 
-    async def publish(self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]) -> None:
-        """Send every dead-letter copy, then every outcome, and wait for all acknowledgements.
+    async def publish(
+        self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]
+    ) -> list[Refused]:
+        """Send every dead-letter copy, then every outcome, and wait for all acknowledgements;
+        returns the records refused (a dead-letter copy the topic cannot take), which got no
+        outcome.
 
         Dead letters go first: an outcome on the results topic then proves its copy is there
         too, which crash recovery relies on when it skips records that have an outcome.
         """
-        letters = [
-            _Message(
+        letters = {
+            id(record): _Message(
                 self._dlq_topic,
                 record.key,
                 record.value,
@@ -65,39 +80,68 @@ class Publisher:
             )
             for record, outcome in pairs
             if needs_dead_letter(outcome)
+        }
+        too_large = await self._send_all(list(letters.values()))
+        refused = [
+            Refused(
+                record,
+                _refusal(
+                    letters[id(record)], too_large[id(letters[id(record)])], "its dead-letter copy"
+                ),
+            )
+            for record, _ in pairs
+            if id(record) in letters and id(letters[id(record)]) in too_large
         ]
-        await self._send_all(letters)
+        unrefused = {id(r.record) for r in refused}
         # Partitioned here, not by the producer: the default partitioner hashes every key
         # again, and a backlog repeats the same few keys.
         count = len(await self._producer.partitions_for(self._results_topic))
         partition_of = self._partitioner.partition
         topic = self._results_topic
-        await self._send_all(
-            [
-                _Message(
-                    topic,
-                    record.key,
-                    outcome.value,
-                    source_headers(record.topic, record.partition, record.offset)
-                    + trace_headers(record.span),
-                    partition_of(record.key, count),
-                )
-                for record, outcome in pairs
-            ]
-        )
-        end_events(pairs)
+        results = {
+            id(record): _Message(
+                topic,
+                record.key,
+                outcome.value,
+                source_headers(record.topic, record.partition, record.offset)
+                + trace_headers(record.span),
+                partition_of(record.key, count),
+            )
+            for record, outcome in pairs
+            if id(record) not in unrefused
+        }
+        too_large = await self._send_all(list(results.values()))
+        if too_large:
+            by_message = {id(m): key for key, m in results.items()}
+            again = {
+                by_message[mid]: _shrunk(results[by_message[mid]], error)
+                for mid, error in too_large.items()
+            }
+            still = await self._send_all(list(again.values()))
+            for record, _ in pairs:
+                message = again.get(id(record))
+                if message is not None and id(message) in still:
+                    refused.append(
+                        Refused(
+                            record, _refusal(message, still[id(message)], "its outcome, shrunk,")
+                        )
+                    )
+        end_events([(record, outcome) for record, outcome in pairs if not _in(record, refused)])
+        return refused
 
-    async def _send_all(self, pending: list[_Message]) -> None:
+    async def _send_all(self, pending: list[_Message]) -> dict[int, BaseException]:
+        """Send until each is acknowledged or refused as too large; returns the refused ones
+        (by `id` of the message) with their error."""
         failures = 0
+        too_large: dict[int, BaseException] = {}
         while pending:
             futures = [await self._send(message) for message in pending]
             results = await asyncio.gather(*futures, return_exceptions=True)
             retry = []
             for message, result in zip(pending, results, strict=True):
                 if isinstance(result, BaseException):
-                    if isinstance(result, TOO_LARGE) and message.topic == self._dlq_topic:
-                        retry.append(_without_value(message))
-                        log.error("dlq.value_omitted", reason=type(result).__name__)
+                    if isinstance(result, TOO_LARGE):
+                        too_large[id(message)] = result
                         continue
                     if not _passing(result):
                         raise result
@@ -107,6 +151,7 @@ class Publisher:
             if pending:
                 failures += 1
                 await asyncio.sleep(random.uniform(0, min(10.0, 0.2 * 2**failures)))
+        return too_large
 
     async def _send(self, message: _Message) -> asyncio.Future[Any]:
         future: asyncio.Future[Any]
@@ -127,19 +172,41 @@ class Publisher:
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
-def _without_value(message: _Message) -> _Message:
-    """A dead-letter copy the topic cannot take: keep key and headers, say why the value is gone.
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A record whose dead-letter copy (or outcome, however shrunk) the broker refused as too
+    large: it has no outcome and is not done; its partition halts."""
 
-    Better than a poison pill that stops the service on every restart; the original stays on
-    the input topic until retention, at the offset the headers name.
-    """
-    size = len(message.value or b"")
-    note = f"{size} bytes: too large for the dead-letter topic".encode()
+    record: ConsumedRecord
+    reason: str
+
+
+def _in(record: ConsumedRecord, refused: list[Refused]) -> bool:
+    return any(r.record is record for r in refused)
+
+
+def _refusal(message: _Message, error: BaseException, what: str) -> str:
+    size = len(message.value or b"") + sum(len(k) + len(v) for k, v in message.headers)
+    return (
+        f"{what} ({size} bytes with headers) is larger than the topic {message.topic} or the"
+        f" producer takes ({type(error).__name__}): raise the topic's max.message.bytes and"
+        " KAFKA_PRODUCER_MAX_REQUEST_SIZE (`check` compares them), then restart"
+    )
+
+
+def _shrunk(message: _Message, error: BaseException) -> _Message:
+    """The outcome without the API's item and with its error message cut (outcomes.shrink),
+    saying so in a header."""
+    value = shrink(message.value or b"")
+    note = f"{len(message.value or b'')} bytes did not fit ({type(error).__name__})"
+    log.warning(
+        "outcome.shrunk", topic=message.topic, size=len(message.value or b""), to=len(value)
+    )
     return _Message(
         message.topic,
         message.key,
-        None,
-        [*message.headers, (VALUE_OMITTED, note)],
+        value,
+        [*message.headers, (OUTCOME_SHRUNK, note.encode())],
         message.partition,
     )
 

@@ -5,9 +5,11 @@ offset whose outcome was published (by a member that crashed before committing, 
 the partition up mid-batch) must not be applied again. On assignment, for each partition with
 records waiting at its position:
 
-1. read the record at the position: every outcome for it or a later record was published after
-   it was consumed, so after its timestamp (or after now, for a timestamp in the future), less
-   CONSUMER_RECOVERY_LOOKBACK_MS for clock skew and records that waited long;
+1. read the record at the position (there is none when only offsets without a record for us,
+   such as a transaction marker, lie before the end: nothing to recover): every outcome for it
+   or a later record was published after it was consumed, so after its timestamp (or after
+   now, for a timestamp in the future), less CONSUMER_RECOVERY_LOOKBACK_MS for clock skew and
+   records that waited long;
 2. look the results topic up from that time (`offsets_for_times`; a broker that cannot answer
    gives offset 0, which is only slower) up to its high watermark;
 3. collect the source offsets at or past each position.
@@ -160,8 +162,13 @@ class Recovery:
                     open_.discard(tp)
             for tp in list(open_):
                 end = kafka.readable_end(consumer, tp)
-                if end is not None and end <= positions[tp]:
-                    open_.discard(tp)  # nothing waits there: nothing to recover
+                if end is None:
+                    continue
+                # Nothing waits there (the position is the end), or only offsets without a
+                # record for us (a transaction marker, aborted records): the consumer passed
+                # them, and no fetch will ever return a record to wait for.
+                if end <= positions[tp] or await consumer.position(tp) >= end:
+                    open_.discard(tp)
         if open_:
             log.warning("recovery.timestamps_incomplete", partitions=len(open_))
             stamps.update(dict.fromkeys(open_, 0))  # unknown: scan from the start

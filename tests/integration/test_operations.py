@@ -171,9 +171,10 @@ async def test_replay_selects_by_event_id_status_and_time_and_caps_replays(
     assert (
         _count(text, "would replay") == 2
     )  # a and b; capped is refused, c too recent, old too old
-    assert (
-        _count(text, "skipped: before --since") == 1 and _count(text, "skipped: after --until") == 1
-    )
+    # Apache Kafka finds the first record after --since by its timestamp (the old one is never
+    # read); Tansu cannot (its time look-up answers 0), so the old one is read and skipped.
+    assert _count(text, "skipped: before --since") == (1 if on_tansu else 0)
+    assert _count(text, "skipped: after --until") == 1
     assert _count(text, "skipped: replay count at the cap (3)") == 1
 
     code, text = await cli("replay", "--status", "rejected", "--max-replays", "5", capsys=capsys)

@@ -8,7 +8,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.leases import Admission, Lease, Leases, LeaseState, admit
+from consumer.leases import Admission, Follow, Lease, Leases, LeaseState, admit
 
 TP = TopicPartition("in", 0)
 
@@ -144,3 +144,40 @@ def test_a_revoke_returns_leases_another_caller_is_revoking() -> None:
     assert leases.revoke([TP]) == [lease]  # then the rebalance
     leases.end([lease])
     assert leases.revoke([TP]) == []
+
+
+def test_a_lease_follows_the_consumer_past_offsets_without_records() -> None:
+    """Rule 2b: the consumer passed a marker (or aborted records): the lease moves with it,
+    but only when its position was set before the fetch began."""
+    leases = Leases()
+    leases.begin_fetch()
+    lease = leases.grant(TP, 10)
+    assert leases.follow(TP, 12, fetch=1) is Follow.SAME  # fetch 1 began before the grant
+    fetch = leases.begin_fetch()
+    assert leases.follow(TP, 10, fetch) is Follow.SAME
+    assert leases.follow(TP, None, fetch) is Follow.SAME
+    assert leases.follow(TP, 12, fetch) is Follow.SKIPPED
+    assert lease.next == 12 and lease.offsets.to_commit() == 12
+
+
+def test_a_position_below_the_lease_means_the_log_lost_what_it_took() -> None:
+    leases = Leases()
+    lease = leases.grant(TP, 0)
+    for offset in range(5):
+        lease.offsets.take(offset)
+    fetch = leases.begin_fetch()
+    assert leases.follow(TP, 0, fetch) is Follow.BEHIND
+    lease.stop()
+    assert leases.follow(TP, 0, fetch) is Follow.SAME  # not active: nothing to follow
+
+
+def test_resync_sets_every_active_lease_to_be_fetched_again_from_next() -> None:
+    leases = Leases()
+    other = TopicPartition("in", 1)
+    first = leases.grant(TP, 3)
+    leases.grant(other, 7).stop()
+    fetch = leases.begin_fetch()
+    assert leases.resync() == {TP: 3}
+    assert first.synced_at == fetch
+    # A run of that same fetch past `next` is no longer trusted as a gap.
+    assert leases.admit(TP, 5, 9, fetch) == Admission(seek_to=3)

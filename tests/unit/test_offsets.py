@@ -102,3 +102,17 @@ def test_position_never_passes_an_unfinished_record(
             assert expected <= last_committed
         assert tracked.pending() == len(unfinished)
     assert tracked.position() == offsets[-1] + 1
+
+
+def test_offsets_passed_over_hold_nothing_up_once_the_records_before_are_done() -> None:
+    """Rule 5: a partition ending on a transaction marker (offset 3) commits past it."""
+    offsets = PartitionOffsets(0)
+    for offset in range(3):
+        offsets.take(offset)
+    offsets.skip_to(4)  # the consumer passed the marker at 3
+    assert offsets.to_commit() is None  # 0-2 still in the works
+    for offset in range(3):
+        offsets.done(offset)
+    assert offsets.to_commit() == 4
+    offsets.skip_to(2)  # never backwards
+    assert offsets.next == 4

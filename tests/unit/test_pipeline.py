@@ -15,6 +15,7 @@ from consumer.leases import Lease, Leases
 from consumer.metrics import Metrics
 from consumer.outcomes import InstructionResult, OutcomeMessage, results_from_body
 from consumer.pipeline import Pipeline
+from consumer.publisher import Refused
 from consumer.records import ConsumedRecord
 from consumer.routing import Route
 from consumer.throttle import Permit
@@ -79,11 +80,16 @@ class Publisher:
     def __init__(self) -> None:
         self.published: list[tuple[ConsumedRecord, OutcomeMessage]] = []
         self.hold: asyncio.Event | None = None
+        self.refuse: set[int] = set()  # offsets whose dead-letter copy is "too large"
 
-    async def publish(self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]) -> None:
+    async def publish(
+        self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]
+    ) -> list[Refused]:
         if self.hold is not None:
             await self.hold.wait()
-        self.published.extend(pairs)
+        refused = [Refused(r, "too large") for r, _ in pairs if r.offset in self.refuse]
+        self.published.extend((r, o) for r, o in pairs if r.offset not in self.refuse)
+        return refused
 
 
 def pipeline_with(sender: Sender, publisher: Publisher, *, batch: int = 10) -> Pipeline:
@@ -119,6 +125,33 @@ async def test_a_record_is_done_only_once_its_outcome_is_acknowledged() -> None:
     publisher.hold.set()
     await until(lambda: lease.offsets.to_commit() == 3)
     assert [r.offset for r, _ in publisher.published] == [0, 1, 2]
+    dispatch.cancel()
+
+
+async def test_a_refused_record_is_never_done_and_its_owner_hears_of_it() -> None:
+    """A dead-letter copy the topic cannot take (publisher.py): that record stays pending, so
+    the commit stops before it; the others of the batch are done; the owner halts it."""
+    sender, publisher = Sender(), Publisher()
+    publisher.refuse = {1}
+    refused: list[Refused] = []
+    pipeline = Pipeline(
+        Batcher(max_size=10, linger=0.0),
+        sender,
+        publisher,
+        Metrics(),
+        max_in_flight=4,
+        on_refused=refused.extend,
+    )
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(3), "s")
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)
+    sender.answer[sender.sent[0].id].set()
+    await until(lambda: len(publisher.published) == 2)
+    await until(lambda: pipeline.idle())
+    assert [r.record.offset for r in refused] == [1]
+    assert lease.offsets.to_commit() == 1  # offset 0 done; 1 is not, so 2 is not committed
+    assert lease.offsets.pending() == 1
     dispatch.cancel()
 
 

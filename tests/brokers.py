@@ -1,0 +1,60 @@
+"""Which Kafka broker a test run uses, decided once per session.
+
+1. `KAFKA_BOOTSTRAP_SERVERS`, when set: a broker the user runs (taken to be Apache Kafka or
+   one built on it);
+2. otherwise Apache Kafka (consumer/demo/apache_kafka.py), when Java 17+ and Maven are found:
+   a single KRaft node started for the session, and a three-node cluster for the failover
+   tests, started when the first of them needs it;
+3. otherwise Tansu (the embedded broker of the demo), saying so in the report header.
+
+Under `CI=true` a missing Java or Maven is an error, not a fallback: CI always runs the
+integration suite on Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from consumer.demo.apache_kafka import kafka_version, missing_tools
+
+Kind = Literal["external", "apache", "tansu"]
+
+# Client settings for the tests on Apache Kafka: sessions short enough that a killed member is
+# noticed in a few seconds (the test broker allows sessions from 1 s), timeouts nested as the
+# settings require (request < revoke, revoke + commit < rebalance).
+APACHE_TEST_SETTINGS: dict[str, Any] = {
+    "kafka_session_timeout_ms": 3_000,
+    "kafka_heartbeat_interval_ms": 500,
+    "kafka_rebalance_timeout_ms": 6_000,
+    "kafka_commit_timeout_ms": 1_500,
+    "consumer_revoke_timeout_ms": 4_000,
+    "ld_request_timeout_ms": 3_000,
+    "kafka_fetch_max_wait_ms": 100,
+}
+
+
+class BrokerMissing(Exception):
+    """CI must run on Apache Kafka and cannot here."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    kind: Kind
+    why: str
+
+
+def choose() -> Choice:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return Choice(
+            "external", f"KAFKA_BOOTSTRAP_SERVERS={os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
+        )
+    missing = missing_tools()
+    if missing is None:
+        return Choice(
+            "apache", f"Apache Kafka {kafka_version()} (KRaft) started by the test session"
+        )
+    if os.environ.get("CI") == "true":
+        raise BrokerMissing(f"CI runs the integration tests on Apache Kafka, but {missing}")
+    return Choice("tansu", f"Tansu (embedded), since Apache Kafka cannot run here: {missing}")
