@@ -135,6 +135,7 @@ class Service:
         # Fetch errors in a row per partition (a corrupt batch is fetched again a few times).
         self._fetch_failures: dict[TopicPartition, int] = {}
         self._restarting: set[Lease] = set()  # leases being started again (rule 2b)
+        self._offset_resets: dict[TopicPartition, int] = {}  # the last one reported, per partition
         self._background: set[asyncio.Task[None]] = set()
         self.recovery = Recovery(settings)
         self.tracing = Tracing(
@@ -228,7 +229,8 @@ class Service:
                 group=settings.consumer_group_id,
                 base_url=settings.ld_base_url,
             )
-            await self._run_loops(stop)
+            with kafka.watching_offset_resets(self._on_offset_reset):
+                await self._run_loops(stop)
         finally:
             await self._close()
         if self._failure is not None:
@@ -446,6 +448,27 @@ class Service:
         lease = self.leases.get(tp)
         at = lease.next if lease is not None else _out_of_range_offset(exc)
         self._halt(Halt(tp, at, fetch_error_reason(exc, self.settings)))
+
+    def _on_offset_reset(self, tp: TopicPartition, offset: int) -> None:
+        """aiokafka found `offset` out of range for `tp` (retention deleted records before they
+        were processed, or the log lost them) and resets it by CONSUMER_AUTO_OFFSET_RESET;
+        with `none` the fetch raises instead and the partition halts (`_fetch_failed`)."""
+        if tp not in self._consumer.assignment():
+            return  # another consumer of this process
+        policy = self.settings.consumer_auto_offset_reset
+        if policy == "none" or self._offset_resets.get(tp) == offset:
+            return  # none: the fetch raises (halts); the same reset is logged by each fetch
+        self._offset_resets[tp] = offset
+        self.metrics.offset_resets.labels(policy=policy).inc()
+        log.warning(
+            "partition.offset_reset",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            policy=policy,
+            message=f"offset {offset} is out of range (records deleted by retention before they"
+            f" were processed, or a log that lost them): going on from the {policy} offset",
+        )
 
     def _on_refused(self, refused: list[Refused]) -> None:
         for found in refused:

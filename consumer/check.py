@@ -7,8 +7,10 @@ One row per question, each answered without changing anything:
    must grant a producer id: Tansu does not);
 3. the three topics exist (partition counts; the results topic should have at least as many
    partitions as the input topic, or reading outcomes scales less than consuming events);
-4. the group: committed offset, end and lag per input partition (information, never a failure);
-5. LaunchDarkly: `GET /api/v2/caller-identity` answers 2xx with the token (its name and kind
+4. record sizes: a dead-letter copy (its input, byte for byte, plus headers) fits the
+   dead-letter topic and the producer, for the largest record the input topic takes;
+5. the group: committed offset, end and lag per input partition (information, never a failure);
+6. LaunchDarkly: `GET /api/v2/caller-identity` answers 2xx with the token (its name and kind
    are shown, never the token), and the rate-limit headers that answer carried.
 
 Exit 0 only when no row failed (a warning does not fail).
@@ -119,11 +121,64 @@ async def _kafka_checks(settings: Settings) -> list[Check]:
             f", fewer than the input topic's {inputs}: readers of outcomes scale less than"
             " the consumer"
         )
+    if len(counts) == len(topics):
+        checks.append(await _sizes(settings))
     if inputs is not None:
         checks.append(await _group(settings, inputs))
     else:
         checks.append(Check("group", "skipped", "no input topic"))
     return checks
+
+
+async def _sizes(settings: Settings) -> Check:
+    """Whether every record the input topic takes can be dead-lettered byte for byte: the
+    dead-letter topic and the producer must take it with its headers, or such a record halts
+    its partition (halts.py) when it fails."""
+    input_topic, dlq = settings.consumer_input_topic, settings.consumer_dlq_topic
+    try:
+        configs = await kafka.topic_configs(settings, [input_topic, dlq])
+    except Exception as exc:  # noqa: BLE001 - a hint, never a failure
+        return Check("record sizes", "skipped", f"topic configs not readable: {exc!r}")
+    if input_topic not in configs or dlq not in configs:
+        return Check("record sizes", "skipped", "topic configs not readable")
+
+    def limit(topic: str) -> int:
+        value = configs[topic].get("max.message.bytes")
+        return int(value) if value and value.isdigit() else kafka.DEFAULT_MAX_MESSAGE_BYTES
+
+    largest, dlq_limit = limit(input_topic), limit(dlq)
+    producer = settings.kafka_producer_max_request_size
+    data = {
+        "input_max_message_bytes": largest,
+        "dlq_max_message_bytes": dlq_limit,
+        "producer_max_request_size": producer,
+    }
+    needed = largest + kafka.DEAD_LETTER_ROOM
+    short = [
+        f"{what} ({value} bytes)"
+        for what, value in (
+            ("the dead-letter topic's max.message.bytes", dlq_limit),
+            ("KAFKA_PRODUCER_MAX_REQUEST_SIZE", producer),
+        )
+        if value < needed
+    ]
+    if short:
+        return Check(
+            "record sizes",
+            "warn",
+            f"the input topic takes records of up to {largest} bytes, but "
+            + " and ".join(short)
+            + f" cannot hold such a record's dead-letter copy ({needed} bytes with headers):"
+            " when one fails, its partition halts until the limit is raised",
+            data,
+        )
+    return Check(
+        "record sizes",
+        "ok",
+        f"dead-letter copies fit: input records up to {largest} bytes, the dead-letter topic"
+        f" takes {dlq_limit}",
+        data,
+    )
 
 
 async def _producer(settings: Settings) -> Check:

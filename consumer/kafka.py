@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     BrokerResponseError,
     CorruptRecordException,
@@ -198,7 +200,11 @@ def make_consumer(settings: Settings, *topics: str) -> AIOKafkaConsumer:
 
 
 async def ensure_topics(
-    settings: Settings, topics: dict[str, int], *, replication_factor: int = 1
+    settings: Settings,
+    topics: dict[str, int],
+    *,
+    replication_factor: int = 1,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Create the topics that do not exist yet (name -> partitions); raise on any other error.
 
@@ -207,7 +213,15 @@ async def ensure_topics(
     """
     async with admin_client(settings) as admin:
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication_factor) for name, partitions in topics.items()]
+            [
+                NewTopic(
+                    name,
+                    partitions,
+                    replication_factor,
+                    topic_configs=(configs or {}).get(name, {}),
+                )
+                for name, partitions in topics.items()
+            ]
         )
         for name, code, message in ((e[0], e[1], e[2]) for e in response.topic_errors):
             if code == 0:
@@ -217,6 +231,15 @@ async def ensure_topics(
             if error is TopicAlreadyExistsError:
                 continue
             raise error(f"creating topic {name}: {message}")
+
+
+# Kafka's default record size limit (the broker's message.max.bytes, and so every topic's
+# max.message.bytes unless set).
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# What a dead-letter copy adds to its input record (the `ldc.*` headers of dlq.py, a trace
+# context): the dead-letter topic must take that much more than the input topic, or a record
+# near the input's limit could not be dead-lettered byte for byte (its partition would halt).
+DEAD_LETTER_ROOM = 16_384
 
 
 def service_topics(
@@ -230,12 +253,21 @@ def service_topics(
     }
 
 
+def service_topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic configs the service's topics are created with (by `broker`, `demo`, the tests):
+    the dead-letter topic takes any input record with its headers."""
+    room = DEFAULT_MAX_MESSAGE_BYTES + DEAD_LETTER_ROOM
+    return {settings.consumer_dlq_topic: {"max.message.bytes": str(room)}}
+
+
 async def ensure_service_topics(
     settings: Settings, input_partitions: int, results_partitions: int, dlq_partitions: int
 ) -> None:
     """Create the service's topics that do not exist yet (`ensure_topics`)."""
     await ensure_topics(
-        settings, service_topics(settings, input_partitions, results_partitions, dlq_partitions)
+        settings,
+        service_topics(settings, input_partitions, results_partitions, dlq_partitions),
+        configs=service_topic_configs(settings),
     )
 
 
@@ -295,6 +327,53 @@ def failed_partition(exc: BaseException) -> TopicPartition | None:
             found_tp = candidate
         tb = tb.tb_next
     return found_tp
+
+
+class _OffsetResets(logging.Filter):
+    """aiokafka resets an out-of-range position by itself (auto_offset_reset) and says so only
+    in an INFO line of its fetcher; this filter hands that line to the listeners (the service
+    logs `partition.offset_reset` and counts it) instead, and drops the fetcher's other INFO
+    lines, which the aiokafka logger's WARNING level kept out before."""
+
+    PREFIX = "Fetch offset %s is out of range for partition %s"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listeners: list[Callable[[TopicPartition, int], None]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        args = record.args
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith(self.PREFIX)
+            and isinstance(args, tuple)
+            and len(args) == 2
+            and isinstance(args[1], TopicPartition)
+        ):
+            for listener in list(self.listeners):
+                listener(args[1], int(str(args[0])))
+            return False
+        return logging.getLogger().isEnabledFor(logging.DEBUG)  # LOG_LEVEL=debug: all of it
+
+
+_RESETS = _OffsetResets()
+_FETCHER_LOG = logging.getLogger("aiokafka.consumer.fetcher")
+_FETCHER_LOG.addFilter(_RESETS)
+
+
+@contextlib.contextmanager
+def watching_offset_resets(listener: Callable[[TopicPartition, int], None]) -> Iterator[None]:
+    """Call `listener(tp, offset)` whenever aiokafka resets an out-of-range position (of any
+    consumer in the process: the listener checks the partition is its own)."""
+    if _FETCHER_LOG.getEffectiveLevel() > logging.INFO:
+        _FETCHER_LOG.setLevel(logging.INFO)
+    _RESETS.listeners.append(listener)
+    try:
+        yield
+    finally:
+        _RESETS.listeners.remove(listener)
 
 
 def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
@@ -363,6 +442,26 @@ async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int
         for entry in described
         if entry.get("error_code") == 0
     }
+
+
+async def topic_configs(settings: Settings, names: list[str]) -> dict[str, dict[str, str]]:
+    """Each existing topic's configuration (name -> value), from the admin API; topics that
+    do not exist (or whose configs cannot be read) are left out. Names are listed first, so
+    no broker auto-creates a topic for being asked about."""
+    present = await existing_topics(settings, names)
+    if not present:
+        return {}
+    async with admin_client(settings) as admin:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
+        )
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.resources:
+            error_code, _, _, name, entries = resource[:5]
+            if error_code == 0:
+                found[name] = {entry[0]: entry[1] for entry in entries if entry[1] is not None}
+    return found
 
 
 async def group_members(settings: Settings, group: str) -> int | None:

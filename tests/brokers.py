@@ -7,6 +7,9 @@
    tests, started when the first of them needs it;
 3. otherwise Tansu (the embedded broker of the demo), saying so in the report header.
 
+`TEST_BROKER=tansu` asks for Tansu even where Apache Kafka could run (the suite must pass on
+both: the demo runs on Tansu).
+
 Under `CI=true` a missing Java or Maven is an error, not a fallback: CI always runs the
 integration suite on Apache Kafka.
 """
@@ -50,6 +53,8 @@ def choose() -> Choice:
         return Choice(
             "external", f"KAFKA_BOOTSTRAP_SERVERS={os.environ['KAFKA_BOOTSTRAP_SERVERS']}"
         )
+    if os.environ.get("TEST_BROKER") == "tansu":
+        return Choice("tansu", "Tansu (embedded), as TEST_BROKER=tansu asks")
     missing = missing_tools()
     if missing is None:
         return Choice(

@@ -64,8 +64,13 @@ def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides:
     return Settings(**values)
 
 
-async def create_topics(settings: Settings, partitions: int = 2) -> None:
-    await kafka.ensure_service_topics(settings, partitions, 2, 1)
+async def create_topics(settings: Settings, partitions: int = 2, *, replication: int = 1) -> None:
+    await kafka.ensure_topics(
+        settings,
+        kafka.service_topics(settings, partitions, 2, 1),
+        replication_factor=replication,
+        configs=kafka.service_topic_configs(settings),
+    )
 
 
 async def produce(

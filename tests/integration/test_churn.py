@@ -10,21 +10,14 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 
-from aiokafka.structs import TopicPartition
-
-from consumer import kafka
 from consumer.fake_api import RunningSimulator, chains
 from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
 from consumer.settings import Settings
 from tests.factories import encode
 from tests.integration.harness import (
-    committed,
     create_topics,
-    dead_letters,
     make_settings,
     merge_ends,
     outcomes_covering,
@@ -32,56 +25,12 @@ from tests.integration.harness import (
     running,
     start_process,
 )
-
-RATE = 150  # events per second
-CHUNK = 15
-# Requests take up to LATENCY_MS, so some are on the wire at every revoke, and retries of
-# 5xx are waiting; the revoke outlasts the longest request, as the settings require.
-LATENCY_MS = (20, 1_000)
-CHURN_TIMEOUTS = {"ld_request_timeout_ms": 1_500, "consumer_revoke_timeout_ms": 2_000}
-
-
-async def steady_stream(
-    settings: Settings, found: list[chains.Target], first: int, last: int
-) -> tuple[dict[TopicPartition, int], dict[chains.Target, int]]:
-    """Produce the chains' steps first..last at RATE events/s, each chunk acknowledged before
-    the next is sent (so each target's events keep their order). Returns the end offsets and
-    every target's last step."""
-    producer = kafka.make_producer(settings)
-    await producer.start()
-    ends: dict[TopicPartition, int] = {}
-    last_step: dict[chains.Target, int] = {}
-    pending: list[tuple[chains.Target, int, bytes, bytes]] = []
-    try:
-        for target, step, key, event in chains.rounds(found, first, last):
-            pending.append((target, step, key, encode(event)))
-            if len(pending) < CHUNK:
-                continue
-            await _send(producer, settings, pending, ends, last_step)
-            pending = []
-            await asyncio.sleep(CHUNK / RATE)
-        await _send(producer, settings, pending, ends, last_step)
-    finally:
-        await producer.stop()
-    return ends, last_step
-
-
-async def _send(
-    producer: object,
-    settings: Settings,
-    chunk: list[tuple[chains.Target, int, bytes, bytes]],
-    ends: dict[TopicPartition, int],
-    last_step: dict[chains.Target, int],
-) -> None:
-    futures = [
-        await producer.send(settings.consumer_input_topic, value, key=key)  # type: ignore[attr-defined]
-        for _, _, key, value in chunk
-    ]
-    for metadata in await asyncio.gather(*futures):
-        tp = TopicPartition(metadata.topic, metadata.partition)
-        ends[tp] = max(ends.get(tp, 0), metadata.offset + 1)
-    for target, step, _, _ in chunk:
-        last_step[target] = step
+from tests.integration.streams import (
+    CHURN_TIMEOUTS,
+    LATENCY_MS,
+    assert_stream_held,
+    steady_stream,
+)
 
 
 @contextlib.asynccontextmanager
@@ -153,12 +102,5 @@ async def test_a_steady_stream_through_joins_leaves_and_kills_loses_and_reorders
         await admin.set_faults()
         await steady.shutdown()
         elapsed = time.monotonic() - started
-    seen = Counter((o.source.partition, o.source.offset) for o in results)
-    expected = {(tp.partition, o) for tp, end in ends.items() for o in range(end)}
-    assert set(seen) == expected, f"records without an outcome: {len(expected - set(seen))}"
-    assert {o.status for o in results} == {Status.SUCCEEDED}, Counter(o.status for o in results)
-    assert await dead_letters(settings, 1, timeout=2) == []
-    assert await committed(settings, list(ends)) == ends
-    stale = chains.stale(await admin.state(), last_step)
-    assert stale == {}, f"{len(stale)} targets not at their last value: {sorted(stale.items())[:5]}"
+    await assert_stream_held(settings, admin, ends, last_step, results)
     assert len(log) == 6 and elapsed < 120
