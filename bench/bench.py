@@ -4,8 +4,9 @@
     .venv/bin/python bench/bench.py --json out.json --chart out.png
     .venv/bin/python bench/bench.py --only backlog,latency --records 100000
 
-One broker (Tansu, or KAFKA_BOOTSTRAP_SERVERS) and one simulator process serve every scenario;
-each scenario has its own topics and consumer group and a fresh simulator state. The service is
+One broker (Tansu, Apache Kafka with --broker apache, or KAFKA_BOOTSTRAP_SERVERS) and one
+simulator process serve every scenario; each scenario has its own topics and consumer group and
+a fresh simulator state. The service is
 `ld-targeting-consumer run` in its own process, configured only through the environment, as
 users run it (plus the broker settings that Tansu needs, when it is Tansu).
 
@@ -114,6 +115,13 @@ def _args() -> argparse.Namespace:
         default=sys.executable,
         help="the Python whose installed ld-targeting-consumer runs as the service"
         " (compare two versions: install the other one in its own virtualenv)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=common.BROKERS,
+        default="tansu",
+        help="the broker to start (KAFKA_BOOTSTRAP_SERVERS wins): the embedded one, or an"
+        " Apache Kafka node (Java 17 and Maven)",
     )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
@@ -661,7 +669,7 @@ async def main() -> int:
     if unknown:
         print(f"unknown scenarios: {sorted(unknown)}", file=sys.stderr)
         return 2
-    async with common.stack() as stack:
+    async with common.stack(args.broker) as stack:
         bench = Bench(args, stack)
         if {"ceiling", "backlog", "scale-out"} & chosen:
             await bench.ceiling_and_backlog(chosen)

@@ -1,7 +1,8 @@
 """What every benchmark scenario shares: the broker, the simulator process, the workload,
 following an output topic, and sampling a child process's CPU and memory.
 
-Everything runs on loopback; the broker is Tansu unless KAFKA_BOOTSTRAP_SERVERS names another.
+Everything runs on loopback; the broker is Tansu or Apache Kafka (`stack(broker)`), unless
+KAFKA_BOOTSTRAP_SERVERS names another.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from consumer import kafka
+from consumer.demo.apache_kafka import ApacheKafka
 from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker, free_port
 from consumer.events import record_key
 from consumer.fake_api.admin_client import SimulatorAdmin
@@ -161,13 +163,20 @@ class Stack:
         await self.admin.seed(seed)
 
 
+BROKERS = ("tansu", "apache")
+
+
 @contextlib.asynccontextmanager
-async def stack() -> AsyncIterator[Stack]:
+async def stack(broker: str = "tansu") -> AsyncIterator[Stack]:
+    """The broker (KAFKA_BOOTSTRAP_SERVERS when set, else `broker`: Tansu or an Apache Kafka
+    node started here) and the simulator, for one benchmark run."""
     with contextlib.ExitStack() as exits:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        tansu = not bootstrap
+        tansu = not bootstrap and broker == "tansu"
         if tansu:
             bootstrap = exits.enter_context(TansuBroker()).bootstrap_servers
+        elif not bootstrap:
+            bootstrap = exits.enter_context(ApacheKafka(nodes=1)).bootstrap_servers
         port = free_port()
         api = await asyncio.create_subprocess_exec(
             *consumer_command(),

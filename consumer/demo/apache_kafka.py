@@ -193,6 +193,50 @@ class KafkaNode:
         return self.process is not None and self.process.poll() is None
 
 
+def node_properties(node: KafkaNode, nodes: list[KafkaNode]) -> dict[str, str]:
+    """The server.properties of one node of a cluster made of `nodes`."""
+    replication = str(min(3, len(nodes)))
+    min_isr = "2" if len(nodes) >= 3 else "1"
+    voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(node.node_id),
+        "listeners": f"PLAINTEXT://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{node.address}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        # A static quorum: every node is a voter, formatted with the same cluster id.
+        "controller.quorum.voters": voters,
+        "log.dirs": str(node.directory / "data"),
+        "offsets.topic.replication.factor": replication,
+        "transaction.state.log.replication.factor": replication,
+        "share.coordinator.state.topic.replication.factor": replication,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "min.insync.replicas": min_isr,
+        "default.replication.factor": replication,
+        "offsets.topic.num.partitions": "5",
+        "transaction.state.log.num.partitions": "5",
+        # Defaults that slow tests down: a 3 s delay before every first join, and a
+        # 6 s minimum session timeout that refuses short test sessions.
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "1000",
+        "auto.create.topics.enable": "false",
+        "log.cleaner.dedupe.buffer.size": "2097152",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "background.threads": "2",
+        "num.recovery.threads.per.data.dir": "1",
+        # A dead broker's partitions get new leaders quickly, and a restarted one rejoins
+        # the ISR soon (the failover tests kill brokers).
+        "broker.session.timeout.ms": "4000",
+        "broker.heartbeat.interval.ms": "500",
+        "replica.lag.time.max.ms": "5000",
+        "unclean.leader.election.enable": "false",
+    }
+
+
 class ApacheKafka:
     """`with ApacheKafka(nodes=1) as kafka: kafka.bootstrap_servers`
 
@@ -219,48 +263,6 @@ class ApacheKafka:
     def node(self, node_id: int) -> KafkaNode:
         return self.nodes[node_id - 1]
 
-    def properties(self, node: KafkaNode) -> dict[str, str]:
-        replication = str(min(3, len(self.nodes)))
-        min_isr = "2" if len(self.nodes) >= 3 else "1"
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
-        return {
-            "process.roles": "broker,controller",
-            "node.id": str(node.node_id),
-            "listeners": f"PLAINTEXT://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{node.address}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            # A static quorum: every node is a voter, formatted with the same cluster id.
-            "controller.quorum.voters": voters,
-            "log.dirs": str(node.directory / "data"),
-            "offsets.topic.replication.factor": replication,
-            "transaction.state.log.replication.factor": replication,
-            "share.coordinator.state.topic.replication.factor": replication,
-            "transaction.state.log.min.isr": min_isr,
-            "share.coordinator.state.topic.min.isr": min_isr,
-            "min.insync.replicas": min_isr,
-            "default.replication.factor": replication,
-            "offsets.topic.num.partitions": "5",
-            "transaction.state.log.num.partitions": "5",
-            # Defaults that slow tests down: a 3 s delay before every first join, and a
-            # 6 s minimum session timeout that refuses short test sessions.
-            "group.initial.rebalance.delay.ms": "0",
-            "group.min.session.timeout.ms": "1000",
-            "auto.create.topics.enable": "false",
-            "log.cleaner.dedupe.buffer.size": "2097152",
-            "num.network.threads": "2",
-            "num.io.threads": "2",
-            "background.threads": "2",
-            "num.recovery.threads.per.data.dir": "1",
-            # A dead broker's partitions get new leaders quickly, and a restarted one rejoins
-            # the ISR soon (the failover tests kill brokers).
-            "broker.session.timeout.ms": "4000",
-            "broker.heartbeat.interval.ms": "500",
-            "replica.lag.time.max.ms": "5000",
-            "unclean.leader.election.enable": "false",
-        }
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
@@ -271,7 +273,8 @@ class ApacheKafka:
         for node in self.nodes:
             node.directory.mkdir(parents=True, exist_ok=True)
             node.properties_file.write_text(
-                "".join(f"{k}={v}\n" for k, v in self.properties(node).items()), encoding="utf-8"
+                "".join(f"{k}={v}\n" for k, v in node_properties(node, self.nodes).items()),
+                encoding="utf-8",
             )
             (node.directory / "log4j2.properties").write_text(
                 LOG4J2.format(log=node.log_file), encoding="utf-8"

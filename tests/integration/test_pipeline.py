@@ -400,32 +400,6 @@ async def test_a_record_without_key_or_value_is_dead_lettered_as_it_was(
     assert await committed(settings, list(ends)) == ends
 
 
-async def test_a_dead_letter_copy_too_large_for_its_topic_keeps_key_and_headers(
-    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
-) -> None:
-    await admin.seed(seed(segments={"beta": {}}))
-    settings = make_settings(
-        kafka_bootstrap,
-        simulator.base_url,
-        on_tansu=on_tansu,
-        kafka_producer_max_request_size=4_000,
-    )
-    await create_topics(settings, partitions=1)
-    big = b"x" * 3_900  # fits the input topic, not with the ldc.* headers added
-    after = _event(key="beta")
-    ends = await produce(settings, [(b"big", big, [("h", b"1")]), _message(after)], partition=0)
-    async with running(settings) as handle:
-        results = by_offset(await outcomes(settings, 2))
-        [letter] = await dead_letters(settings, 1)
-        await handle.shutdown()
-    assert results[(0, 0)].status is Status.INVALID
-    assert results[(0, 1)].status is Status.SUCCEEDED
-    assert letter.key == b"big" and letter.value is None
-    headers = dict(letter.headers)
-    assert headers["h"] == b"1" and headers["ldc.value-omitted"].startswith(b"3900 bytes")
-    assert await committed(settings, list(ends)) == ends
-
-
 async def test_a_backlog_fills_every_batch_even_without_a_linger(
     kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
 ) -> None:

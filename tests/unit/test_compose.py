@@ -205,7 +205,7 @@ def test_topics_are_created_once_kafka_is_healthy(compose: dict[str, Any]) -> No
         defaults.consumer_results_topic,
         defaults.consumer_dlq_topic,
     ):
-        assert f"{topic}:" in script
+        assert f"{topic}:" in script or f"--topic {topic} " in script
     assert "--if-not-exists" in script
 
 
@@ -242,3 +242,28 @@ def test_example_events_are_valid() -> None:
     lines = (ROOT / "examples" / "events.jsonl").read_text().splitlines()
     assert len(lines) >= 50
     assert not [n for n, line in enumerate(lines, 1) if isinstance(decode(line.encode()), Invalid)]
+
+
+def test_kafka_is_the_version_and_settings_the_tests_run(compose: dict[str, Any]) -> None:
+    from consumer import kafka as kafka_module
+    from consumer.demo.apache_kafka import KafkaNode, kafka_version, node_properties
+
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{kafka_version()}"
+    env = _environment(kafka)
+    node = KafkaNode(1, 9092, 9093, Path("/nowhere"))
+    tested = node_properties(node, [node])
+    for name in (
+        "group.initial.rebalance.delay.ms",
+        "group.min.session.timeout.ms",
+        "auto.create.topics.enable",
+        "offsets.topic.num.partitions",
+        "transaction.state.log.num.partitions",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.min.isr",
+    ):
+        variable = "KAFKA_" + name.upper().replace(".", "_")
+        assert str(env[variable]).lower() == tested[name], name
+    init = " ".join(compose["services"]["kafka-init"]["command"])
+    room = kafka_module.DEFAULT_MAX_MESSAGE_BYTES + kafka_module.DEAD_LETTER_ROOM
+    assert f"max.message.bytes={room}" in init
