@@ -1,18 +1,24 @@
-"""Groups valid events into requests, per request path. Pure, no I/O; time is passed in.
+"""Groups valid events into requests, per resource and path. Pure, no I/O; time is passed in.
 
 Rules (contract section 2):
-- events for one path join one batch in the order they were consumed;
+- one *lane* per resource (a segment or flag in one environment, `Route.resource`): its
+  events wait in the order they were consumed, whatever path (URL) each goes to;
+- consecutive events for one path join one batch; an event for another path of the same
+  resource closes the open batch (a batch is one request: one path);
 - a batch closes at `max_size` instructions, before it would pass `max_target_operations`
   (the segment PATCH takes at most 1,500 keys), or before a new distinct comment would make
   the joined comment longer than `comment_max_chars`: no comment is ever dropped;
 - an open batch becomes due when its oldest event has waited `linger` seconds (counted from
   the record's timestamp when the caller gives the wall clock), or at once when flushed
-  (stop);
+  (stop); a closed batch is due at once;
 - the waiting events of revoked leases are taken back out (`drop_leases`): their new owner
   sends them; a batch handed out is `live()` only while every lease it holds records of is
   active (leases.py, rule 4);
-- at most one batch per path is handed out at a time (`ready` ... `finished`), so a later change
-  can never overtake an earlier one; paths that wait longest go first;
+- **order per resource**: at most one batch per resource is handed out at a time (`ready`
+  ... `finished`), and only the lane's head: a later change to a resource is never sent
+  while an earlier one, to any of its paths, is unsent or in flight (the caller holds the
+  lane until the batch is finished, including while its outcome is unknown: sender.py);
+  lanes that wait longest go first;
 - late binding: a due lane is cut into a request only when the caller's `admit` says that
   request can go now (rate limits, the API gate). Until then its events stay in the lane,
   which keeps filling up to the size cap: a throttled path sends full requests, not the
@@ -113,17 +119,16 @@ class Batch:
 
 @dataclass(slots=True)
 class _Lane:
-    """Everything waiting for one path."""
+    """Everything waiting for one resource, in consumption order."""
 
-    route: Route
     closed: deque[Batch] = field(default_factory=deque)
     open: Batch | None = None
     in_flight: bool = False
 
-    def head_created_at(self) -> float:
+    def head(self) -> Batch:
         head = self.closed[0] if self.closed else self.open
         assert head is not None
-        return head.created_at
+        return head
 
     def empty(self) -> bool:
         return not self.closed and self.open is None
@@ -155,9 +160,9 @@ class Batcher:
         is time it already waited (at most the linger; a timestamp in the future counts as
         now, so clock skew can shorten a wait, never lengthen it).
         """
-        lane = self._lanes.get(item.route.path)
+        lane = self._lanes.get(item.route.resource)
         if lane is None:
-            lane = self._lanes[item.route.path] = _Lane(item.route)
+            lane = self._lanes[item.route.resource] = _Lane()
         batch = lane.open
         if batch is not None and not self._fits(batch, item):
             self._close(lane)
@@ -174,6 +179,8 @@ class Batcher:
             self._close(lane)
 
     def _fits(self, batch: Batch, item: PendingEvent) -> bool:
+        if batch.route.path != item.route.path:
+            return False  # another path of the resource: a request of its own, after this one
         limit = item.route.spec.max_target_operations
         if limit is not None and batch.target_operations + item.target_operations > limit:
             return False
@@ -193,16 +200,17 @@ class Batcher:
     def ready(
         self, now: float, limit: int, admit: Callable[[Route], bool] = lambda route: True
     ) -> list[Batch]:
-        """Up to `limit` due batches, oldest first, each on a path with nothing in flight and
-        admitted: `admit(route)` is asked once per due lane, oldest first, and a lane is cut
-        only when it answers True (it takes whatever the request needs, e.g. a rate-limit
-        unit). A lane not admitted is left as it is and goes on filling."""
+        """Up to `limit` due batches, oldest first, each the head of a resource's lane with
+        nothing in flight, and admitted: `admit(route)` is asked once per due lane, oldest
+        first, and a lane is cut only when it answers True (it takes whatever the request
+        needs, e.g. a rate-limit unit). A lane not admitted is left as it is and goes on
+        filling."""
         if limit <= 0:
             return []
         batches: list[Batch] = []
-        for _, path in sorted(self._due(now)):
-            lane = self._lanes[path]
-            if not admit(lane.route):
+        for _, resource in sorted(self._due(now)):
+            lane = self._lanes[resource]
+            if not admit(lane.head().route):
                 continue
             if not lane.closed:
                 self._close(lane)
@@ -215,20 +223,20 @@ class Batcher:
         return batches
 
     def _due(self, now: float) -> Iterable[tuple[float, str]]:
-        for path, lane in self._lanes.items():
+        for resource, lane in self._lanes.items():
             if lane.in_flight:
                 continue
             if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
-                yield lane.head_created_at(), path
+                yield lane.head().created_at, resource
 
-    def finished(self, path: str) -> None:
-        """The batch handed out for `path` is finished; the next one may go."""
-        lane = self._lanes.get(path)
+    def finished(self, resource: str) -> None:
+        """The batch handed out for `resource` is finished; the next one may go."""
+        lane = self._lanes.get(resource)
         if lane is None:
             return
         lane.in_flight = False
         if lane.empty():
-            del self._lanes[path]
+            del self._lanes[resource]
 
     def next_due(self, now: float) -> float | None:
         """Seconds until a lane that is not due yet becomes due; None when there is none.
@@ -265,12 +273,12 @@ class Batcher:
             dropped.extend(item for item in batch.items if item.record.lease in wanted)
             return batch.sub(keep) if keep else None
 
-        for path in list(self._lanes):
-            lane = self._lanes[path]
+        for resource in list(self._lanes):
+            lane = self._lanes[resource]
             lane.closed = deque(b for b in map(without, lane.closed) if b is not None)
             lane.open = without(lane.open) if lane.open is not None else None
             if lane.empty() and not lane.in_flight:
-                del self._lanes[path]
+                del self._lanes[resource]
         self._waiting -= len(dropped)
         return dropped
 
@@ -283,6 +291,7 @@ class Batcher:
 
     @property
     def in_flight(self) -> int:
+        """Resources with a batch handed out."""
         return sum(1 for lane in self._lanes.values() if lane.in_flight)
 
     def idle(self) -> bool:

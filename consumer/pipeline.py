@@ -141,7 +141,8 @@ class Pipeline:
         # Invalid records' outcomes on their way, with the lease of each.
         self._loose: dict[asyncio.Task[None], Lease] = {}
         self._wake = asyncio.Event()  # something to hand out, or a slot came free
-        # Path -> when its due lane was first held back by the rate limiter (the wait metric).
+        # Resource -> when its due lane was first held back by the rate limiter (the wait
+        # metric).
         self._held: dict[str, float] = {}
         self._rng = random.Random()
         self._progress = asyncio.Event()  # a flight or a loose task finished
@@ -174,7 +175,7 @@ class Pipeline:
                 else:
                     item = PendingEvent(record, decoded, where, target_operations(decoded))
             if self.recovered and self.recovered.skip(
-                lease.tp, record.offset, item.route.path if item is not None else None
+                lease.tp, record.offset, item.route.resource if item is not None else None
             ):
                 record.done()
                 self.skipped_already_done += 1
@@ -221,7 +222,7 @@ class Pipeline:
             now = time.monotonic()
             admission = _Admission(self._sender, self._held, now)
             for batch in self.batcher.ready(now, free, admission.admit):
-                self._launch(batch, admission.granted.pop(batch.path))
+                self._launch(batch, admission.granted.pop(batch.route.resource))
             waits = [admission.wait] if admission.wait is not None else []
             if free > 0 and (due := self.batcher.next_due(now)) is not None:
                 waits.append(due)
@@ -250,7 +251,7 @@ class Pipeline:
             self._publishing -= 1
         self._flights.pop(flight.batch.id, None)
         self._sender.release(flight.permit)  # cancelled before its request: give it back
-        self.batcher.finished(flight.batch.path)
+        self.batcher.finished(flight.batch.route.resource)
 
     async def _fly(self, flight: Flight) -> None:
         batch = flight.batch
@@ -373,7 +374,7 @@ class Pipeline:
                 lease.stop()
             stopped |= more
         for item in self.batcher.drop_leases(stopped):
-            self._held.pop(item.route.path, None)
+            self._held.pop(item.route.resource, None)
         self.recovered.forget(lease.tp for lease in gone)
         for flight in touched:
             if flight.phase is Phase.SENDING and not self._sender.requesting(flight.batch.id):
@@ -457,11 +458,11 @@ class _Admission:
         if delay != 0:
             self._held_back[key] = delay
             if delay is not None:  # held by the rate limiter (not the gate): the wait metric
-                self._held.setdefault(route.path, self._now)
+                self._held.setdefault(route.resource, self._now)
                 self.wait = delay if self.wait is None else min(self.wait, delay)
             return False
-        since = self._held.pop(route.path, self._now)
-        self.granted[route.path] = self._sender.grant(route, self._now - since)
+        since = self._held.pop(route.resource, self._now)
+        self.granted[route.resource] = self._sender.grant(route, self._now - since)
         return True
 
 

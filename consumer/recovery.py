@@ -19,10 +19,10 @@ value for records without them. The scan is bounded by CONSUMER_RECOVERY_TIMEOUT
 that did not reach the end it first saw is not used at all (everything is sent again, in
 order: repeats are allowed, reordering is not).
 
-Skipping never reorders (`Recovered`): for one request URL, only a prefix of the records
-waiting may be skipped. Once a record for a URL is sent again, every later record for that
-URL is sent again too, outcome or not: skipping a later one that the previous owner applied
-would leave it applied *before* the earlier one now sent.
+Skipping never reorders (`Recovered`): for one resource (all its URLs), only a prefix of the
+records waiting may be skipped. Once a record for a resource is sent again, every later record
+for that resource is sent again too, outcome or not: skipping a later one that the previous
+owner applied would leave it applied *before* the earlier one now sent.
 """
 
 from __future__ import annotations
@@ -77,14 +77,15 @@ class Recovered:
 
     def __init__(self, done: Mapping[TopicPartition, set[int]] | None = None) -> None:
         self._done = {tp: set(offsets) for tp, offsets in (done or {}).items() if offsets}
-        self._sent: set[str] = set()  # URLs with a record sent again: nothing more skipped
+        self._sent: set[str] = set()  # resources with a record sent again: nothing more skipped
 
     def __bool__(self) -> bool:
         return bool(self._done)
 
     def skip(self, tp: TopicPartition, offset: int, path: str | None) -> bool:
-        """Whether to skip this record, in consumption order. `path`: its request URL (None
-        for a record that is not a valid event: skipping it reorders nothing)."""
+        """Whether to skip this record, in consumption order. `path`: its resource
+        (`Route.resource`; None for a record that is not a valid event: skipping it reorders
+        nothing)."""
         done = self._done.get(tp)
         if path is not None and path in self._sent:
             found = False

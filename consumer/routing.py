@@ -1,7 +1,9 @@
 """Where each instruction goes: the contract's table, written once.
 
 (resource kind, instruction kind) -> endpoint -> request path. Events with the same path are
-batched into one request, so the path is also the batching key.
+batched into one request. A resource (a segment or flag in one environment) has several paths
+(its segment PATCH, its expiring targets, its big-segment lists): `Route.resource` names it,
+and order holds per resource (batcher.py).
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ class Route:
     path: str
     project_key: str
     environment_key: str
+    # The resource every path of it shares: "{kind}/{project}/{environment}/{key}" (quoted).
+    resource: str = ""
 
     @property
     def spec(self) -> EndpointSpec:
@@ -177,16 +181,28 @@ def _route(
     endpoint = ROUTES.get((resource_kind, instruction_kind))
     if endpoint is None:
         raise UnroutableEvent(f"{instruction_kind} is not an instruction for a {resource_kind}")
+    quoted = (_segment(project), _segment(environment), _segment(key))
     path = SPECS[endpoint].template.format(
-        project=_segment(project), environment=_segment(environment), resource=_segment(key)
+        project=quoted[0], environment=quoted[1], resource=quoted[2]
     )
-    return Route(endpoint, path, project, environment)
+    return Route(endpoint, path, project, environment, resource_id(resource_kind, *quoted))
+
+
+def resource_id(kind: str, project: str, environment: str, key: str) -> str:
+    """The name of one resource across its paths (its parts already quoted)."""
+    return f"{kind}/{project}/{environment}/{key}"
 
 
 def big_segment_route(segment: Route, endpoint: Endpoint) -> Route:
     """The big-segment endpoint of the segment whose PATCH route is `segment`."""
     suffix = "/contexts" if endpoint is Endpoint.BIG_SEGMENT_CONTEXTS else "/users"
-    return Route(endpoint, segment.path + suffix, segment.project_key, segment.environment_key)
+    return Route(
+        endpoint,
+        segment.path + suffix,
+        segment.project_key,
+        segment.environment_key,
+        segment.resource,
+    )
 
 
 def request_body(

@@ -1,5 +1,7 @@
 import pytest
 from aiokafka.structs import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consumer.batcher import COMMENT_SEPARATOR, Batcher
 from consumer.leases import Leases
@@ -25,14 +27,14 @@ def test_closes_at_max_size_and_keeps_order() -> None:
     assert [len(b) for b in first] == [3]  # one in flight per path, the open one still lingers
     assert first[0].items == items[:3]
     assert batcher.ready(now=0.0, limit=10) == []
-    batcher.finished(first[0].path)
+    batcher.finished(first[0].route.resource)
     second = batcher.ready(now=0.0, limit=10)
     assert second[0].items == items[3:6]
-    batcher.finished(second[0].path)
+    batcher.finished(second[0].route.resource)
     assert batcher.ready(now=1.0, limit=10) == []
     third = batcher.ready(now=10.0, limit=10)
     assert third[0].items == items[6:]
-    batcher.finished(third[0].path)
+    batcher.finished(third[0].route.resource)
     assert batcher.idle() and batcher.waiting == 0
 
 
@@ -62,10 +64,10 @@ def test_one_request_in_flight_per_path() -> None:
     batcher = Batcher(max_size=1, linger=0.0)
     batcher.add(seg(), now=0.0)
     batcher.add(seg(), now=0.0)
-    assert len(batcher.ready(now=1.0, limit=5)) == 1
+    [batch] = batcher.ready(now=1.0, limit=5)
     assert batcher.next_due(now=1.0) is None  # the only path is busy
     assert batcher.ready(now=1.0, limit=5) == []
-    batcher.finished("/api/v2/segments/proj/production/beta")
+    batcher.finished(batch.route.resource)
     assert batcher.next_due(now=1.0) is None  # due already: the caller's to hand out
     assert len(batcher.ready(now=1.0, limit=5)) == 1
 
@@ -80,7 +82,7 @@ def test_segment_patch_never_passes_1500_target_operations() -> None:
         for batch in batcher.ready(now=1.0, limit=1):
             seen.append([item.target_operations for item in batch.items])
             assert batch.target_operations <= 1500
-            batcher.finished(batch.path)
+            batcher.finished(batch.route.resource)
     assert seen == [[700, 700], [200], [1500], [1]]
 
 
@@ -113,7 +115,7 @@ def test_a_comment_that_does_not_fit_starts_a_new_batch() -> None:
     while not batcher.idle():
         for batch in batcher.ready(now=1.0, limit=1):
             comments.append((batch.comment, len(batch)))
-            batcher.finished(batch.path)
+            batcher.finished(batch.route.resource)
     assert comments == [(long_a, 1), (long_b, 2)]
 
 
@@ -144,7 +146,7 @@ def test_drop_leases_takes_back_waiting_events_only() -> None:
     dropped = batcher.drop_leases([drop_1.record.lease])
     assert dropped == [drop_2]
     assert batcher.waiting == 1
-    batcher.finished(in_flight[0].path)
+    batcher.finished(in_flight[0].route.resource)
     [rest] = batcher.ready(now=100.0, limit=5)
     assert rest.items == [kept_2]
 
@@ -169,7 +171,7 @@ def test_waiting_counts_events_not_handed_out() -> None:
     assert batcher.waiting == 5
     [batch] = batcher.ready(now=0.0, limit=5)
     assert batcher.waiting == 3
-    batcher.finished(batch.path)
+    batcher.finished(batch.route.resource)
 
 
 def test_sub_batches_get_their_own_id() -> None:
@@ -222,10 +224,10 @@ def test_a_lane_not_admitted_is_not_cut_and_keeps_filling_to_the_cap() -> None:
     assert batcher.waiting == 12
     [batch] = batcher.ready(now=2.0, limit=5)
     assert len(batch) == 5  # the lane filled to the cap while it was held back
-    batcher.finished(batch.path)
+    batcher.finished(batch.route.resource)
     [batch] = batcher.ready(now=2.0, limit=5)
     assert len(batch) == 5
-    batcher.finished(batch.path)
+    batcher.finished(batch.route.resource)
     [batch] = batcher.ready(now=2.0, limit=5)
     assert len(batch) == 2
 
@@ -258,7 +260,7 @@ def test_admit_is_not_asked_for_lanes_not_due_or_in_flight() -> None:
     batcher.ready(now=2.2, limit=5, admit=lambda route: asked.append(route.path) is None)
     assert asked == []
     assert batcher.next_due(now=2.2) == pytest.approx(0.3)
-    batcher.finished(busy.path)
+    batcher.finished(busy.route.resource)
 
 
 def test_full_batches_of_a_held_lane_go_in_order() -> None:
@@ -271,5 +273,91 @@ def test_full_batches_of_a_held_lane_go_in_order() -> None:
     while not batcher.idle():
         for batch in batcher.ready(now=1.0, limit=5):
             sent.extend(batch.items)
-            batcher.finished(batch.path)
+            batcher.finished(batch.route.resource)
     assert sent == items
+
+
+def test_order_holds_per_resource_across_its_paths() -> None:
+    """Add u to segment S, then schedule u's removal, then add another: three requests on two
+    URLs of one resource, handed out one at a time in consumption order; another resource's
+    request goes beside them."""
+    batcher = Batcher(max_size=10, linger=0.0)
+    add = pending(event_dict(key="s", values=["u"]))
+    expire = pending(event_dict("segment", "addExpiringTarget", key="s", contextKey="u"))
+    again = pending(event_dict(key="s", values=["v"]))
+    other = pending(event_dict(key="t", values=["w"]))
+    for item in (add, expire, again, other):
+        batcher.add(item, now=0.0)
+    assert add.route.path != expire.route.path and add.route.resource == expire.route.resource
+    first = batcher.ready(now=1.0, limit=10)
+    assert [b.items for b in first] == [[add], [other]]  # one per resource at a time
+    assert batcher.ready(now=1.0, limit=10) == []
+    batcher.finished(first[0].route.resource)
+    [second] = batcher.ready(now=1.0, limit=10)
+    assert second.items == [expire] and second.path == expire.route.path
+    batcher.finished(second.route.resource)
+    [third] = batcher.ready(now=1.0, limit=10)
+    assert third.items == [again]
+
+
+def test_a_flag_and_a_segment_of_one_key_are_different_resources() -> None:
+    batcher = Batcher(max_size=10, linger=0.0)
+    segment = pending(event_dict("segment", "addExpiringTarget", key="x"))
+    flag = pending(event_dict("flag", "addExpiringTarget", key="x"))
+    batcher.add(segment, now=0.0)
+    batcher.add(flag, now=0.0)
+    assert len(batcher.ready(now=1.0, limit=10)) == 2
+
+
+_KINDS = [
+    ("segment", "addIncludedTargets"),
+    ("segment", "addExpiringTarget"),
+    ("segment", "addExpireUserTargetDate"),
+    ("flag", "addExpiringTarget"),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(range(len(_KINDS)))),
+        min_size=1,
+        max_size=40,
+    ),
+    steps=st.lists(st.sampled_from(["add", "ready", "finish", "flush"]), max_size=80),
+    max_size=st.integers(1, 5),
+)
+def test_every_resource_is_sent_in_consumption_order_one_batch_at_a_time(
+    events: list[tuple[str, int]], steps: list[str], max_size: int
+) -> None:
+    batcher = Batcher(max_size=max_size, linger=0.5)
+    queue = [pending(event_dict(*_KINDS[kind], key=key)) for key, kind in events]
+    added: dict[str, list[PendingEvent]] = {}
+    sent: dict[str, list[PendingEvent]] = {}
+    flying: dict[str, object] = {}
+    now = 0.0
+    for step in [*steps, *["flush", "ready", "finish"] * (len(queue) + 1)]:
+        now += 0.2
+        if step == "add" and queue:
+            item = queue.pop(0)
+            batcher.add(item, now)
+            added.setdefault(item.route.resource, []).append(item)
+        elif step == "ready":
+            for batch in batcher.ready(now, limit=3):
+                resource = batch.route.resource
+                assert resource not in flying  # one batch per resource at a time
+                assert {i.route.path for i in batch.items} == {batch.path}
+                flying[resource] = batch
+                sent.setdefault(resource, []).extend(batch.items)
+        elif step == "finish" and flying:
+            resource = sorted(flying)[0]
+            del flying[resource]
+            batcher.finished(resource)
+        elif step == "flush":
+            batcher.flush()
+        if not queue and step == "finish" and not flying and batcher.idle():
+            break
+    for item in queue:
+        added.setdefault(item.route.resource, [])
+    for resource, items in sent.items():
+        assert items == added[resource][: len(items)]  # a prefix, in consumption order

@@ -239,7 +239,7 @@ async def test_a_lane_held_back_by_the_rate_limiter_fills_while_others_go() -> N
     pipeline = pipeline_with(sender, publisher, batch=5)
     lease = Leases().grant(P0, 0)
     take(pipeline, lease, range(2), "held")
-    held_path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].route.path
+    held_path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].head().route.path
     sender.delays[held_path] = 0.5
     dispatch = await running(pipeline)
     take(pipeline, lease, range(2, 3), "free")
@@ -261,7 +261,7 @@ async def test_a_closed_gate_holds_every_lane_until_woken() -> None:
     pipeline = pipeline_with(sender, publisher)
     lease = Leases().grant(P0, 0)
     take(pipeline, lease, range(3), "s")
-    path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].route.path
+    path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].head().route.path
     sender.delays[path] = None  # the gate is closed: no timer, only a wake
     dispatch = await running(pipeline)
     await asyncio.sleep(0.1)
@@ -280,7 +280,7 @@ async def test_the_dispatch_stops_when_cancelled_as_it_is_woken() -> None:
     pipeline = pipeline_with(sender, Publisher())
     take(pipeline, Leases().grant(P0, 0), range(1), "held")
     [lane] = pipeline.batcher._lanes.values()
-    sender.delays[lane.route.path] = 5.0  # the dispatch waits with a timeout
+    sender.delays[lane.head().route.path] = 5.0  # the dispatch waits with a timeout
     for _ in range(3):
         dispatch = await running(pipeline)
         await asyncio.sleep(0.01)
