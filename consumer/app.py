@@ -167,6 +167,7 @@ class Service:
             metrics=self.metrics,
             rng=self._rng,
             tracing=self.tracing,
+            settle=settings.ld_unknown_outcome_settle_ms / 1000,
             kinds=KindResolver(
                 self._client,
                 policy,
@@ -288,7 +289,9 @@ class Service:
             await asyncio.shield(self._commit(timeout=self._time_left()))  # 4.
 
     async def _drain(self, deadline: float) -> None:
-        sending_until = max(time.monotonic(), deadline - self.settings.ld_request_timeout_ms / 1000)
+        # A request started later could not end, and stop landing, before the deadline.
+        landed = self.settings.ld_request_timeout_ms + self.settings.ld_unknown_outcome_settle_ms
+        sending_until = max(time.monotonic(), deadline - landed / 1000)
         if await self.pipeline.drain(sending_until):
             log.info("service.drained")
             return

@@ -11,9 +11,10 @@ ApiError                                 unexpected_status    rejected
 |                                                             gate closes, gate.py)
 +-- RetryableApiError                    (retried with backoff inside the per-event budget)
 |   +-- RateLimited            429       rate_limited         failed   (carries `retry_after`)
-|   +-- ServerError            5xx       server_error         failed   (outage)
-|   +-- RequestTimeout                   timeout              failed   (outage)
-|   +-- ConnectionFailed                 connection_error     failed   (outage)
+|   +-- ServerError            5xx       server_error         failed   (outage; 504: unknown)
+|   +-- RequestTimeout                   timeout              failed   (outage; unknown)
+|   +-- ConnectionFailed                 connection_error     failed   (outage; unknown once
+|   |                                                                  the request was sent)
 |   +-- Conflict               409       conflict             rejected (bounded retries)
 +-- PermanentApiError                    (pinned on the instructions of the request)
 |   +-- BadRequest             400/422   invalid_request      rejected (an all-or-nothing batch
@@ -23,6 +24,11 @@ ApiError                                 unexpected_status    rejected
 |   +-- UnexpectedStatus       other     unexpected_status    rejected
 |   +-- InvalidResponse        2xx       invalid_response     failed   (unreadable body)
 +-- InternalError                        internal_error       failed   (inside the consumer)
+
+*Unknown outcome* (`unknown_outcome`): no answer says whether LaunchDarkly applied the request,
+and it may still apply it after the client gave up (a timeout, a connection dropped after the
+request was written, a gateway's 504). It is not "not applied": sender.py waits out
+LD_UNKNOWN_OUTCOME_SETTLE_MS before anything more is sent for that resource.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class ApiError(Exception):
     retryable: bool = False
     # Says nothing about the request itself: counted by the gate's outage detector.
     outage: bool = False
+    # LaunchDarkly may have applied the request, or may still apply it (see above).
+    unknown_outcome: bool = False
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -105,24 +113,37 @@ class RateLimited(RetryableApiError):
 
 
 class ServerError(RetryableApiError):
-    """5xx from LaunchDarkly or a proxy in front of it."""
+    """5xx from LaunchDarkly or a proxy in front of it. A 504 is a gateway that stopped
+    waiting for LaunchDarkly, which may still apply the request: an unknown outcome."""
 
     code = ErrorCode.SERVER_ERROR
     outage = True
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.unknown_outcome = status == 504
+
 
 class RequestTimeout(RetryableApiError):
-    """No complete response within the request timeout."""
+    """No complete response within the request timeout: the request may have been sent, and
+    may still be applied (unknown outcome)."""
 
     code = ErrorCode.TIMEOUT
     outage = True
+    unknown_outcome = True
 
 
 class ConnectionFailed(RetryableApiError):
-    """The connection was refused, reset or dropped before a response came."""
+    """The connection was refused, reset or dropped before a response came. `sent`: whether
+    the request may have reached LaunchDarkly (anything but a connection never made), which
+    makes its outcome unknown."""
 
     code = ErrorCode.CONNECTION_ERROR
     outage = True
+
+    def __init__(self, message: str, *, sent: bool = True, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.unknown_outcome = sent
 
 
 class Conflict(RetryableApiError):

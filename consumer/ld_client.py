@@ -189,7 +189,9 @@ class LdClient:
                 }
         except TimeoutError:
             raise RequestTimeout(f"no response within {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
+            raise ConnectionFailed(f"connection failed: {type(exc).__name__}", sent=False) from None
+        except aiohttp.ClientError as exc:  # dropped after it may have been sent
             raise ConnectionFailed(f"connection failed: {type(exc).__name__}") from None
         return ApiResponse(status, kept, raw)
 

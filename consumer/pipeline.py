@@ -69,6 +69,7 @@ from consumer.publisher import Refused
 from consumer.records import ConsumedRecord, PendingEvent
 from consumer.recovery import Recovered
 from consumer.routing import Route, UnroutableEvent, route
+from consumer.slots import Hold, Slots
 from consumer.throttle import JITTER_MS, Permit
 from consumer.tracing import Tracing
 
@@ -87,7 +88,7 @@ class Sender(Protocol):
     def release(self, permit: Permit | None) -> None: ...
 
     async def send(
-        self, batch: Batch, permit: Permit | None = None
+        self, batch: Batch, permit: Permit | None = None, hold: Hold | None = None
     ) -> list[InstructionResult | None]: ...
 
     def requesting(self, batch_id: str) -> bool: ...
@@ -105,6 +106,7 @@ class Phase(enum.Enum):
 @dataclass(slots=True, eq=False)
 class Flight:
     batch: Batch
+    hold: Hold
     permit: Permit | None = None
     phase: Phase = Phase.SENDING
     task: asyncio.Task[None] | None = None
@@ -141,6 +143,8 @@ class Pipeline:
         # Invalid records' outcomes on their way, with the lease of each.
         self._loose: dict[asyncio.Task[None], Lease] = {}
         self._wake = asyncio.Event()  # something to hand out, or a slot came free
+        # Request slots (slots.py): a batch waiting between requests holds none.
+        self._slots = Slots(max_in_flight, on_free=self._wake.set)
         # Resource -> when its due lane was first held back by the rate limiter (the wait
         # metric).
         self._held: dict[str, float] = {}
@@ -215,10 +219,12 @@ class Pipeline:
         limit = self._max_in_flight
         while True:
             self._wake.clear()
-            # Up to `limit` requests, and up to `limit` more batches publishing their outcomes
-            # (so publishing never stalls requests): what a crash can leave applied but
-            # without an outcome is bounded by twice the limit (README, crash recovery).
-            free = min(limit - self._sending, 2 * limit - self._sending - self._publishing)
+            # Up to `limit` requests (slots.py: batches waiting between requests hold no slot),
+            # and up to `limit` more batches publishing their outcomes (so publishing never
+            # stalls requests): what a crash can leave applied but without an outcome is
+            # bounded by twice the limit (README, crash recovery).
+            slots = self._slots
+            free = min(slots.free(), 2 * limit - slots.used - self._publishing)
             now = time.monotonic()
             admission = _Admission(self._sender, self._held, now)
             for batch in self.batcher.ready(now, free, admission.admit):
@@ -239,12 +245,13 @@ class Pipeline:
         self._wake.set()
 
     def _launch(self, batch: Batch, permit: Permit | None) -> None:
-        flight = Flight(batch, permit)
+        flight = Flight(batch, self._slots.take(), permit)
         self._flights[batch.id] = flight
         self._sending += 1
         flight.task = self._spawn(self._fly(flight), functools.partial(self._landed, flight))
 
     def _landed(self, flight: Flight, task: asyncio.Task[None]) -> None:
+        flight.hold.release()
         if flight.phase is Phase.SENDING:
             self._sending -= 1
         else:
@@ -260,13 +267,14 @@ class Pipeline:
             batch_id=batch.id, path=batch.path, offsets=batch.offset_ranges()
         )
         try:
-            results = await self._sender.send(batch, flight.permit)
+            results = await self._sender.send(batch, flight.permit, flight.hold)
         except Exception as exc:  # a bug must not block the partition: fail and dead-letter
             log.exception("batch.internal_error")
             results = list(_internal_failure(batch, exc))
         # Answered: the request slot is free while the outcomes are published; the URL stays
         # busy until they are, so the next batch for it still cannot overtake this one.
         flight.phase = Phase.PUBLISHING
+        flight.hold.release()
         self._sending -= 1
         self._publishing += 1
         self._wake.set()

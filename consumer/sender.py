@@ -20,6 +20,18 @@
   gate to settle whether the API answers others or was down (then it waits and tries again);
   when others are answered it tries once more, and only if that fails too are its events
   `failed`.
+- **Unknown outcomes** (errors.py `unknown_outcome`: a timeout, a connection dropped after the
+  request was sent, a 504): LaunchDarkly may have applied the request, or may still apply it.
+  Nothing more is sent for the resource until LD_UNKNOWN_OUTCOME_SETTLE_MS has passed since
+  (the batch keeps its resource's lane: batcher.py): not the retry, not the next batch, not
+  after a revoke (`requesting` says the batch is still on the wire meanwhile, so a revoke
+  waits for it, and the partition's next owner cannot overtake it). The batch's events do not
+  end before that either, whatever their outcome. A retry after an unknown outcome may find
+  its own earlier effect applied already: an instruction it gets refused is read back
+  (effects.py) and counts as `succeeded` when LaunchDarkly holds what it sets (the
+  assumption: LaunchDarkly applies a request within the settle time, or never).
+- **Slots** (slots.py): a batch gives its request slot back while it waits between requests
+  (backoff, settle, a closed gate) and takes one again before the next.
 - 400/422 on a request of several instructions is narrowed down: the batch is split in halves
   sent in order, recursively, so only instructions that fail alone are rejected and all the
   others are applied, in their original order.
@@ -67,9 +79,11 @@ from consumer.outcomes import (
     results_from_body,
     results_from_error,
 )
+from consumer.readback import applied_already
 from consumer.reads import throttled_get
 from consumer.retry import RetryPolicy
 from consumer.routing import (
+    BIG_SEGMENT_ENDPOINTS,
     CALLER_IDENTITY_PATH,
     CALLER_IDENTITY_ROUTE,
     METHOD,
@@ -78,6 +92,7 @@ from consumer.routing import (
     request_body,
 )
 from consumer.segment_kinds import KindResolver, LookupFailed, LookupStopped
+from consumer.slots import Hold
 from consumer.throttle import Permit, RateLimiter
 from consumer.tracing import Tracing
 
@@ -117,15 +132,31 @@ class _Recheck:
 
 
 @dataclass(slots=True)
+class _Batch:
+    """What every request of one batch shares (its narrowing steps and big-segment steps)."""
+
+    top: str  # the batch's id: what `requesting` answers for
+    hold: Hold
+    # Until when (monotonic) a request of the batch whose outcome is unknown may still land.
+    landing_until: float = 0.0
+    # A request of the batch had an unknown outcome: what a retry gets refused is read back.
+    after_unknown: bool = False
+
+
+@dataclass(slots=True)
 class _Budget:
     """A request's retry budget (retry.py), restarted after a closed gate."""
 
     started: float
     closings: int
+    batch: _Batch
     failures: int = 0
     conflicts: int = 0
     # Out of budget and the gate said other writes are answered: one more try decides.
     last_try: bool = False
+
+    def fresh(self, started: float | None = None) -> _Budget:
+        return _Budget(self.started if started is None else started, self.closings, self.batch)
 
 
 class BatchSender:
@@ -140,8 +171,10 @@ class BatchSender:
         rng: random.Random | None = None,
         tracing: Tracing | None = None,
         kinds: KindResolver | None = None,
+        settle: float = 0.0,
     ) -> None:
         self._client = client
+        self._settle = settle  # LD_UNKNOWN_OUTCOME_SETTLE_MS, in seconds
         self._tracing = tracing or Tracing(None)
         self._policy = policy
         self._gate = gate
@@ -151,13 +184,19 @@ class BatchSender:
         # Batches (by the id given to `send`) with a request on the wire right now: cancelling
         # one of those would leave unknown what LaunchDarkly applied.
         self._requesting: set[str] = set()
+        # Batches whose last request's outcome is unknown -> until when it may still land.
+        self._landing: dict[str, float] = {}
         # Units granted to batches not sent yet: permit seq -> rate-limit route.
         self._granted: dict[int, str] = {}
         # Where segments' kinds come from; None: every segment is taken as standard.
         self._kinds = kinds
 
     def requesting(self, batch_id: str) -> bool:
-        return batch_id in self._requesting
+        """A request of the batch is on the wire, or may still be applied (unknown outcome)."""
+        if batch_id in self._requesting:
+            return True
+        until = self._landing.get(batch_id)
+        return until is not None and until > time.monotonic()
 
     # -- late binding (the pipeline asks before it cuts a batch) --------------------------------
 
@@ -196,10 +235,14 @@ class BatchSender:
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def send(self, batch: Batch, permit: Permit | None = None) -> Results:
+    async def send(
+        self, batch: Batch, permit: Permit | None = None, hold: Hold | None = None
+    ) -> Results:
         """One result per instruction, in the batch's order (None: stopped before one came).
-        `permit`: the unit granted for its first request (see `grant`)."""
-        budget = _Budget(time.monotonic(), self._gate.closings)
+        `permit`: the unit granted for its first request (see `grant`); `hold`: its request
+        slot (slots.py), given back while it waits between requests."""
+        shared = _Batch(batch.id, hold or Hold.none())
+        budget = _Budget(time.monotonic(), self._gate.closings, shared)
         try:
             with self._tracing.batch(batch):
                 if (
@@ -209,10 +252,11 @@ class BatchSender:
                 ):
                     return await self._send_segment(batch, self._kinds, budget, permit)
                 return await self._send(
-                    batch, [0] * len(batch), budget, narrowing=False, top=batch.id, permit=permit
+                    batch, [0] * len(batch), budget, narrowing=False, permit=permit
                 )
         finally:
             self.release(permit)
+            self._landing.pop(batch.id, None)
 
     async def _send_segment(
         self, batch: Batch, kinds: KindResolver, budget: _Budget, permit: Permit | None
@@ -273,7 +317,6 @@ class BatchSender:
                         [0] * len(request),
                         budget,
                         narrowing=False,
-                        top=batch.id,
                         permit=permit,
                         recheck=recheck,
                     )
@@ -301,7 +344,6 @@ class BatchSender:
         budget: _Budget,
         *,
         narrowing: bool,
-        top: str,
         permit: Permit | None = None,
         recheck: _Recheck | None = None,
     ) -> Results:
@@ -311,13 +353,17 @@ class BatchSender:
         body = request_body(
             batch.route, [instruction_body(p.event) for p in batch.items], batch.comment
         )
-        budget = _Budget(budget.started, budget.closings)
+        budget = budget.fresh()
+        shared = budget.batch
+        top = shared.top
         while True:
             if not self._gate.is_open:
                 self.release(permit)  # not held while waiting: it counts against the budget
-                await self._gate.wait_open()
+                async with shared.hold.waiting():
+                    await self._gate.wait_open()
             if budget.closings != self._gate.closings:  # a closed gate charges nothing
-                budget = _Budget(time.monotonic(), self._gate.closings)
+                budget = budget.fresh(time.monotonic())
+                budget.closings = self._gate.closings
             granted, permit = permit, None
             try:
                 response, error = await self._attempt(
@@ -326,6 +372,10 @@ class BatchSender:
             except _Stopped:
                 return [None] * len(batch)
             attempts[:] = [n + 1 for n in attempts]
+            if error is not None and error.unknown_outcome:
+                shared.landing_until = time.monotonic() + self._settle
+                shared.after_unknown = True
+                self._landing[top] = shared.landing_until
             if isinstance(error, Unauthorized):
                 self._gate.unauthorized(error)
             elif error is not None and error.outage:
@@ -333,6 +383,7 @@ class BatchSender:
             elif response is not None:
                 self._gate.answered()
             if error is not None and not batch.live():
+                await self._landed(shared)  # the next owner must not overtake it
                 return [None] * len(batch)  # revoked meanwhile: no retry, no narrowing step
             if isinstance(error, Unauthorized):
                 continue
@@ -340,7 +391,7 @@ class BatchSender:
                 continue  # the gate closed while it was on the wire: charged to nobody
             if error is None:
                 assert response is not None
-                return list(
+                answered: Results = list(
                     results_from_body(
                         batch.id,
                         batch.items,
@@ -350,6 +401,7 @@ class BatchSender:
                         per_instruction_errors=batch.route.spec.per_instruction_errors,
                     )
                 )
+                return await self._confirmed(batch, answered, shared)
             if (
                 isinstance(error, BadRequest)
                 and recheck is not None
@@ -358,7 +410,7 @@ class BatchSender:
             ):
                 raise _KindChanged
             if isinstance(error, BadRequest) and len(batch) > 1:
-                return await self._narrow(batch, attempts, budget, error, top)
+                return await self._narrow(batch, attempts, budget, error)
             if isinstance(error, Conflict):
                 budget.conflicts += 1
             elif not isinstance(error, RateLimited):
@@ -372,15 +424,18 @@ class BatchSender:
             )
             if delay is None:
                 if error.outage and not budget.last_try:
-                    if await self._gate.settle() is Verdict.REOPENED:
+                    async with shared.hold.waiting():
+                        verdict = await self._gate.settle()
+                    if verdict is Verdict.REOPENED:
                         continue  # the API was down, not this request: start over
                     # Others are answered now; this failure may be the end of an outage:
                     # one more try, which fails only if the request fails on its own.
                     budget.last_try = True
                     continue
+                await self._landed(shared)
                 if not batch.live():
                     return [None] * len(batch)
-                return list(
+                given_up: Results = list(
                     results_from_error(
                         batch.id,
                         batch.items,
@@ -389,6 +444,7 @@ class BatchSender:
                         attempts=attempts,
                     )
                 )
+                return await self._confirmed(batch, given_up, shared)
             self._metrics.retries.labels(reason=error.code.value).inc()
             self._tracing.retry(error, delay, budget.failures)
             log.info(
@@ -400,7 +456,63 @@ class BatchSender:
                 delay_s=round(delay, 3),
                 failures=budget.failures,
             )
-            await asyncio.sleep(delay)
+            delay = max(delay, shared.landing_until - time.monotonic())
+            async with shared.hold.waiting():
+                await asyncio.sleep(delay)
+
+    async def _landed(self, shared: _Batch) -> None:
+        """Wait (without a slot) until no request of the batch may still be applied."""
+        remaining = shared.landing_until - time.monotonic()
+        if remaining > 0:
+            log.info("batch.settling", batch_id=shared.top, wait_s=round(remaining, 3))
+            async with shared.hold.waiting():
+                await asyncio.sleep(remaining)
+
+    async def _confirmed(self, batch: Batch, results: Results, shared: _Batch) -> Results:
+        """After an unknown outcome, the instructions refused now are read back: those whose
+        effect LaunchDarkly holds were applied by the earlier request (`succeeded`)."""
+        if not shared.after_unknown:
+            return results
+        refused = [
+            i
+            for i, result in enumerate(results)
+            if result is not None and result.status is Status.REJECTED
+        ]
+        if not refused:
+            return results
+        big = batch.route.endpoint in BIG_SEGMENT_ENDPOINTS
+        held = await applied_already(
+            self._read_back, [item.event for item in batch.items], refused, big=big
+        )
+        for index in held:
+            result = results[index]
+            assert result is not None
+            result.status, result.error = Status.SUCCEEDED, None
+        if held:
+            log.info(
+                "batch.applied_before",
+                batch_id=batch.id,
+                path=batch.path,
+                instructions=len(held),
+                message="refused on a retry, but applied by the earlier request whose outcome"
+                " was unknown",
+            )
+        return results
+
+    async def _read_back(self, path: str, route: str) -> tuple[int, object] | None:
+        """One read for `applied_already`: (status, body), or None when it failed."""
+        response, error = await throttled_get(
+            self._client,
+            self._throttle,
+            path,
+            route,
+            rate_limit_default=self._policy.rate_limit_default,
+            accept=(404,),
+            metrics=self._metrics,
+        )
+        if error is not None or response is None:
+            return None
+        return response.status, response.body
 
     async def _attempt(
         self,
@@ -475,7 +587,7 @@ class BatchSender:
         return response, error
 
     async def _narrow(
-        self, batch: Batch, attempts: list[int], budget: _Budget, error: ApiError, top: str
+        self, batch: Batch, attempts: list[int], budget: _Budget, error: ApiError
     ) -> Results:
         middle = len(batch) // 2
         self._tracing.narrowing(len(batch), error)
@@ -493,7 +605,7 @@ class BatchSender:
         )
         results: Results = []
         for half, counts in zip(halves, (attempts[:middle], attempts[middle:]), strict=True):
-            results.extend(await self._send(half, counts, budget, narrowing=True, top=top))
+            results.extend(await self._send(half, counts, budget, narrowing=True))
         return results
 
     async def probe(self) -> ApiError | None:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     ld_api_token_file: Path | None = None
     ld_base_url: str = "https://app.launchdarkly.com"
     ld_request_timeout_ms: int = Field(10_000, ge=100)
+    # How long a request whose outcome is unknown (it timed out, or its connection dropped
+    # after it was sent) may still be applied by LaunchDarkly after the client gave up: nothing
+    # more for that resource is sent, not even the retry, until it has passed (sender.py).
+    ld_unknown_outcome_settle_ms: int = Field(5_000, ge=0)
     ld_retry_max_attempts: int = Field(10, ge=1)
     ld_retry_max_elapsed_ms: int = Field(300_000, ge=0)
     ld_retry_base_delay_ms: int = Field(500, ge=1)
@@ -89,9 +93,9 @@ class Settings(BaseSettings):
     consumer_commit_interval_ms: int = Field(1_000, ge=10)
     # Bound of the drain on SIGTERM: batches are sent until LD_REQUEST_TIMEOUT_MS before it
     # ends (a request started later could not end in time), then only the wire is waited for.
-    consumer_shutdown_timeout_ms: int = Field(15_000, ge=0)
+    consumer_shutdown_timeout_ms: int = Field(20_000, ge=0)
     # Bound of a revoke: requests on the wire for revoked partitions are waited for this long.
-    consumer_revoke_timeout_ms: int = Field(15_000, ge=0)
+    consumer_revoke_timeout_ms: int = Field(20_000, ge=0)
     # Crash recovery (see recovery.py): how far before the waiting record's timestamp to look
     # for outcomes already published; negative turns recovery off.
     consumer_recovery_lookback_ms: int = Field(120_000)
@@ -189,13 +193,16 @@ def violations(s: Settings) -> list[Violation]:
         "kafka_heartbeat_interval_ms",
         "kafka_session_timeout_ms",
     )
-    # A request on the wire when its partition is revoked must end within the revoke, and the
-    # revoke with its commit within the group's rebalance (leases.py, rule 4).
+    # A request on the wire when its partition is revoked must end, and may no longer be
+    # applied, within the revoke; the revoke with its commit within the group's rebalance
+    # (leases.py, rule 4; sender.py, unknown outcomes).
+    landed = s.ld_request_timeout_ms + s.ld_unknown_outcome_settle_ms
     rule(
-        s.ld_request_timeout_ms < s.consumer_revoke_timeout_ms,
-        "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS"
-        f" ({s.ld_request_timeout_ms} >= {s.consumer_revoke_timeout_ms})",
+        landed < s.consumer_revoke_timeout_ms,
+        "LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS must be lower than"
+        f" CONSUMER_REVOKE_TIMEOUT_MS ({landed} >= {s.consumer_revoke_timeout_ms})",
         "ld_request_timeout_ms",
+        "ld_unknown_outcome_settle_ms",
         "consumer_revoke_timeout_ms",
     )
     revoke = s.consumer_revoke_timeout_ms + s.kafka_commit_timeout_ms
@@ -208,10 +215,11 @@ def violations(s: Settings) -> list[Violation]:
         "kafka_rebalance_timeout_ms",
     )
     rule(
-        s.ld_request_timeout_ms < s.consumer_shutdown_timeout_ms,
-        "LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_SHUTDOWN_TIMEOUT_MS"
-        f" ({s.ld_request_timeout_ms} >= {s.consumer_shutdown_timeout_ms})",
+        landed < s.consumer_shutdown_timeout_ms,
+        "LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS must be lower than"
+        f" CONSUMER_SHUTDOWN_TIMEOUT_MS ({landed} >= {s.consumer_shutdown_timeout_ms})",
         "ld_request_timeout_ms",
+        "ld_unknown_outcome_settle_ms",
         "consumer_shutdown_timeout_ms",
     )
     rule(

@@ -29,29 +29,24 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-from urllib.parse import quote
 
 import structlog
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
 from consumer.cli_errors import CommandFailed
+from consumer.effects import (
+    Read,
+    Target,
+    Unread,
+    effects,
+    found_in,
+    reads,
+)
 from consumer.errors import RateLimited
 from consumer.events import (
-    AddExpireUserTargetDate,
-    FlagAddExpiringTarget,
-    FlagRemoveExpiringTarget,
-    FlagUpdateExpiringTarget,
     Invalid,
-    RemoveExpireUserTargetDate,
-    SegmentAddExpiringTarget,
-    SegmentRemoveExpiringTarget,
-    SegmentTargets,
-    SegmentUpdateExpiringTarget,
-    SegmentUsers,
     TargetingEvent,
-    UpdateExpireUserTargetDate,
-    UpdateName,
     decode,
 )
 from consumer.ld_client import LdClient, TokenSource
@@ -66,39 +61,8 @@ log = structlog.get_logger(__name__)
 PROGRESS_EVERY = 2.0  # seconds between progress lines on stderr
 READ_ATTEMPTS = 5  # failed attempts (429s not counted) before a read is given up
 
-# How a target is read (the read endpoints of the seed pages).
-SEGMENT = "segment"  # GET /api/v2/segments/{p}/{e}/{s}: standard members and the name
-MEMBERSHIP = "membership"  # GET /api/v2/segments/{p}/{e}/{s}/contexts/{key}: big segments
-SEGMENT_EXPIRING = "segment-expiring"  # GET /api/v2/segments/{p}/{s}/expiring-targets/{e}
-SEGMENT_EXPIRING_USERS = "segment-expiring-users"  # .../expiring-user-targets/{e}
-FLAG_EXPIRING = "flag-expiring"  # GET /api/v2/flags/{p}/{f}/expiring-targets/{e}
-
-
-class _Unread:
-    """The found value of a target whose read did not succeed."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __repr__(self) -> str:
-        return f"<not read: {self.why}>"
-
-
 # ---------------------------------------------------------------------------------------------
 # Expectations (pure)
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Target:
-    resource: str  # project/environment/kind/key
-    aspect: str  # "included", "excluded", "expires included", "expires excluded", "expires", "name"
-    context_kind: str = ""
-    key: str = ""
-
-    def label(self) -> str:
-        if self.aspect == "name":
-            return "name"
-        return f"{self.aspect} {self.context_kind}:{self.key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,151 +121,17 @@ def expectations(pairs: Iterable[tuple[Outcome, TargetingEvent]]) -> dict[Target
             touched = previous.events if previous is not None else set()
             state[target] = Expectation(target, value, read, set_by, touched | {event_id})
 
-        instruction = event.instruction
-        if isinstance(instruction, SegmentTargets | SegmentUsers):
-            path = outcome.http.path if outcome.http is not None else ""
-            big = path.endswith(("/contexts", "/users"))
-            side = "included" if "Included" in instruction.kind else "excluded"
-            add = instruction.kind.startswith("add")
-            kind = instruction.contextKind if isinstance(instruction, SegmentTargets) else "user"
-            for key in instruction.values:
-                put(Target(resource, side, kind, key), add, MEMBERSHIP if big else SEGMENT)
-                if not add and not big:
-                    # A removed target's scheduled removal goes with it: claim nothing.
-                    state.pop(Target(resource, f"expires {side}", kind, key), None)
-        elif isinstance(instruction, UpdateName):
-            put(Target(resource, "name"), instruction.value, SEGMENT)
-        elif isinstance(
-            instruction,
-            SegmentAddExpiringTarget | SegmentUpdateExpiringTarget | SegmentRemoveExpiringTarget,
-        ):
-            value = getattr(instruction, "value", None)
-            put(
-                Target(
-                    resource,
-                    f"expires {instruction.targetType}",
-                    instruction.contextKind,
-                    instruction.contextKey,
-                ),
-                value,
-                SEGMENT_EXPIRING,
-            )
-        elif isinstance(
-            instruction,
-            AddExpireUserTargetDate | UpdateExpireUserTargetDate | RemoveExpireUserTargetDate,
-        ):
-            value = getattr(instruction, "value", None)
-            put(
-                Target(resource, f"expires {instruction.targetType}", "user", instruction.userKey),
-                value,
-                SEGMENT_EXPIRING_USERS,
-            )
-        elif isinstance(
-            instruction,
-            FlagAddExpiringTarget | FlagUpdateExpiringTarget | FlagRemoveExpiringTarget,
-        ):
-            expected = (
-                None
-                if isinstance(instruction, FlagRemoveExpiringTarget)
-                else {"variationId": instruction.variationId, "value": instruction.value}
-            )
-            put(
-                Target(resource, "expires", instruction.contextKind, instruction.contextKey),
-                expected,
-                FLAG_EXPIRING,
-            )
+        path = outcome.http.path if outcome.http is not None else ""
+        big = path.endswith(("/contexts", "/users"))
+        for effect in effects(resource, event.instruction, big=big):
+            put(effect.target, effect.value, effect.read)
+            for cleared in effect.clears:
+                state.pop(cleared, None)  # a removed target's scheduled removal goes with it
     return state
 
 
 # ---------------------------------------------------------------------------------------------
 # Reads (pure)
-
-
-@dataclass(slots=True)
-class Read:
-    kind: str
-    path: str
-    targets: list[Target] = field(default_factory=list)
-
-
-def _q(text: str) -> str:
-    return quote(text, safe="")
-
-
-def reads(expected: Iterable[Expectation]) -> list[Read]:
-    """The reads that show these targets, grouped per resource where the API allows it."""
-    found: dict[tuple[str, str], Read] = {}
-    for expectation in expected:
-        target = expectation.target
-        project, environment, _, key = target.resource.split("/")
-        p, e, k = _q(project), _q(environment), _q(key)
-        kind = expectation.read
-        if kind == SEGMENT:
-            path = f"/api/v2/segments/{p}/{e}/{k}"
-        elif kind == MEMBERSHIP:
-            path = f"/api/v2/segments/{p}/{e}/{k}/contexts/{_q(target.key)}"
-        elif kind == SEGMENT_EXPIRING:
-            path = f"/api/v2/segments/{p}/{k}/expiring-targets/{e}"
-        elif kind == SEGMENT_EXPIRING_USERS:
-            path = f"/api/v2/segments/{p}/{k}/expiring-user-targets/{e}"
-        else:
-            path = f"/api/v2/flags/{p}/{k}/expiring-targets/{e}"
-        found.setdefault((kind, path), Read(kind, path)).targets.append(target)
-    return sorted(found.values(), key=lambda r: r.path)
-
-
-def found_in(read: Read, status: int, body: Any) -> dict[Target, Any]:
-    """Each target's value in its read's answer (`status` 404: the resource is gone)."""
-    if status == 404 and read.kind == MEMBERSHIP:
-        body = {"included": False, "excluded": False}  # no membership to show
-    elif status == 404:
-        return dict.fromkeys(read.targets, "(resource not found)")
-    if not isinstance(body, dict):
-        return {t: _Unread("the answer is not a JSON object") for t in read.targets}
-    values: dict[Target, Any] = {}
-    if read.kind == SEGMENT:
-        members: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for side in ("included", "excluded"):
-            members[(side, "user")].update(_strings(body.get(side)))
-            for entry in body.get(f"{side}Contexts") or []:
-                if isinstance(entry, dict):
-                    members[(side, str(entry.get("contextKind")))].update(
-                        _strings(entry.get("values"))
-                    )
-        for t in read.targets:
-            if t.aspect == "name":
-                values[t] = body.get("name")
-            else:
-                values[t] = t.key in members[(t.aspect, t.context_kind)]
-    elif read.kind == MEMBERSHIP:
-        for t in read.targets:
-            values[t] = body.get(t.aspect) is True
-    else:
-        scheduled: dict[tuple[str, str, str], Any] = {}
-        for item in body.get("items") or []:
-            if not isinstance(item, dict):
-                continue
-            if read.kind == FLAG_EXPIRING:
-                found = {
-                    "variationId": item.get("variationId"),
-                    "value": item.get("expirationDate"),
-                }
-                scheduled[
-                    ("expires", str(item.get("contextKind")), str(item.get("contextKey")))
-                ] = found
-            else:
-                user = read.kind == SEGMENT_EXPIRING_USERS
-                key = item.get("userKey") if user else item.get("contextKey")
-                kind = "user" if user else item.get("contextKind")
-                aspect = f"expires {item.get('targetType')}"
-                scheduled[(aspect, str(kind), str(key))] = item.get("expirationDate")
-        for t in read.targets:
-            values[t] = scheduled.get((t.aspect, t.context_kind, t.key))
-    return values
-
-
-def _strings(value: Any) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,9 +154,9 @@ def drift(
     unread: list[Drift] = []
     for target in sorted(expected):
         expectation = expected[target]
-        value = found.get(target, _Unread("not read"))
+        value = found.get(target, Unread("not read"))
         entry = Drift(target, expectation.value, value, expectation.set_by)
-        if isinstance(value, _Unread):
+        if isinstance(value, Unread):
             unread.append(entry)
         elif value != expectation.value:
             differs.append(entry)
@@ -384,7 +214,7 @@ class Report:
                         "contextKind": d.target.context_kind or None,
                         "key": d.target.key or None,
                         "expected": d.expected,
-                        "found": d.found.why if isinstance(d.found, _Unread) else d.found,
+                        "found": d.found.why if isinstance(d.found, Unread) else d.found,
                         "setBy": {
                             "eventId": d.set_by.event_id,
                             "partition": d.set_by.partition,
@@ -414,7 +244,7 @@ def _show(value: Any) -> str:
         return "not a member"
     if value is None:
         return "none"
-    if isinstance(value, _Unread):
+    if isinstance(value, Unread):
         return f"not read ({value.why})"
     if isinstance(value, dict):
         return f"{value.get('value')} on {value.get('variationId')}"
@@ -551,7 +381,7 @@ class Verifier:
                 continue
             failures += 1
             if not error.retryable or failures >= READ_ATTEMPTS:
-                return {t: _Unread(error.message) for t in read.targets}
+                return {t: Unread(error.message) for t in read.targets}
             await asyncio.sleep(self._policy.backoff(failures, self._rng))
 
     # -- Kafka --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ APACHE_TEST_SETTINGS: dict[str, Any] = {
     "kafka_commit_timeout_ms": 1_500,
     "consumer_revoke_timeout_ms": 4_000,
     "ld_request_timeout_ms": 3_000,
+    "ld_unknown_outcome_settle_ms": 500,
     "kafka_fetch_max_wait_ms": 100,
 }
 

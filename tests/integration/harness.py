@@ -54,6 +54,7 @@ def make_settings(bootstrap: str, base_url: str, *, on_tansu: bool, **overrides:
         "consumer_shutdown_timeout_ms": 10_000,
         "consumer_revoke_timeout_ms": 2_000,
         "ld_request_timeout_ms": 1_500,
+        "ld_unknown_outcome_settle_ms": 300,
         "kafka_commit_timeout_ms": 1_000,
         "ld_outage_window_ms": 1_000,
         "ld_retry_base_delay_ms": 20,

@@ -525,8 +525,8 @@ REFUSED = [
     Refused(
         "grace period ending with the stop",
         "minimal",
-        {"terminationGracePeriodSeconds": 20},  # 15 s shutdown + 5 s: no margin at all
-        "terminationGracePeriodSeconds (20) must be greater than CONSUMER_SHUTDOWN_TIMEOUT_MS",
+        {"terminationGracePeriodSeconds": 25},  # 20 s shutdown + 5 s: no margin at all
+        "terminationGracePeriodSeconds (25) must be greater than CONSUMER_SHUTDOWN_TIMEOUT_MS",
     ),
     Refused(
         "grace period shorter than the shutdown timeout",
@@ -626,13 +626,15 @@ def test_rendering_refuses_unsafe_values(case: Refused) -> None:
 
 # Rules between timeouts: the chart's message must be the service's own (consumer/settings.py).
 SERVICE_RULES = {
-    "revoke + commit not within the rebalance": {"KAFKA_REBALANCE_TIMEOUT_MS": 20000},
+    "revoke + commit not within the rebalance": {"KAFKA_REBALANCE_TIMEOUT_MS": 25000},
     "request not within the revoke": {
-        "LD_REQUEST_TIMEOUT_MS": 15000,
-        "CONSUMER_SHUTDOWN_TIMEOUT_MS": 20000,
+        "LD_UNKNOWN_OUTCOME_SETTLE_MS": 10000,
+        "CONSUMER_SHUTDOWN_TIMEOUT_MS": 25000,
     },
     "request not within the shutdown": {
         "LD_REQUEST_TIMEOUT_MS": 12000,
+        "CONSUMER_REVOKE_TIMEOUT_MS": 22000,
+        "KAFKA_REBALANCE_TIMEOUT_MS": 30000,
         "CONSUMER_SHUTDOWN_TIMEOUT_MS": 12000,
     },
     "heartbeat not within the session": {"KAFKA_HEARTBEAT_INTERVAL_MS": 10000},
@@ -659,13 +661,13 @@ def test_every_broken_rule_is_reported_at_once() -> None:
             {
                 "terminationGracePeriodSeconds": 10,
                 "autoscaling": {"keda": {"maxReplicas": 20}},
-                "config": {"KAFKA_REBALANCE_TIMEOUT_MS": 20000},
+                "config": {"KAFKA_REBALANCE_TIMEOUT_MS": 25000},
             },
         )
     message = str(failed.value)
     assert "terminationGracePeriodSeconds (10)" in message
     assert "maxReplicas (20)" in message
-    assert "KAFKA_REBALANCE_TIMEOUT_MS (20000 >= 20000)" in message
+    assert "KAFKA_REBALANCE_TIMEOUT_MS (25000 >= 25000)" in message
 
 
 @needs_helm

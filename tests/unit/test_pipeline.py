@@ -18,6 +18,7 @@ from consumer.pipeline import Pipeline
 from consumer.publisher import Refused
 from consumer.records import ConsumedRecord
 from consumer.routing import Route
+from consumer.slots import Hold
 from consumer.throttle import Permit
 from tests.factories import FetchedRecord, until
 
@@ -37,6 +38,9 @@ class Sender:
         self.delays: dict[str, float | None] = {}
         self.granted: list[Permit] = []
         self.released: set[int] = set()
+        # Paths whose batches wait in a backoff (slot given back) until `backoff_over`.
+        self.failing: set[str] = set()
+        self.backoff_over = asyncio.Event()
 
     def admitted_on(self, route: Route) -> str:
         return route.path
@@ -54,11 +58,15 @@ class Sender:
             self.released.add(permit.seq)
 
     async def send(
-        self, batch: Batch, permit: Permit | None = None
+        self, batch: Batch, permit: Permit | None = None, hold: Hold | None = None
     ) -> list[InstructionResult | None]:
         assert permit is not None and permit.seq not in self.released
+        assert hold is not None and hold.held
         self.sent.append(batch)
         gate = self.answer.setdefault(batch.id, asyncio.Event())
+        if batch.path in self.failing:  # a backoff: the slot is given back meanwhile
+            async with hold.waiting():
+                await self.backoff_over.wait()
         await gate.wait()
         self.wire.discard(batch.id)
         return list(
@@ -152,6 +160,35 @@ async def test_a_refused_record_is_never_done_and_its_owner_hears_of_it() -> Non
     assert [r.record.offset for r in refused] == [1]
     assert lease.offsets.to_commit() == 1  # offset 0 done; 1 is not, so 2 is not committed
     assert lease.offsets.pending() == 1
+    dispatch.cancel()
+
+
+async def test_batches_waiting_in_a_backoff_hold_no_request_slot() -> None:
+    """Issue 24: as many failing resources as there are slots, all in a backoff, and a
+    healthy resource still gets its request out; the failing ones take a slot back after."""
+    sender, publisher = Sender(), Publisher()
+    pipeline = Pipeline(
+        Batcher(max_size=10, linger=0.0), sender, publisher, Metrics(), max_in_flight=2
+    )
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(0, 1), "bad0")
+    take(pipeline, lease, range(1, 2), "bad1")
+    sender.failing = {
+        "/api/v2/segments/proj/production/bad0",
+        "/api/v2/segments/proj/production/bad1",
+    }
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 2)
+    take(pipeline, lease, range(2, 3), "good")
+    await until(lambda: len(sender.sent) == 3)  # a slot was free for it
+    assert sender.sent[2].path.endswith("/good")
+    sender.answer[sender.sent[2].id].set()
+    await until(lambda: len(publisher.published) == 1)
+    sender.backoff_over.set()
+    for batch in sender.sent[:2]:
+        sender.answer[batch.id].set()
+    await until(lambda: len(publisher.published) == 3)
+    assert pipeline._slots.used == 0
     dispatch.cancel()
 
 

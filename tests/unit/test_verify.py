@@ -5,22 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.events import TargetingEvent
-from consumer.outcomes import Outcome, Status
-from consumer.verify import (
+from consumer.effects import (
     FLAG_EXPIRING,
     MEMBERSHIP,
     SEGMENT,
     SEGMENT_EXPIRING,
     SEGMENT_EXPIRING_USERS,
     Read,
-    Selection,
     Target,
-    drift,
-    expectations,
     found_in,
     reads,
 )
+from consumer.events import TargetingEvent
+from consumer.outcomes import Outcome, Status
+from consumer.verify import Selection, drift, expectations
 from tests.factories import VARIATION, event_dict, parse
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

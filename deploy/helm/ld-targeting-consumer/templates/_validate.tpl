@@ -9,7 +9,7 @@ the service would refuse to start, and every member would crash-loop after the r
 {{- $errors := list }}
 {{- $c := .Values.config }}
 {{- $int := dict }}
-{{- range $name := list "CONSUMER_SHUTDOWN_TIMEOUT_MS" "CONSUMER_REVOKE_TIMEOUT_MS" "LD_REQUEST_TIMEOUT_MS" "KAFKA_COMMIT_TIMEOUT_MS" "KAFKA_REBALANCE_TIMEOUT_MS" "KAFKA_SESSION_TIMEOUT_MS" "KAFKA_HEARTBEAT_INTERVAL_MS" "LD_OUTAGE_WINDOW_MS" "LD_RETRY_MAX_ELAPSED_MS" }}
+{{- range $name := list "CONSUMER_SHUTDOWN_TIMEOUT_MS" "CONSUMER_REVOKE_TIMEOUT_MS" "LD_REQUEST_TIMEOUT_MS" "LD_UNKNOWN_OUTCOME_SETTLE_MS" "KAFKA_COMMIT_TIMEOUT_MS" "KAFKA_REBALANCE_TIMEOUT_MS" "KAFKA_SESSION_TIMEOUT_MS" "KAFKA_HEARTBEAT_INTERVAL_MS" "LD_OUTAGE_WINDOW_MS" "LD_RETRY_MAX_ELAPSED_MS" }}
 {{- $_ := set $int $name (int64 (index $c $name)) }}
 {{- end }}
 
@@ -57,15 +57,16 @@ the service would refuse to start, and every member would crash-loop after the r
 {{- if not (lt $int.KAFKA_HEARTBEAT_INTERVAL_MS $int.KAFKA_SESSION_TIMEOUT_MS) }}
 {{- $errors = append $errors (printf "config: KAFKA_HEARTBEAT_INTERVAL_MS must be lower than KAFKA_SESSION_TIMEOUT_MS (%d >= %d)" $int.KAFKA_HEARTBEAT_INTERVAL_MS $int.KAFKA_SESSION_TIMEOUT_MS) }}
 {{- end }}
-{{- if not (lt $int.LD_REQUEST_TIMEOUT_MS $int.CONSUMER_REVOKE_TIMEOUT_MS) }}
-{{- $errors = append $errors (printf "config: LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS (%d >= %d)" $int.LD_REQUEST_TIMEOUT_MS $int.CONSUMER_REVOKE_TIMEOUT_MS) }}
+{{- $landed := add $int.LD_REQUEST_TIMEOUT_MS $int.LD_UNKNOWN_OUTCOME_SETTLE_MS }}
+{{- if not (lt $landed $int.CONSUMER_REVOKE_TIMEOUT_MS) }}
+{{- $errors = append $errors (printf "config: LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS (%d >= %d)" $landed $int.CONSUMER_REVOKE_TIMEOUT_MS) }}
 {{- end }}
 {{- $revoke := add $int.CONSUMER_REVOKE_TIMEOUT_MS $int.KAFKA_COMMIT_TIMEOUT_MS }}
 {{- if not (lt $revoke $int.KAFKA_REBALANCE_TIMEOUT_MS) }}
 {{- $errors = append $errors (printf "config: CONSUMER_REVOKE_TIMEOUT_MS + KAFKA_COMMIT_TIMEOUT_MS must be lower than KAFKA_REBALANCE_TIMEOUT_MS (%d >= %d)" $revoke $int.KAFKA_REBALANCE_TIMEOUT_MS) }}
 {{- end }}
-{{- if not (lt $int.LD_REQUEST_TIMEOUT_MS $int.CONSUMER_SHUTDOWN_TIMEOUT_MS) }}
-{{- $errors = append $errors (printf "config: LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_SHUTDOWN_TIMEOUT_MS (%d >= %d)" $int.LD_REQUEST_TIMEOUT_MS $int.CONSUMER_SHUTDOWN_TIMEOUT_MS) }}
+{{- if not (lt $landed $int.CONSUMER_SHUTDOWN_TIMEOUT_MS) }}
+{{- $errors = append $errors (printf "config: LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS must be lower than CONSUMER_SHUTDOWN_TIMEOUT_MS (%d >= %d)" $landed $int.CONSUMER_SHUTDOWN_TIMEOUT_MS) }}
 {{- end }}
 {{- if not (lt $int.LD_OUTAGE_WINDOW_MS $int.LD_RETRY_MAX_ELAPSED_MS) }}
 {{- $errors = append $errors (printf "config: LD_OUTAGE_WINDOW_MS must be lower than LD_RETRY_MAX_ELAPSED_MS (%d >= %d)" $int.LD_OUTAGE_WINDOW_MS $int.LD_RETRY_MAX_ELAPSED_MS) }}
