@@ -55,6 +55,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
+from consumer.backpressure import Backpressure
 from consumer.batcher import Batcher
 from consumer.big_segments import KindCache
 from consumer.errors import ApiError
@@ -128,7 +129,7 @@ class Service:
         self._stopping = asyncio.Event()  # the one stop flag: a stop asked for, or a failure
         self._failure: BaseException | None = None
         self._commit_lock = asyncio.Lock()
-        self._backpressure = False
+        self._pressure = Backpressure(settings.consumer_max_pending_events)
         self._stop_deadline = float("inf")  # set when the stop begins
         self._granting: asyncio.Task[None] | None = None
         self.halts = Halts()
@@ -497,29 +498,32 @@ class Service:
         )
 
     def _apply_pauses(self) -> None:
-        """Fetch only partitions with an active lease, while the gate is open and the pending
-        records are below the limit (resumed once they are down to half of it)."""
+        """Fetch only partitions with an active lease, not halted, while the gate is open,
+        and not held back by pressure (backpressure.py: past CONSUMER_MAX_PENDING_EVENTS, the
+        partitions holding more than their share)."""
         consumer = self._consumer
-        pending = self.leases.pending()
-        limit = self.settings.consumer_max_pending_events
-        if pending >= limit:
-            self._backpressure = True
-        elif pending < max(1, limit // 2):
-            self._backpressure = False
+        pending = {lease.tp: lease.offsets.pending() for lease in self.leases.active()}
+        pressed = self._pressure.update(pending)
         assigned = consumer.assignment()
-        if self._backpressure or not self.gate.is_open:
+        if not self.gate.is_open:
             wanted: set[TopicPartition] = set()
         else:
-            wanted = self.leases.partitions() - self.halts.partitions()
+            wanted = self.leases.partitions() - self.halts.partitions() - pressed
         paused = consumer.paused()
         pause = (assigned - wanted) - paused
         resume = (paused & wanted) & assigned
         if pause:
             consumer.pause(*pause)
-            log.debug("fetch.paused", partitions=len(pause), pending=pending, gate=self.gate.reason)
+            log.debug(
+                "fetch.paused",
+                partitions=len(pause),
+                pressed=len(pressed),
+                pending=sum(pending.values()),
+                gate=self.gate.reason,
+            )
         if resume:
             consumer.resume(*resume)
-            log.debug("fetch.resumed", partitions=len(resume), pending=pending)
+            log.debug("fetch.resumed", partitions=len(resume), pending=sum(pending.values()))
 
     # -- committing -----------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ charged: the token or the API is wrong for every event alike. The rules:
 
 1. **Closing.** A 401 closes it at once (`unauthorized`). An outage closes it when every
    write over `outage_window` seconds failed with a connection error, a timeout or a 5xx,
-   with no answer in between, to more than one URL (`OutageDetector`, pure): a write path
-   that is down while the probe's read works is an outage too. The service starts closed
+   with no answer in between, to more than one URL, one of which worked lately, or with no
+   write answered lately at all (`OutageDetector`, pure): a write path that is down while the
+   probe's read works is an outage too; resources that fail on every write while others work
+   are not (their events end `failed`, and the gate stays open for the rest). The service starts closed
    ("not reached yet") and opens after its first probe, so nothing is taken before the API
    was reached.
 2. **While closed.** Fetching is paused (the lifecycle asks `is_open`), `/readyz` says why
@@ -62,30 +64,70 @@ def is_outage_error(error: ApiError | None) -> bool:
     return error is not None and error.outage
 
 
+# How many windows back an answer counts as "this URL works" (rule 1), and how many URLs
+# are remembered.
+ANSWER_MEMORY_WINDOWS = 10
+ANSWER_MEMORY_PATHS = 10_000
+
+
 @dataclass(slots=True)
 class OutageDetector:
-    """Rule 1 for outages. Pure: times (monotonic seconds) are passed in."""
+    """Rule 1 for outages. Pure: times (monotonic seconds) are passed in.
+
+    A resource that fails on every write (its own fault) must not close the gate for all
+    (issue 24); an API that stops answering must. What tells them apart: an outage makes URLs
+    fail that were answered a moment ago, while a failing resource's URL never is. So the API
+    counts as down when, over the window, every write failed with no answer in between, to
+    more than one URL, and either one of the failing URLs was answered within the last
+    ANSWER_MEMORY_WINDOWS windows, or no write at all was (the service just started, or the
+    outage is long).
+    """
 
     window: float
     first_failure_at: float | None = None  # the first failure since the last answer
     # URLs whose writes failed since the last answer (two are enough to tell).
     paths: set[str] = field(default_factory=set)
+    # A failing URL (since the last answer) was answered lately: not a resource of its own.
+    known_failing: bool = False
+    # URL -> when a write to it was last answered; and when any write was.
+    _answered: dict[str, float] = field(default_factory=dict)
+    _last_answer: float | None = None
 
-    def answered(self) -> None:
+    def answered(self, now: float | None = None, path: str | None = None) -> None:
         self.first_failure_at = None
         self.paths.clear()
+        self.known_failing = False
+        if now is not None:
+            self._last_answer = now
+            if path is not None:
+                self._answered.pop(path, None)
+                self._answered[path] = now
+                if len(self._answered) > ANSWER_MEMORY_PATHS:
+                    del self._answered[next(iter(self._answered))]
 
     def failed(self, now: float, path: str) -> bool:
         """Record an outage-type failure of a write to `path`; True when the API counts as
-        down: the window passed with no answer, and more than one URL failed."""
+        down (see above)."""
         if self.first_failure_at is None:
             self.first_failure_at = now
         if len(self.paths) < 2:
             self.paths.add(path)
-        return self.window_passed(now) and len(self.paths) > 1
+        answered_at = self._answered.get(path)
+        if answered_at is not None and now - answered_at < self._memory():
+            self.known_failing = True
+        return self.window_passed(now) and len(self.paths) > 1 and self.suspect(now)
+
+    def suspect(self, now: float) -> bool:
+        """Whether the failures since the last answer point at the API rather than at the
+        resources written (the last clause of the rule)."""
+        quiet = self._last_answer is None or now - self._last_answer >= self._memory()
+        return self.known_failing or quiet
 
     def window_passed(self, now: float) -> bool:
         return self.first_failure_at is not None and now - self.first_failure_at >= self.window
+
+    def _memory(self) -> float:
+        return ANSWER_MEMORY_WINDOWS * self.window
 
 
 Probe = Callable[[], Awaitable[ApiError | None]]
@@ -200,11 +242,12 @@ class ApiGate:
 
     # -- what requests report -----------------------------------------------------------------
 
-    def answered(self) -> None:
-        """The API answered one of the service's writes with something other than 401 or
-        5xx (a 4xx, a 409, a 429 included)."""
-        self._last_answer_at = self._clock()
-        self._detector.answered()
+    def answered(self, path: str | None = None) -> None:
+        """The API answered one of the service's writes (to `path`) with something other
+        than 401 or 5xx (a 4xx, a 409, a 429 included)."""
+        now = self._clock()
+        self._last_answer_at = now
+        self._detector.answered(now, path)
         self._pulse()
 
     def unauthorized(self, error: ApiError | None = None) -> None:
@@ -232,7 +275,9 @@ class ApiGate:
             first = self._detector.first_failure_at
             remaining = (since if first is None else first) + self._detector.window - self._clock()
             if remaining <= 0:
-                if len(self._detector.paths) > 1:  # other URLs fail too, nothing answers
+                detector = self._detector
+                if len(detector.paths) > 1 and detector.suspect(self._clock()):
+                    # Other URLs fail too, some that worked lately, and nothing answers.
                     self._close(Closed.UNAVAILABLE, self._last_error)
                 else:  # only this URL was tried: does the API answer at all?
                     error = await self._probe_once()

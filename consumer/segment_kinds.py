@@ -150,7 +150,7 @@ class KindResolver:
             elif error is not None and error.outage:
                 self._gate.failed(error, SEGMENT_LIST_ROUTE)
             elif response is not None:
-                self._gate.answered()
+                self._gate.answered(SEGMENT_LIST_ROUTE)
             body = response.body if response is not None and error is None else None
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
@@ -226,7 +226,7 @@ class KindResolver:
             if error is not None and error.outage:
                 self._gate.failed(error, path)
             elif response is not None:
-                self._gate.answered()
+                self._gate.answered(path)
             if error is None:
                 assert response is not None
                 kind = SegmentKind.from_segment(response.body)

@@ -32,6 +32,11 @@
   assumption: LaunchDarkly applies a request within the settle time, or never).
 - **Slots** (slots.py): a batch gives its request slot back while it waits between requests
   (backoff, settle, a closed gate) and takes one again before the next.
+- **A resource that keeps failing** fails fast: once one of its batches ended `failed` (out of
+  budget while the API answered others), its next batches get no backoff retries (the gate
+  still settles whether the API is down, and one more try decides), until it is answered
+  again or LD_RETRY_MAX_ELAPSED_MS has passed. Its records then end `failed` at the pace they
+  come instead of piling up behind a new budget per batch.
 - 400/422 on a request of several instructions is narrowed down: the batch is split in halves
   sent in order, recursively, so only instructions that fail alone are rejected and all the
   others are applied, in their original order.
@@ -186,6 +191,8 @@ class BatchSender:
         self._requesting: set[str] = set()
         # Batches whose last request's outcome is unknown -> until when it may still land.
         self._landing: dict[str, float] = {}
+        # Resources failing fast (see above) -> since when (monotonic).
+        self._failing: dict[str, float] = {}
         # Units granted to batches not sent yet: permit seq -> rate-limit route.
         self._granted: dict[int, str] = {}
         # Where segments' kinds come from; None: every segment is taken as standard.
@@ -381,7 +388,10 @@ class BatchSender:
             elif error is not None and error.outage:
                 self._gate.failed(error, batch.path)
             elif response is not None:
-                self._gate.answered()
+                self._gate.answered(batch.path)
+            resource = batch.route.resource
+            if response is not None and (error is None or not error.outage):
+                self._failing.pop(resource, None)  # answered: a full budget again
             if error is not None and not batch.live():
                 await self._landed(shared)  # the next owner must not overtake it
                 return [None] * len(batch)  # revoked meanwhile: no retry, no narrowing step
@@ -422,6 +432,8 @@ class BatchSender:
                 elapsed=time.monotonic() - budget.started,
                 rng=self._rng,
             )
+            if delay is not None and self._fails_fast(resource, error):
+                delay = None
             if delay is None:
                 if error.outage and not budget.last_try:
                     async with shared.hold.waiting():
@@ -435,6 +447,8 @@ class BatchSender:
                 await self._landed(shared)
                 if not batch.live():
                     return [None] * len(batch)
+                if error.final_status == "failed":
+                    self._failing.setdefault(resource, time.monotonic())
                 given_up: Results = list(
                     results_from_error(
                         batch.id,
@@ -459,6 +473,16 @@ class BatchSender:
             delay = max(delay, shared.landing_until - time.monotonic())
             async with shared.hold.waiting():
                 await asyncio.sleep(delay)
+
+    def _fails_fast(self, resource: str, error: ApiError) -> bool:
+        """Whether this failure of a request for `resource` ends its retries at once."""
+        since = self._failing.get(resource)
+        if since is None or isinstance(error, RateLimited | Conflict):
+            return False
+        if time.monotonic() - since > self._policy.max_elapsed:
+            del self._failing[resource]  # a whole budget again, now and then
+            return False
+        return True
 
     async def _landed(self, shared: _Batch) -> None:
         """Wait (without a slot) until no request of the batch may still be applied."""

@@ -24,6 +24,21 @@ def test_an_outage_is_a_window_of_failures_of_several_urls_without_any_answer() 
     assert detector.failed(119.0, "/a")
 
 
+def test_resources_failing_on_their_own_while_others_work_are_not_an_outage() -> None:
+    """Issue 24: URLs that never worked fail; those that worked are idle. Not an outage,
+    until a URL that worked lately fails too, or nothing has been answered for long."""
+    detector = OutageDetector(window=10.0)
+    detector.answered(0.0, "/healthy")
+    assert not detector.failed(10.0, "/bad1")
+    assert not detector.failed(25.0, "/bad2")  # the window passed: two URLs, never answered
+    assert detector.failed(26.0, "/healthy")  # a URL that worked fails too: the API is down
+    detector.answered(30.0, "/healthy")
+    assert not detector.failed(40.0, "/bad1")
+    assert not detector.failed(55.0, "/bad2")
+    # Nothing answered for ten windows: however the failures look, the API is down.
+    assert detector.failed(130.0, "/bad1")
+
+
 def test_one_url_failing_alone_is_not_an_outage() -> None:
     detector = OutageDetector(window=1.0)
     assert not detector.failed(0.0, "/a")

@@ -1,6 +1,7 @@
 """Unknown outcomes (sender.py): a request that timed out may still be applied. Nothing more is
 sent for the batch's resource until the settle time has passed, a revoke waits for it, and a
-retry that finds its own earlier effect applied counts it as succeeded (readback.py)."""
+retry that finds its own earlier effect applied counts it as succeeded (readback.py). And a
+resource that keeps failing fails fast."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import random
 
 import orjson
 from aiokafka.structs import TopicPartition
+from pydantic import SecretStr
 
 from consumer.batcher import Batch, Batcher
 from consumer.errors import ConnectionFailed, RequestTimeout
+from consumer.gate import ApiGate
+from consumer.ld_client import TokenSource
 from consumer.leases import Leases
 from consumer.retry import RetryPolicy
 from consumer.sender import BatchSender
@@ -118,3 +122,35 @@ async def test_refusals_without_an_unknown_outcome_are_not_read_back() -> None:
     results = await sender.send(expiring_batch(["u1"], Leases()))
     assert [r.status.value for r in results if r is not None] == ["rejected"]
     assert [method for method, _, _ in client.requests] == ["PATCH"]
+
+
+async def test_a_resource_that_keeps_failing_fails_its_next_batches_fast() -> None:
+    """Its first batch spends its whole budget; the next ones get no backoff retries (a
+    settle, then one more try), until the resource is answered again."""
+
+    async def healthy() -> None:
+        return None
+
+    gate = ApiGate(TokenSource(SecretStr("api-test")), healthy, outage_window=0.05)
+    await gate.probe_now()
+    client = FakeClient((503, b""))
+    sender = BatchSender(
+        client,  # type: ignore[arg-type]
+        RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.01),
+        gate,
+        rng=random.Random(1),
+    )
+    leases = Leases()
+    first = await sender.send(expiring_batch(["u1"], leases))
+    assert [r.status.value for r in first if r is not None] == ["failed"]
+    spent = len(client.requests)
+    assert spent >= 4
+    second = await sender.send(expiring_batch(["u2"], leases))
+    assert [r.status.value for r in second if r is not None] == ["failed"]
+    assert len(client.requests) - spent == 2  # one try, and the last one after the settle
+    client.answers = [(200, b'{"items": []}')]
+    await sender.send(expiring_batch(["u3"], leases))  # answered: a full budget again
+    client.answers = [(503, b"")]
+    before = len(client.requests)
+    await sender.send(expiring_batch(["u4"], leases))
+    assert len(client.requests) - before >= 4
