@@ -8,9 +8,9 @@ charged: the token or the API is wrong for every event alike. The rules:
    with no answer in between, to more than one URL, one of which worked lately, or with no
    write answered lately at all (`OutageDetector`, pure): a write path that is down while the
    probe's read works is an outage too; resources that fail on every write while others work
-   are not (their events end `failed`, and the gate stays open for the rest). The service starts closed
-   ("not reached yet") and opens after its first probe, so nothing is taken before the API
-   was reached.
+   are not (their events end `failed`, and the gate stays open for the rest). The service
+   starts closed ("not reached yet") and opens after its first probe, so nothing is taken
+   before the API was reached.
 2. **While closed.** Fetching is paused (the lifecycle asks `is_open`), `/readyz` says why
    (`reason`), batches wait in `wait_open`, and every batch that waited starts a fresh retry
    budget afterwards (`closings` counts closings for that).
