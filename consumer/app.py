@@ -64,6 +64,8 @@ from consumer.halts import Halt, Halts
 from consumer.health import BROKER_PROBE_AFTER, HealthServer, Vitals
 from consumer.ld_client import LdClient, TokenSource
 from consumer.leases import Follow, Lease, Leases, LeaseState
+from consumer.membership import Membership
+from consumer.membership import bound as membership_bound
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.publisher import Publisher, Refused
@@ -84,6 +86,7 @@ POSITION_WAIT = 10.0  # seconds the newly assigned partitions' positions are awa
 STOP_GRACE = 5.0  # seconds past CONSUMER_SHUTDOWN_TIMEOUT_MS for the last commit and closing
 CLOSE_MIN = 0.5  # seconds each close step gets, however late
 CORRUPT_FETCH_TRIES = 3  # fetches of a batch that fails its CRC check before its partition halts
+SHORT_LOG_CONFIRM = 5.0  # seconds a high watermark below a lease lasts before the log is short
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -123,7 +126,13 @@ class Service:
         self.metrics = Metrics()
         self.registry = self.metrics.registry
         self.vitals = Vitals()
-        self.leases = Leases()
+        self.membership = Membership(
+            membership_bound(
+                settings.kafka_session_timeout_ms, settings.kafka_heartbeat_interval_ms
+            ),
+            time.monotonic,
+        )
+        self.leases = Leases(self.membership)
         self.throttle = RateLimiter()
         self._rng = random.Random()
         self._stopping = asyncio.Event()  # the one stop flag: a stop asked for, or a failure
@@ -137,6 +146,8 @@ class Service:
         self._fetch_failures: dict[TopicPartition, int] = {}
         self._restarting: set[Lease] = set()  # leases being started again (rule 2b)
         self._offset_resets: dict[TopicPartition, int] = {}  # the last one reported, per partition
+        # Partitions whose high watermark is below their lease -> since when (rule 2b).
+        self._short_since: dict[TopicPartition, float] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.recovery = Recovery(settings)
         self.tracing = Tracing(
@@ -225,6 +236,7 @@ class Service:
             await self._client.start()
             self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
             await kafka.start(self._consumer, settings)
+            kafka.watch_membership(self._consumer, self.membership.heard, self._membership_lost)
             log.info(
                 "service.started",
                 topic=settings.consumer_input_topic,
@@ -342,11 +354,40 @@ class Service:
             # No await from here to the end of the turn: the runs are judged against the
             # leases as they are now (leases.py, rules 2 and 2b).
             self.vitals.beat()
+            self._check_membership()
             now = time.monotonic()
             if batches:
                 self.vitals.broker_seen()
                 self._take(batches, fetch, now, since_records=0.0)
             self._follow(fetch)
+
+    def _check_membership(self) -> None:
+        """Membership.py, rule 4: a member that lost contact with the group for a session
+        (or was told it is unknown) has stopped starting requests (its leases are not active);
+        here it says so once and asks aiokafka to rejoin, so the revoke and the assignment
+        that follow hand the work to whoever owns it now."""
+        membership = self.membership
+        if membership.current():
+            self.vitals.group_lapsed = None
+            return
+        if membership.rejoin_asked or not self.leases.all():
+            return
+        membership.rejoin_asked = True
+        silent = round(membership.silent_for(), 1)
+        self.vitals.group_lapsed = (
+            f"no word from the group coordinator for {silent} s: not sending until it rejoins"
+        )
+        log.warning(
+            "group.membership_lapsed",
+            silent_s=silent,
+            partitions=len(self.leases.all()),
+            message="the group may have given this member's partitions to others: no request"
+            " starts until it has rejoined",
+        )
+        kafka.request_rejoin(self._consumer)
+
+    def _membership_lost(self) -> None:
+        self.membership.lost()
 
     def _take(
         self,
@@ -389,48 +430,103 @@ class Service:
 
     def _follow(self, fetch: int) -> None:
         """Rule 2b: offsets the consumer passed over without a record (transaction markers,
-        aborted or compacted records) move the leases past them; a position below a lease
-        (the log lost what it took) starts the lease again there."""
+        aborted or compacted records) move the leases past them; a log that no longer holds
+        what a lease took starts the lease again where the reset policy says.
+
+        The log is short when the consumer's position went below the lease (aiokafka reset an
+        offset out of range, on a broker that says so), or when the broker's high watermark
+        stays below the lease for SHORT_LOG_CONFIRM seconds (a broker that answers an offset
+        past its end with nothing, as Tansu does after losing its data; a new leader's high
+        watermark can lag for a moment, hence the wait)."""
+        consumer = self._consumer
+        now = time.monotonic()
         for lease in self.leases.active():
+            if lease in self._restarting:
+                continue
             tp = lease.tp
-            position = kafka.consumed_position(self._consumer, tp)
+            position = kafka.consumed_position(consumer, tp)
             if self.leases.follow(tp, position, fetch) is Follow.BEHIND:
                 assert position is not None
-                log.warning(
-                    "partition.log_behind",
-                    partition=tp.partition,
-                    lease_next=lease.next,
-                    position=position,
-                    message="the log no longer holds what this member took (offset out of"
-                    " range and reset: a broker that lost its data, a topic re-created);"
-                    " starting again at the reset position",
-                )
+                self._log_short(lease, position, "the consumer's position")
+                self._restart(lease, position)
+                continue
+            end = consumer.highwater(tp)
+            if end is None or end >= lease.next:
+                self._short_since.pop(tp, None)
+            elif now - self._short_since.setdefault(tp, now) >= SHORT_LOG_CONFIRM:
+                del self._short_since[tp]
+                self._log_short(lease, end, "the log end")
                 self.metrics.offset_resets.labels(
                     policy=self.settings.consumer_auto_offset_reset
                 ).inc()
-                self._restarting.add(lease)
-                task = asyncio.create_task(self._restart_lease(lease, position))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._restart(lease, None)
 
-    async def _restart_lease(self, lease: Lease, position: int) -> None:
-        """Rule 2b's BEHIND: stop the lease's work as a revoke does, then grant it again at
-        `position` (nothing it took is committed: those offsets are gone from the log)."""
+    def _log_short(self, lease: Lease, found: int, what: str) -> None:
+        log.warning(
+            "partition.log_behind",
+            topic=lease.tp.topic,
+            partition=lease.tp.partition,
+            lease_next=lease.next,
+            found=found,
+            policy=self.settings.consumer_auto_offset_reset,
+            message=f"{what} ({found}) is before what this member took (up to {lease.next}):"
+            " the log lost records (a broker restarted without its data, a topic re-created);"
+            " starting the partition again as CONSUMER_AUTO_OFFSET_RESET says",
+        )
+
+    def _restart(self, lease: Lease, position: int | None) -> None:
+        self._restarting.add(lease)
+        task = asyncio.create_task(self._restart_lease(lease, position))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _restart_lease(self, lease: Lease, position: int | None) -> None:
+        """Stop the lease's work as a revoke does, then grant it again at `position` (None:
+        where CONSUMER_AUTO_OFFSET_RESET says; `none` halts the partition instead). Nothing
+        it took past the log's end is committed: those offsets are gone."""
+        tp = lease.tp
         try:
             deadline = time.monotonic() + self.settings.consumer_revoke_timeout_ms / 1000
             if lease.state is LeaseState.ENDED or self.stopping:
                 return
-            self.leases.revoke([lease.tp])
+            self.leases.revoke([tp])
             more = await self.pipeline.revoke([lease], deadline)
             self.leases.end([lease])
-            if self.stopping or lease.tp not in self._consumer.assignment():
+            if self.stopping or tp not in self._consumer.assignment():
                 return
-            self.leases.grant(lease.tp, position)
-            self._consumer.seek(lease.tp, position)
+            if position is None:
+                position = await self._reset_position(tp)
+            if position is None:
+                return  # halted
+            if self.leases.get(tp) is None:  # not granted anew by an assignment meanwhile
+                self.leases.grant(tp, position)
+                self._consumer.seek(tp, position)
             while more:
                 more = await self._rewind(more, deadline)
         finally:
             self._restarting.discard(lease)
+
+    async def _reset_position(self, tp: TopicPartition) -> int | None:
+        """Where CONSUMER_AUTO_OFFSET_RESET puts a partition whose log is shorter than its
+        lease; None (and the partition halted) for `none`."""
+        policy = self.settings.consumer_auto_offset_reset
+        if policy == "latest":
+            end: int | None = self._consumer.highwater(tp)
+            if end is not None:
+                return end
+            return int((await self._consumer.end_offsets([tp]))[tp])
+        if policy == "earliest":
+            return int((await self._consumer.beginning_offsets([tp]))[tp])
+        self._halt(
+            Halt(
+                tp,
+                None,
+                "the log ends before what this member took (a broker that lost its data, a"
+                " topic re-created) and CONSUMER_AUTO_OFFSET_RESET=none: set it to earliest or"
+                " latest to go on",
+            )
+        )
+        return None
 
     def _fetch_failed(self, exc: Exception) -> None:
         """`getmany` raised for one partition (PARTITION_FETCH_ERRORS): halt it, never skip.
@@ -577,7 +673,11 @@ class Service:
         try:
             # The bound covers waiting for a commit under way (the loop's, or a revoke's).
             async with asyncio.timeout(limit), self._commit_lock:
-                found = self.leases.to_commit(leases)
+                found = {
+                    lease: position
+                    for lease, position in self.leases.to_commit(leases).items()
+                    if self._within_log(lease, position)
+                }
                 if not found:
                     return
                 positions = {lease.tp: position for lease, position in found.items()}
@@ -596,11 +696,19 @@ class Service:
             positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
         )
 
+    def _within_log(self, lease: Lease, position: int) -> bool:
+        """A position beyond the partition's log end (as the last fetch saw it) is never
+        committed: the log lost records (rule 2b), and the group must not start past them."""
+        end = self._consumer.highwater(lease.tp)
+        return end is None or position <= end
+
     # -- rebalancing ----------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Rule 1: pause at once, grant in a task (never raises, returns at once). Nothing is
         granted once the service stops (aiokafka's close waits for a join under way)."""
+        self.membership.heard()  # an assignment is the coordinator's word (membership.py)
+        self.vitals.group_lapsed = None
         if assigned:
             self._consumer.pause(*assigned)  # before any await: nothing fetched for nobody
             if not self.stopping:

@@ -34,6 +34,9 @@ class Vitals:
         self.api_token_refused = False
         # Halted partitions (halts.py), one line each; empty while all flow.
         self.halted: list[str] = []
+        # Why this member no longer counts itself in the group (membership.py), None while it
+        # does.
+        self.group_lapsed: str | None = None
 
     def beat(self) -> None:
         self.loop_beat = self._clock()
@@ -54,6 +57,7 @@ class Vitals:
             "api_token_accepted": not self.api_token_refused,
             "api_available": self.api_closed is None,
             "partitions_flowing": not self.halted,
+            "group_member": self.group_lapsed is None,
             "running": not self.stopping,
         }
 
@@ -69,6 +73,8 @@ class Vitals:
         if self.api_closed is not None:
             found.append(self.api_closed)
         found.extend(self.halted)
+        if self.group_lapsed is not None:
+            found.append(self.group_lapsed)
         if self.stopping:
             found.append("stopping")
         return found

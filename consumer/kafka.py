@@ -376,6 +376,41 @@ def watching_offset_resets(listener: Callable[[TopicPartition, int], None]) -> I
         _RESETS.listeners.remove(listener)
 
 
+def watch_membership(
+    consumer: AIOKafkaConsumer, heard: Callable[[], None], lost: Callable[[], None]
+) -> bool:
+    """Tell `heard` of every heartbeat the coordinator answers, and `lost` when it says this
+    member's id or generation is unknown (membership.py). aiokafka has no public hook for
+    either: its group coordinator's two methods are wrapped. False (nothing watched) on
+    another aiokafka, where only the assignments then count as news."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    heartbeat = getattr(coordinator, "_do_heartbeat", None)
+    reset = getattr(coordinator, "reset_generation", None)
+    if coordinator is None or heartbeat is None or reset is None:
+        return False
+
+    async def watched_heartbeat() -> bool:
+        answered: bool = await heartbeat()
+        if answered:
+            heard()
+        return answered
+
+    def watched_reset() -> None:
+        reset()
+        lost()
+
+    coordinator._do_heartbeat = watched_heartbeat
+    coordinator.reset_generation = watched_reset
+    return True
+
+
+def request_rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Make aiokafka rejoin the group (its revoke, then a fresh assignment)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None:
+        coordinator.request_rejoin()
+
+
 def readable_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """Where reading `tp` ends for now, from the last fetch response (None before one came).
 

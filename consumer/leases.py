@@ -24,7 +24,11 @@ The ownership rules, enforced here and by their callers (app.py, pipeline.py, se
    re-created), and the lease must start again at the consumer's position (`BEHIND`).
 3. **Finish.** A taken record is done when its outcome (and dead-letter copy) is acknowledged
    by the broker; the lease's commit position is its first taken offset not done (offsets.py).
-4. **Revoke.** A revoked lease stops at once: it takes nothing more, and its batches start no
+4. **Revoke.** A lease is not active while the member's group membership is not current
+   (membership.py: no word from the coordinator for a session, or told its generation or id
+   is unknown): no request starts for it, nothing is taken for it (a run fetched meanwhile is
+   fetched again), as if revoked, until the coordinator is heard again or the revoke comes.
+   A revoked lease stops at once: it takes nothing more, and its batches start no
    request (no new batch, no retry, no narrowing step; the sender asks `Batch.live()` right
    before each request). Requests already on the wire are waited for, bounded by
    CONSUMER_REVOKE_TIMEOUT_MS (> LD_REQUEST_TIMEOUT_MS, so they end in time); outcomes of the
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 
 from aiokafka.structs import TopicPartition
 
+from consumer.membership import Membership
 from consumer.offsets import PartitionOffsets
 
 
@@ -57,11 +62,16 @@ class LeaseState(enum.Enum):
 class Lease:
     """This member's claim on one partition for one assignment."""
 
-    __slots__ = ("offsets", "state", "synced_at", "tp")
+    __slots__ = ("_membership", "offsets", "state", "synced_at", "tp")
 
-    def __init__(self, tp: TopicPartition, start: int, fetch: int) -> None:
+    def __init__(
+        self, tp: TopicPartition, start: int, fetch: int, membership: Membership | None = None
+    ) -> None:
         self.tp = tp
         self.state = LeaseState.ACTIVE
+        # The group membership it was granted under (membership.py): while it is not current,
+        # the lease is not active (rule 4 applied by the member itself).
+        self._membership = membership
         self.offsets = PartitionOffsets(start)
         # The fetch (numbered by `Leases.begin_fetch`) during which the consumer's position
         # was last set to `next`: runs of later fetches continue it (rule 2).
@@ -69,7 +79,8 @@ class Lease:
 
     @property
     def active(self) -> bool:
-        return self.state is LeaseState.ACTIVE
+        membership = self._membership
+        return self.state is LeaseState.ACTIVE and (membership is None or membership.current())
 
     def stop(self) -> None:
         """Rule 4's first half for one lease (no more taking or sending); its caller revokes
@@ -111,9 +122,11 @@ class Follow(enum.Enum):
 
 def admit(lease: Lease | None, first: int, last: int, fetch: int) -> Admission:
     """Rule 2 for a run of offsets `first`..`last` returned by fetch number `fetch`."""
-    if lease is None or not lease.active:
+    if lease is None or lease.state is not LeaseState.ACTIVE:
         return NOTHING
     start = lease.next
+    if not lease.active:  # the membership lapsed: not taken, and fetched again once current
+        return Admission(seek_to=start)
     if last < start:
         return NOTHING  # every one was taken already
     if first <= start or lease.synced_at < fetch:
@@ -124,9 +137,10 @@ def admit(lease: Lease | None, first: int, last: int, fetch: int) -> Admission:
 class Leases:
     """The leases of this member, by partition, and the fetch counter rule 2 needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, membership: Membership | None = None) -> None:
         self._by_tp: dict[TopicPartition, Lease] = {}
         self.fetch = 0
+        self.membership = membership
 
     def begin_fetch(self) -> int:
         """Number the fetch about to start; call right before `getmany`."""
@@ -137,7 +151,7 @@ class Leases:
         previous = self._by_tp.get(tp)
         if previous is not None:
             previous.state = LeaseState.ENDED
-        lease = self._by_tp[tp] = Lease(tp, start, self.fetch)
+        lease = self._by_tp[tp] = Lease(tp, start, self.fetch, self.membership)
         return lease
 
     def get(self, tp: TopicPartition) -> Lease | None:

@@ -1,0 +1,80 @@
+"""A broker restarted without its data under a running consumer (Tansu's memory storage does
+this; so does a topic deleted and re-created): the members' positions are now beyond the
+log. Nothing may be skipped: no position beyond the log is committed, and a lease beyond it
+starts again where CONSUMER_AUTO_OFFSET_RESET says (leases.py, rule 2b). The old code committed
+its old positions into the new group and skipped that many new records for good."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from consumer.demo.tansu import TansuBroker, free_port
+from consumer.events import record_key
+from consumer.fake_api import RunningSimulator
+from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.outcomes import Status
+from tests.factories import encode, event_dict
+from tests.integration.harness import (
+    ENV,
+    PROJECT,
+    Message,
+    create_topics,
+    make_settings,
+    outcomes_covering,
+    produce,
+    running,
+    seed,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _events(prefix: str, count: int) -> list[Message]:
+    found = [
+        event_dict(key=f"s{i % 4}", project=PROJECT, env=ENV, values=[f"{prefix}{i}"])
+        for i in range(count)
+    ]
+    return [(record_key(e), encode(e), []) for e in found]
+
+
+async def test_a_broker_restarted_empty_under_a_stream_skips_no_record(
+    simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(4)}))
+    port = free_port()
+    broker = TansuBroker(port)
+    broker.start()
+    try:
+        settings = make_settings(f"127.0.0.1:{port}", simulator.base_url, on_tansu=True)
+        await create_topics(settings, partitions=4)
+        async with running(settings) as handle:
+            before = await produce(settings, _events("old", 400))
+            # Slow requests: batches of the old log are on the wire when the broker goes, and
+            # their outcomes and commits reach the new, empty broker.
+            await admin.set_faults(latency_ms=[1_000, 1_500])
+            await asyncio.sleep(2)
+            broker.stop()
+            broker = TansuBroker(port)
+            broker.start()  # empty: no topics, records, groups or offsets
+            # Tansu auto-creates a topic asked about with 4 partitions: the same count.
+            await create_topics(settings, partitions=4)
+            await asyncio.sleep(4)  # the old batches end meanwhile
+            await admin.set_faults()
+            after = await produce(settings, _events("new", 120))
+            assert all(after[tp] < before[tp] for tp in after)  # the new log is shorter
+            results = await outcomes_covering(settings, after, timeout=90)
+            assert not handle.task.done()
+        sources = {(o.source.partition, o.source.offset) for o in results}
+        wanted = {(tp.partition, o) for tp, end in after.items() for o in range(end)}
+        assert wanted <= sources, f"{len(wanted - sources)} new records skipped"
+        assert {o.status for o in results} == {Status.SUCCEEDED}
+        applied = set()
+        for segment in (await admin.state())["segments"]:
+            for target in segment.get("includedContexts") or []:
+                applied.update(target["values"])
+            applied.update(segment.get("included") or [])
+        assert {f"new{i}" for i in range(120)} <= applied
+    finally:
+        broker.stop()
