@@ -84,7 +84,10 @@ async def test_a_broker_without_the_idempotent_producer_gets_the_hint(
         ),
         (
             {"LD_REQUEST_TIMEOUT_MS": "5000", "CONSUMER_REVOKE_TIMEOUT_MS": "4000"},
-            ["LD_REQUEST_TIMEOUT_MS must be lower than CONSUMER_REVOKE_TIMEOUT_MS"],
+            [
+                "LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS must be lower than"
+                " CONSUMER_REVOKE_TIMEOUT_MS"
+            ],
         ),
         (
             {

@@ -240,10 +240,10 @@ async def test_a_bug_while_sending_fails_and_dead_letters_instead_of_blocking(
     await admin.seed(seed(segments={"s0": {}, "s1": {}}))
     original = BatchSender.send
 
-    async def flaky(self: BatchSender, batch: Any, permit: Any = None) -> Any:
+    async def flaky(self: BatchSender, batch: Any, permit: Any = None, hold: Any = None) -> Any:
         if batch.path.endswith("/s1"):
             raise RuntimeError("injected bug")
-        return await original(self, batch, permit)
+        return await original(self, batch, permit, hold)
 
     monkeypatch.setattr(BatchSender, "send", flaky)
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
