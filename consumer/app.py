@@ -312,7 +312,7 @@ class Service:
 
     async def _close(self) -> None:  # 5.
         self._stop_deadline = min(self._stop_deadline, time.monotonic() + STOP_GRACE)
-        await _bounded(self._consumer.stop(), self._time_left(), "consumer.stop")
+        await _bounded(kafka.stop_consumer(self._consumer), self._time_left(), "consumer.stop")
         await _bounded(self._producer.stop(), self._time_left(), "producer.stop")
         await self._client.stop()
         if self.health is not None:

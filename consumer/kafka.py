@@ -406,6 +406,32 @@ async def end_offsets(
     return {tp: max(listed.get(tp, 0), readable_end(consumer, tp) or 0) for tp in partitions}
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """`consumer.stop()`, finished even when aiokafka breaks it off with a cancellation that is
+    not ours.
+
+    aiokafka's fetcher (0.13) cancels its fetch tasks on close and awaits them; one that was
+    sleeping its retry backoff after a connection error (the broker gone) re-raises that
+    cancellation out of `stop()`, which then leaves the client's connections open. A
+    cancellation of the calling task itself (a timeout around this call, Ctrl-C) still
+    propagates.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        fetcher = getattr(consumer, "_fetcher", None)
+        pending = [t for t in getattr(fetcher, "_pending_tasks", ()) if not t.done()]
+        for leftover in pending:
+            leftover.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            await client.close()
+
+
 @contextlib.asynccontextmanager
 async def reading(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer without a group, for reading topics (replay, outcomes, check…),
@@ -424,7 +450,7 @@ async def reading(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaC
     try:
         yield consumer
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
