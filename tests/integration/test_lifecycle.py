@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import sys
@@ -282,3 +283,11 @@ async def test_sigterm_after_the_broker_stopped_exits_0_without_a_traceback(
     assert process.returncode == 0, log[-6000:]
     assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
     assert '"service.stopped"' in log
+    # aiokafka's connection errors, many a second while the broker is away, are rate-limited
+    # (logs.LibraryFlood): each kind once, then at most one line per window.
+    library = Counter(
+        json.loads(line)["event"].split(":")[0]
+        for line in log.splitlines()
+        if line.startswith("{") and json.loads(line)["logger"].startswith("aiokafka")
+    )
+    assert library and sum(library.values()) <= 2 * len(library), library
