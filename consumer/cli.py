@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--limit",
         type=_at_least_one,
-        help="replay at most this many records (records replayed before do not count, so"
+        help="replay at most this many originals (those replayed before do not count, so"
         " runs page forward)",
     )
     replay.add_argument("--to", help="target topic (default: CONSUMER_INPUT_TOPIC)")
@@ -155,7 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_at_least_one,
         help="refuse records replayed this often (default: CONSUMER_REPLAY_MAX_COUNT)",
     )
-    replay.add_argument("--again", action="store_true", help="also replay records replayed before")
+    replay.add_argument(
+        "--again",
+        action="store_true",
+        help="replay originals replayed before once more (one copy per original, however"
+        " many dead letters it has)",
+    )
     replay.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
     _wait_option(replay, "record replayed")
     replay.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
@@ -431,6 +436,7 @@ def _produce(args: argparse.Namespace) -> int:
             data,
             name=name,
             topic=args.topic or settings.consumer_input_topic,
+            topic_variable="--topic" if args.topic else "CONSUMER_INPUT_TOPIC",
             mode=mode,
             dry_run=args.dry_run,
             wait=args.wait,

@@ -47,6 +47,11 @@ def explain(exc: BaseException) -> CommandFailed | None:
         return exc
     if isinstance(exc, SettingsError):
         return CommandFailed(str(exc), EXIT_USAGE)
+    if isinstance(exc, kafka.TopicMissing):
+        return CommandFailed(
+            f"the topic {exc.topic} does not exist: create it (see docs/operations.md), or set"
+            f" {exc.variable} to the name of the topic to use"
+        )
     if isinstance(exc, kafka.IdempotenceRefused):
         return CommandFailed(
             f"the Kafka broker at {exc.address} refused the idempotent producer (InitProducerId"

@@ -43,6 +43,16 @@ class BrokerUnreachable(Exception):
         self.address = address
 
 
+class TopicMissing(Exception):
+    """A topic a command reads or writes does not exist; `variable` names the setting (or
+    option) that names it."""
+
+    def __init__(self, topic: str, variable: str) -> None:
+        super().__init__(f"the topic {topic} does not exist ({variable})")
+        self.topic = topic
+        self.variable = variable
+
+
 class IdempotenceRefused(Exception):
     """The broker refused InitProducerId: it has no idempotent producer (Tansu 0.6)."""
 
@@ -505,18 +515,24 @@ async def group_members(settings: Settings, group: str) -> int | None:
 
 
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    """The partitions of a topic (empty when it does not exist), from the admin API.
+    """The partitions of a topic (empty when it does not exist), from the admin API; listed
+    first, so that no broker creates the topic for being asked (`existing_topics`).
 
     Not `consumer.topics()`: on Tansu a consumer that listed every topic stalls in `stop()`.
     """
-    async with admin_client(settings) as admin:
-        described = await admin.describe_topics([topic])
-    return [
-        TopicPartition(topic, p["partition"])
-        for entry in described
-        if entry.get("error_code") == 0
-        for p in sorted(entry["partitions"], key=lambda p: int(p["partition"]))
-    ]
+    count = (await existing_topics(settings, [topic])).get(topic, 0)
+    return [TopicPartition(topic, p) for p in range(count)]
+
+
+async def required_partitions(
+    settings: Settings, topic: str, variable: str
+) -> list[TopicPartition]:
+    """The partitions of a topic a command needs; `TopicMissing` (one line naming the topic
+    and `variable`) when it does not exist. Never creates it."""
+    partitions = await topic_partitions(settings, topic)
+    if not partitions:
+        raise TopicMissing(topic, variable)
+    return partitions
 
 
 async def read_topic(

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from aiokafka import ConsumerRecord
-from aiokafka.structs import TopicPartition
 
 from consumer import kafka
-from consumer.cli_errors import CommandFailed
 from consumer.settings import Settings
 
 
@@ -89,12 +87,7 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
     """Print the matching outcomes; returns how many were shown and the event ids asked for
     that have none."""
     topic = settings.consumer_results_topic
-    counts = await kafka.existing_topics(settings, [topic])
-    if topic not in counts:
-        raise CommandFailed(
-            f"the results topic {topic} does not exist (CONSUMER_RESULTS_TOPIC): nothing to read"
-        )
-    partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
+    partitions = await kafka.required_partitions(settings, topic, "CONSUMER_RESULTS_TOPIC")
     shown = 0
     missing = set(query.event_ids)
     async with kafka.reading(settings) as consumer:

@@ -35,7 +35,6 @@ import structlog
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
-from consumer.cli_errors import CommandFailed
 from consumer.errors import RateLimited
 from consumer.events import (
     AddExpireUserTargetDate,
@@ -558,9 +557,7 @@ class Verifier:
 
     async def _outcomes(self, report: Report) -> list[Outcome]:
         topic = self.settings.consumer_results_topic
-        partitions = await kafka.topic_partitions(self.settings, topic)
-        if not partitions:
-            raise CommandFailed(f"verify: the results topic {topic} does not exist")
+        partitions = await kafka.required_partitions(self.settings, topic, "CONSUMER_RESULTS_TOPIC")
         found: list[Outcome] = []
         async with kafka.reading(self.settings) as consumer:
             ends = await kafka.end_offsets(consumer, partitions)
