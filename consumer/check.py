@@ -59,7 +59,7 @@ class Report:
 
 async def preflight(settings: Settings, token: TokenSource | None) -> Report:
     checks = await _kafka_checks(settings)
-    checks.extend(await _launchdarkly(settings, token))
+    checks.extend(await launchdarkly(settings, token))
     return Report(checks)
 
 
@@ -224,7 +224,8 @@ async def _group(settings: Settings, partitions: int) -> Check:
     return Check("group", "ok", detail, {"group": group, "partitions": rows})
 
 
-async def _launchdarkly(settings: Settings, token: TokenSource | None) -> list[Check]:
+async def launchdarkly(settings: Settings, token: TokenSource | None) -> list[Check]:
+    """Row 6: whether LaunchDarkly answers and accepts the token (`verify` asks it too)."""
     url = settings.ld_base_url
     if token is None:
         return [Check("launchdarkly", "fail", "no token: set LD_API_TOKEN or LD_API_TOKEN_FILE")]
