@@ -205,7 +205,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     outcomes.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
     outcomes.add_argument("--until", help="RFC 3339 time or a duration ago")
-    outcomes.add_argument("--limit", type=_at_least_one, help="show at most this many")
+    outcomes.add_argument(
+        "--limit",
+        type=_at_least_one,
+        metavar="N",
+        help="the newest N matching outcomes, in time order (oldest first); without it every"
+        " match is shown as read, in order within each partition",
+    )
     outcomes.add_argument(
         "--follow", action="store_true", help="keep reading new outcomes (Ctrl-C stops)"
     )
