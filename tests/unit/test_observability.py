@@ -92,3 +92,24 @@ def test_the_rules_cover_what_the_issue_lists() -> None:
         "up",  # the process not scraped
     } <= watched
     assert "absent(" in next(r["expr"] for r in rules() if "up" in by_metric[r["alert"]])
+
+
+def test_a_fresh_consumer_serves_the_labelled_series_at_zero() -> None:
+    """The dashboard's error, dead-letter and retry panels show lines before the first error."""
+    from prometheus_client import generate_latest
+
+    from consumer.metrics import Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    for series in (
+        'ldc_outcomes_total{status="succeeded"} 0.0',
+        'ldc_outcome_errors_total{code="not_found",status="rejected"} 0.0',
+        'ldc_outcome_errors_total{code="not_json",status="invalid"} 0.0',
+        'ldc_outcome_errors_total{code="server_error",status="failed"} 0.0',
+        'ldc_dead_letters_total{status="failed"} 0.0',
+        'ldc_api_retries_total{reason="rate_limited"} 0.0',
+        'ldc_batches_sent_total{endpoint="segment-targets"} 0.0',
+        'ldc_commits_total{result="failed"} 0.0',
+    ):
+        assert series in text, series
+    assert 'code="unauthorized"' not in text  # never an outcome's code
