@@ -221,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         choices=[code.value for code in ErrorCode],
         metavar="CODE",
-        help="e.g. not_found (repeatable; the codes are in the README's outcome table)",
+        help="e.g. not_found (repeatable; the codes: docs/outcomes.md)",
     )
     replay.add_argument("--event-id", action="append", help="repeatable")
     replay.add_argument(

@@ -23,8 +23,8 @@ original is replayed again only when asked (`--again`), and then once more, not 
    replayed, so runs page forward.
 5. An original is refused when its replay count (the larger of its dead letter's
    `ldc.replay.count` and the ledger's) reached `--max-replays`, and a copy written without
-   its value (`ldc.value-omitted`, before 0.2) is refused: take the original from the input
-   topic at `ldc.original.partition`/`ldc.original.offset`.
+   its value (`ldc.value-omitted`, by earlier versions) is refused: take the original from
+   the input topic at `ldc.original.partition`/`ldc.original.offset`.
 6. The copy goes to the input topic (or `--to`) with the original key, value and headers,
    minus every `ldc.*` header, plus `ldc.replay.count` (one more) and `ldc.replay.of`; then
    the marker goes to the ledger. A crash between the two leaves a copy without its marker:
@@ -219,7 +219,7 @@ class Replayer:
         self.out = out
         self.progress = progress
         # original ("topic/partition/offset") -> its last replay count, from the ledger; a
-        # ledger of versions before 0.3 holds dead-letter positions ("partition:offset").
+        # ledger of earlier versions holds dead-letter positions ("partition:offset").
         self._ledger: dict[str, int] = {}
         self._ledger_exists = False
         self._this_run: set[Original] = set()

@@ -139,7 +139,7 @@ class TansuBroker:
         self.stop()
 
 
-# Client settings that work with Tansu (see the README): it holds every JoinGroup for half the
+# Client settings that work with Tansu (docs/simulator.md): it holds every JoinGroup for half the
 # session timeout, does not wake a waiting fetch on new data, and has no InitProducerId v3.
 # The timeouts nest as the settings require (request < revoke, revoke + commit < rebalance)
 # with a local API in mind.
