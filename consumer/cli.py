@@ -604,11 +604,15 @@ def _produce(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from consumer import check
     from consumer.ld_client import TokenSource
+    from consumer.settings import token_problems
 
-    settings = _settings(args, need_token=True)
+    # Without a usable token the Kafka rows still run; the LaunchDarkly row says why.
+    settings = _settings(args)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
-    token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
-    report = asyncio.run(check.preflight(settings, token))
+    problems = token_problems(settings)
+    token = None if problems else TokenSource(settings.ld_api_token, settings.ld_api_token_file)
+    no_token = problems[0] if problems else None
+    report = asyncio.run(check.preflight(settings, token, no_token=no_token))
     (check.print_json if args.json else check.print_table)(report, sys.stdout)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
