@@ -373,8 +373,8 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument(
         "--results-partitions",
         type=_at_least_one,
-        default=4,
-        help="partitions of the results topic (as many as the input topic's, or more)",
+        help="partitions of the results topic, as many as the input topic's or more"
+        " (default: as many)",
     )
     broker.add_argument(
         "--dlq-partitions",
@@ -500,6 +500,13 @@ def _broker(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65_536:
         raise UsageError(f"broker: --port must be 1-65535, not {args.port}")
+    if args.results_partitions is None:
+        args.results_partitions = args.input_partitions
+    if args.results_partitions < args.input_partitions:
+        raise UsageError(
+            f"broker: --results-partitions ({args.results_partitions}) must be at least"
+            f" --input-partitions ({args.input_partitions}): outcomes are read per partition"
+        )
     tansu = TansuBroker(args.port, host=args.host, advertised_host=args.advertised_host)
     # The clients' settings for this broker: topic names (and anything else) from the
     # environment, the address and the Tansu settings from here.

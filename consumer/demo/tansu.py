@@ -112,7 +112,9 @@ class TansuBroker:
             try:
                 sock.bind((self.host, self.port))
             except OSError as exc:
-                raise CannotListen(self.host, self.port, exc.strerror or str(exc)) from None
+                raise CannotListen(
+                    self.host, self.port, exc.strerror or str(exc), exc.errno
+                ) from None
 
     def stop(self) -> None:
         process, self._process = self._process, None
