@@ -218,7 +218,11 @@ class Service:
         """Run until `stop` is set, then drain. Raises when a background loop failed."""
         settings = self.settings
         await self.start_health()
-        await kafka.start(self._producer, settings)
+        try:
+            await kafka.start(self._producer, settings)
+        except BaseException:
+            await self.discard()  # the consumer made in __init__ too (aiokafka warns otherwise)
+            raise
         try:
             await self._client.start()
             self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))

@@ -24,6 +24,7 @@ from consumer.fake_api import RunningSimulator, Simulator, sample_seed
 from consumer.outcomes import Outcome
 from consumer.settings import Settings
 from consumer.signals import on_stop
+from consumer.text import clip
 
 DEMO_TOKEN = "api-demo-0000-token"  # noqa: S105 - accepted by the demo simulator only
 
@@ -166,7 +167,7 @@ def _report(
         error = f"{o.error.code}: {o.error.message}" if o.error else ""
         print(
             f"  {(o.eventId or '-'):<12} {(o.instructionKind or '-'):<27} {o.status.value:<10}"
-            f" {http:<5} {batch:<8} {error[:70]}",
+            f" {http:<5} {batch:<8} {clip(error, 70)}",
             file=out,
         )
     valid = sum(1 for s in samples if s.expected != "invalid")

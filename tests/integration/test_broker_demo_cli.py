@@ -8,7 +8,7 @@ import signal
 import socket
 
 from consumer import kafka
-from consumer.demo.tansu import TANSU_SETTINGS, free_port
+from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker, free_port
 from consumer.settings import Settings
 from tests.integration.commands import SCRIPT, children, command, gone
 
@@ -124,3 +124,14 @@ async def test_demo_stops_on_ctrl_c_with_its_broker() -> None:
         "Demo interrupted: stopped the consumer, the simulator and the broker."
     ]
     assert await gone(tansu)
+
+
+async def test_demo_on_an_external_broker_that_refuses_it_is_one_line_and_closes_its_clients() -> (
+    None
+):
+    """Tansu has no idempotent producer: the demo says what to set, and leaves no unclosed
+    Kafka client behind (aiokafka's "Unclosed AIOKafkaConsumer" error line)."""
+    with TansuBroker() as broker:
+        env = {**clean_env(), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        result = await command("demo", env=env)
+    result.failed_with(1, "refused the idempotent producer", "KAFKA_PRODUCER_IDEMPOTENCE=false")
