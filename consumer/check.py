@@ -36,6 +36,7 @@ from consumer.errors import ApiError
 from consumer.ld_client import LdClient, TokenSource
 from consumer.routing import CALLER_IDENTITY_PATH
 from consumer.settings import Settings
+from consumer.text import plural
 
 Status = Literal["ok", "warn", "fail", "skipped"]
 
@@ -243,7 +244,7 @@ async def _group(settings: Settings, partitions: int) -> Check:
     none = sum(r["committed"] is None for r in rows)
     detail = f"{group}: lag {total}"
     if none:
-        detail += f" ({none} of {len(rows)} partitions without a committed offset)"
+        detail += f" ({none} of {plural(len(rows), 'partition')} without a committed offset)"
     detail += note
     return Check("group", "ok", detail, {"group": group, "partitions": rows})
 

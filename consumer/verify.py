@@ -431,7 +431,7 @@ def print_report(report: Report, out: TextIO) -> None:
     )
     if report.events_missing:
         print(
-            f"  {report.events_missing} outcomes skipped: their input record is no longer"
+            f"  {plural(report.events_missing, 'outcome')} skipped: their input record is no longer"
             " readable (retention)",
             file=out,
         )
@@ -601,7 +601,7 @@ class Verifier:
                     continue
                 if self.selection.takes(outcome):
                     found.append(outcome)
-                self._tick(f"verify: {report.outcomes_read} outcomes read")
+                self._tick(f"verify: {plural(report.outcomes_read, 'outcome')} read")
         return found
 
     async def _events(self, sources: Sequence[Any]) -> dict[tuple[str, int, int], TargetingEvent]:
