@@ -574,7 +574,7 @@ def _rate(seen: common.Followed) -> float:
 TARGETS: list[tuple[str, str, str, Any]] = [
     # (scenario, figure, comparison, target)
     # A floor against regressions, not a goal: the API's budget bounds what users get through
-    # far below this machine's CPU (README, Performance).
+    # far below this machine's CPU (docs/performance.md).
     ("backlog", "ratio_to_ceiling", ">=", 0.25),
     ("backlog", "events_per_request_ratio", ">=", 0.9),
     ("latency-0ms", "p99_ms", "<=", "linger+100"),

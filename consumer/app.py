@@ -231,7 +231,11 @@ class Service:
         """Run until `stop` is set, then drain. Raises when a background loop failed."""
         settings = self.settings
         await self.start_health()
-        await kafka.start(self._producer, settings)
+        try:
+            await kafka.start(self._producer, settings)
+        except BaseException:
+            await self.discard()  # the consumer made in __init__ too (aiokafka warns otherwise)
+            raise
         try:
             await self._client.start()
             self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
@@ -328,7 +332,7 @@ class Service:
 
     async def _close(self) -> None:  # 5.
         self._stop_deadline = min(self._stop_deadline, time.monotonic() + STOP_GRACE)
-        await _bounded(self._consumer.stop(), self._time_left(), "consumer.stop")
+        await _bounded(kafka.stop_consumer(self._consumer), self._time_left(), "consumer.stop")
         await _bounded(self._producer.stop(), self._time_left(), "producer.stop")
         await self._client.stop()
         if self.health is not None:

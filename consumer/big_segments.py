@@ -30,7 +30,7 @@ from consumer.routing import Endpoint, Route, big_segment_route
 
 MAX_KEYS_PER_REQUEST = MAX_TARGET_VALUES
 # What a big segment without `unboundedContextKind` targets: big segments from before
-# contexts were user segments (see the README's assumptions).
+# contexts were user segments (see docs/assumptions.md).
 DEFAULT_CONTEXT_KIND = "user"
 
 

@@ -49,7 +49,7 @@ async def serve(
     try:
         broker.start()
     except CannotListen as exc:
-        exc.setting = "--port"
+        exc.setting, exc.host_setting = "--port", "--host"
         raise
     try:
         await kafka.ensure_topics(settings, partitions)

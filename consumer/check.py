@@ -11,17 +11,23 @@ One row per question, each answered without changing anything:
    dead-letter topic and the producer, for the largest record the input topic takes;
 5. the group: committed offset, end and lag per input partition (information, never a failure);
 6. LaunchDarkly: `GET /api/v2/caller-identity` answers 2xx with the token (its name and kind
-   are shown, never the token), and the rate-limit headers that answer carried.
+   are shown, never the token), and the rate-limit headers that answer carried (what is left
+   of each budget, its limit when named, its reset as a time).
 
-Exit 0 only when no row failed (a warning does not fail).
+Every row is always shown: one that cannot be answered because an earlier one failed (no
+broker, a missing topic, no token) says `skipped` and why. Without a usable token the Kafka
+rows still run. Exit 0 only when no row failed (a warning does not fail).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 
 from consumer import kafka
@@ -30,6 +36,7 @@ from consumer.errors import ApiError
 from consumer.ld_client import LdClient, TokenSource
 from consumer.routing import CALLER_IDENTITY_PATH
 from consumer.settings import Settings
+from consumer.text import plural
 
 Status = Literal["ok", "warn", "fail", "skipped"]
 
@@ -57,9 +64,14 @@ class Report:
         return next(c for c in self.checks if c.name == name)
 
 
-async def preflight(settings: Settings, token: TokenSource | None) -> Report:
+async def preflight(
+    settings: Settings, token: TokenSource | None, *, no_token: str | None = None
+) -> Report:
+    """Every row, each answered or `skipped` with the reason (a row is never dropped).
+    `token` None: the Kafka rows still run, and the LaunchDarkly row fails with `no_token`
+    (why the configured token cannot be used)."""
     checks = await _kafka_checks(settings)
-    checks.extend(await _launchdarkly(settings, token))
+    checks.extend(await launchdarkly(settings, token, no_token=no_token))
     return Report(checks)
 
 
@@ -75,13 +87,16 @@ async def _kafka_checks(settings: Settings) -> list[Check]:
         settings.consumer_results_topic,
         settings.consumer_dlq_topic,
     ]
-    skipped = [Check(f"topic {t}", "skipped", "no broker") for t in topics]
-    skipped.append(Check("group", "skipped", "no broker"))
+
+    def skipped(why: str) -> list[Check]:
+        names = ["producer", *(f"topic {t}" for t in topics), "record sizes", "group"]
+        return [Check(name, "skipped", why) for name in names]
+
     try:
         async with kafka.admin_client(settings) as admin:
             cluster = await admin.describe_cluster()
     except Exception as exc:  # noqa: BLE001 - any failure here is this row's answer
-        return [Check("broker", "fail", _failure_line(exc)), *skipped]
+        return [Check("broker", "fail", _failure_line(exc)), *skipped("no broker")]
     brokers = len(cluster.get("brokers", []))
     checks = [
         Check(
@@ -104,7 +119,8 @@ async def _kafka_checks(settings: Settings) -> list[Check]:
                 Check(
                     f"topic {topic}",
                     "fail",
-                    f"does not exist: create it, or set {variable} to the topic's name",
+                    f"does not exist: create it (docs/operations.md), or set {variable} to the"
+                    " topic's name",
                 )
             )
             continue
@@ -123,8 +139,16 @@ async def _kafka_checks(settings: Settings) -> list[Check]:
         )
     if len(counts) == len(topics):
         checks.append(await _sizes(settings))
+    else:
+        checks.append(Check("record sizes", "skipped", "a topic is missing"))
     if inputs is not None:
-        checks.append(await _group(settings, inputs))
+        try:
+            checks.append(await _group(settings, inputs))
+        except Exception as exc:  # noqa: BLE001 - information, never a failure
+            # A new cluster has no coordinator until its offsets topic exists (the first
+            # group to join creates it): the lag is then unknown, and nothing is wrong.
+            why = _failure_line(exc)
+            checks.append(Check("group", "warn", f"the group's offsets cannot be read now: {why}"))
     else:
         checks.append(Check("group", "skipped", "no input topic"))
     return checks
@@ -196,9 +220,15 @@ async def _producer(settings: Settings) -> Check:
 async def _group(settings: Settings, partitions: int) -> Check:
     group = settings.consumer_group_id
     tps = [TopicPartition(settings.consumer_input_topic, p) for p in range(partitions)]
-    async with kafka.admin_client(settings) as admin:
-        # Explicit partitions: Tansu answers only those (TANSU.md).
-        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    note = ""
+    try:
+        async with kafka.admin_client(settings) as admin:
+            # Explicit partitions: Tansu answers only those (TANSU.md).
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    except GroupCoordinatorNotAvailableError:
+        # A new cluster has no coordinator until its offsets topic exists, which the first
+        # group to join creates: nothing is committed yet.
+        offsets, note = {}, " (no group coordinator yet: no group has joined this cluster)"
     async with kafka.reading(settings) as consumer:
         ends = await kafka.end_offsets(consumer, tps)
         starts = await consumer.beginning_offsets(tps)
@@ -214,14 +244,23 @@ async def _group(settings: Settings, partitions: int) -> Check:
     none = sum(r["committed"] is None for r in rows)
     detail = f"{group}: lag {total}"
     if none:
-        detail += f" ({none} of {len(rows)} partitions without a committed offset)"
+        detail += f" ({none} of {plural(len(rows), 'partition')} without a committed offset)"
+    detail += note
     return Check("group", "ok", detail, {"group": group, "partitions": rows})
 
 
-async def _launchdarkly(settings: Settings, token: TokenSource | None) -> list[Check]:
+async def launchdarkly(
+    settings: Settings, token: TokenSource | None, *, no_token: str | None = None
+) -> list[Check]:
+    """Row 6: whether LaunchDarkly answers and accepts the token, and the rate limits its
+    answer carried (`verify` asks it too)."""
     url = settings.ld_base_url
     if token is None:
-        return [Check("launchdarkly", "fail", "no token: set LD_API_TOKEN or LD_API_TOKEN_FILE")]
+        why = no_token or "LD_API_TOKEN: not set (set LD_API_TOKEN or LD_API_TOKEN_FILE)"
+        return [
+            Check("launchdarkly", "fail", f"no usable token: {why}"),
+            Check("rate limits", "skipped", "no token"),
+        ]
     client = LdClient(url, token, timeout=settings.ld_request_timeout_ms / 1000)
     try:
         async with client:
@@ -233,11 +272,11 @@ async def _launchdarkly(settings: Settings, token: TokenSource | None) -> list[C
                 "fail",
                 f"cannot reach LaunchDarkly at {url} ({exc.message}): check LD_BASE_URL and"
                 " the network",
-            )
+            ),
+            Check("rate limits", "skipped", "no answer from LaunchDarkly"),
         ]
     limits = {name: value for name, value in response.headers.items() if name != "Retry-After"}
-    seen = ", ".join(f"{k.removeprefix('X-Ratelimit-')} {v}" for k, v in limits.items())
-    rate = Check("rate limits", "ok", seen or "no rate-limit headers in the answer", limits)
+    rate = Check("rate limits", "ok", describe_rate_limits(limits, time.time() * 1000), limits)
     status = response.status
     if response.ok:
         body = response.body if isinstance(response.body, dict) else {}
@@ -259,6 +298,42 @@ async def _launchdarkly(settings: Settings, token: TokenSource | None) -> list[C
     else:
         detail = f"{url} answered HTTP {status} to {CALLER_IDENTITY_PATH}"
     return [Check("launchdarkly", "fail", detail), rate]
+
+
+# The budgets LaunchDarkly reports, by the middle of their header names.
+_BUDGETS = {"Global": "global", "Route": "route", "Auth-Token": "token"}
+
+
+def describe_rate_limits(headers: dict[str, str], now_ms: float) -> str:
+    """The rate-limit headers of an answer, for a person: what is left of each budget, its
+    limit when the answer names it, and its reset as a time (UTC) and in seconds from now."""
+    found = {name.lower(): value for name, value in headers.items()}
+    parts = []
+    for middle, label in _BUDGETS.items():
+        prefix = f"x-ratelimit-{middle.lower()}-"
+        left, limit = found.get(prefix + "remaining"), found.get(prefix + "limit")
+        if left is None and limit is None:
+            continue
+        text = f"{label}: {left if left is not None else '?'} left"
+        if limit is not None:
+            text += f" of {limit}"
+        reset = found.get(prefix + "reset")
+        if reset is not None:
+            text += f", {_reset(reset, now_ms)}"
+        parts.append(text)
+    reset = found.get("x-ratelimit-reset")
+    if reset is not None:
+        parts.append(f"window {_reset(reset, now_ms)}")
+    return "; ".join(parts) or "no rate-limit headers in the answer"
+
+
+def _reset(value: str, now_ms: float) -> str:
+    try:
+        at_ms = int(value)
+    except ValueError:
+        return f"resets at {value!r}"
+    at = datetime.fromtimestamp(at_ms / 1000, UTC).strftime("%H:%M:%S")
+    return f"resets at {at} UTC (in {max(0.0, (at_ms - now_ms) / 1000):.0f} s)"
 
 
 def print_table(report: Report, out: TextIO) -> None:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 from consumer import __version__, logs
 from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
 from consumer.errors import ErrorCode
-from consumer.settings import Settings, load_settings
+from consumer.settings import REQUIRED, Settings, load_settings
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -65,19 +66,79 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def _shown_default(name: str) -> str:
+    if name in REQUIRED:
+        return "required"
+    default = Settings.model_fields[name].default
+    if default is None:
+        return "none"
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+def describe_setting(name: str) -> str:
+    """A setting's one-line description: its field docstring (settings.py, the one source)."""
+    text = " ".join((Settings.model_fields[name].description or "").split())
+    if name in REQUIRED:
+        text += f" Required ({REQUIRED[name]})."
+    return text
+
+
 def environment_help() -> str:
-    """Every environment variable with its default, from `Settings`: it cannot go stale."""
-    names = [name.upper() for name in Settings.model_fields]
+    """Every environment variable with its default and description, from `Settings`: it
+    cannot go stale."""
+    names = list(Settings.model_fields)
     width = max(map(len, names))
-    lines = ["environment variables (default):"]
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        if default is None:
-            shown = "none"
-        else:
-            shown = str(default).lower() if isinstance(default, bool) else str(default)
-        lines.append(f"  {name.upper():<{width}}  {shown}")
+    defaults = max(len(_shown_default(name)) for name in names)
+    lines = ["environment variables (default, description; docs/configuration.md):"]
+    for name in names:
+        lines.append(
+            f"  {name.upper():<{width}}  {_shown_default(name):<{defaults}}"
+            f"  {describe_setting(name)}"
+        )
     return "\n".join(lines)
+
+
+# The Kafka connection: read by every command that talks to a broker (kafka.common_config).
+CONNECTION = (
+    "kafka_bootstrap_servers",
+    "kafka_client_id",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "kafka_ssl_key_password",
+)
+
+
+def reads(*names: str, note: str = "") -> str:
+    """A command's epilog: the environment variables it reads (checked against `Settings`)."""
+    unknown = [name for name in names if name not in Settings.model_fields]
+    assert not unknown, unknown
+    shown = ", ".join(name.upper() for name in names if name not in CONNECTION)
+    connection = (
+        "the Kafka connection (KAFKA_BOOTSTRAP_SERVERS, KAFKA_CLIENT_ID,"
+        " KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*)"
+        if set(CONNECTION) <= set(names)
+        else ""
+    )
+    listed = "; ".join(part for part in (connection, shown) if part)
+    text = f"environment: {listed or 'none'}"
+    text += f". {note}" if note else "."
+    return textwrap.fill(text, 94) + "\n(each variable: `run --help` or docs/configuration.md)"
+
+
+EVENT_HELP = """\
+an event (one JSON object per line, a JSON array of them, or one object):
+  {"eventId": "8d6f…", "projectKey": "web", "environmentKey": "production",
+   "resource": {"kind": "segment", "key": "beta-users"},
+   "instruction": {"kind": "addIncludedTargets", "contextKind": "user", "values": ["u1"]},
+   "comment": "optional", "occurredAt": "2026-01-31T12:00:00Z (optional)"}
+instruction: one LaunchDarkly semantic-patch instruction, exactly as the API documents it;
+every kind and its fields: docs/events.md, schemas/event.schema.json; one of each kind:
+examples/events.jsonl"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,13 +159,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--base-url", help="overrides LD_BASE_URL")
     run.add_argument("--http-port", type=int, help="overrides CONSUMER_HTTP_PORT (0: off)")
 
-    schemas = commands.add_parser("schemas", help="write the JSON Schemas of every message")
+    schemas = commands.add_parser(
+        "schemas", help="write the JSON Schemas of every message", epilog=reads()
+    )
     schemas.add_argument(
         "--dir", type=Path, default=Path("schemas"), help="where the schema files are"
     )
     schemas.add_argument("--check", action="store_true", help="fail when the files are stale")
 
-    fake = commands.add_parser("fake-api", help="serve the LaunchDarkly API simulator")
+    fake = commands.add_parser(
+        "fake-api",
+        help="serve the LaunchDarkly API simulator",
+        epilog=reads(
+            "ld_api_token", "log_level", "log_format", note="LD_API_TOKEN: the token it accepts"
+        ),
+    )
     fake.add_argument("--host", default="127.0.0.1", help="address to listen on")
     fake.add_argument("--port", type=int, default=8765, help="port to listen on")
     fake.add_argument(
@@ -123,7 +192,24 @@ def _parser() -> argparse.ArgumentParser:
         help="requests kept for GET /admin/requests (0: none; counts in /admin/stats go on)",
     )
 
-    replay = commands.add_parser("replay", help="copy dead-letter records back to the input topic")
+    replay = commands.add_parser(
+        "replay",
+        help="copy dead-letter records back to the input topic, once per original record",
+        description="Copy selected dead-letter records back to the input topic: one replay per"
+        " original record (its topic, partition and offset), however many dead letters it has;"
+        " --again replays originals replayed before once more. docs/outcomes.md says how.",
+        epilog=reads(
+            *CONNECTION,
+            "kafka_producer_idempotence",
+            "kafka_isolation_level",
+            "consumer_dlq_topic",
+            "consumer_input_topic",
+            "consumer_replay_max_count",
+            "consumer_results_topic",
+            "consumer_group_id",
+            note="The last two with --wait.",
+        ),
+    )
     replay.add_argument(
         "--status",
         action="append",
@@ -135,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         choices=[code.value for code in ErrorCode],
         metavar="CODE",
-        help="e.g. not_found (repeatable; the codes are in the README's outcome table)",
+        help="e.g. not_found (repeatable; the codes: docs/outcomes.md)",
     )
     replay.add_argument("--event-id", action="append", help="repeatable")
     replay.add_argument(
@@ -146,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--limit",
         type=_at_least_one,
-        help="replay at most this many records (records replayed before do not count, so"
+        help="replay at most this many originals (those replayed before do not count, so"
         " runs page forward)",
     )
     replay.add_argument("--to", help="target topic (default: CONSUMER_INPUT_TOPIC)")
@@ -155,12 +241,35 @@ def _parser() -> argparse.ArgumentParser:
         type=_at_least_one,
         help="refuse records replayed this often (default: CONSUMER_REPLAY_MAX_COUNT)",
     )
-    replay.add_argument("--again", action="store_true", help="also replay records replayed before")
+    replay.add_argument(
+        "--again",
+        action="store_true",
+        help="replay originals replayed before once more (one copy per original, however"
+        " many dead letters it has)",
+    )
     replay.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
     _wait_option(replay, "record replayed")
     replay.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
-    produce = commands.add_parser("produce", help="publish events from a JSON/JSONL file or stdin")
+    produce = commands.add_parser(
+        "produce",
+        help="publish events from a JSON/JSONL file or stdin",
+        description="Validate events and publish them to the input topic, keyed"
+        " {projectKey}/{environmentKey}/{resource.kind}/{resource.key}. All or nothing: one"
+        " invalid event and nothing is sent (--skip-invalid, --allow-invalid).",
+        epilog=EVENT_HELP
+        + "\n\n"
+        + reads(
+            *CONNECTION,
+            "kafka_producer_idempotence",
+            "kafka_producer_max_request_size",
+            "kafka_isolation_level",
+            "consumer_input_topic",
+            "consumer_results_topic",
+            "consumer_group_id",
+            note="The last two with --wait.",
+        ),
+    )
     produce.add_argument("file", help="a .json or .jsonl file, or - for stdin")
     produce.add_argument("--topic", help="default: CONSUMER_INPUT_TOPIC")
     invalid = produce.add_mutually_exclusive_group()
@@ -179,7 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
 
     outcomes = commands.add_parser(
-        "outcomes", help="read the results topic: what happened to an event"
+        "outcomes",
+        help="read the results topic: what happened to an event",
+        epilog=reads(*CONNECTION, "kafka_isolation_level", "consumer_results_topic"),
     )
     outcomes.add_argument("--event-id", action="append", help="repeatable; stops once all found")
     outcomes.add_argument(
@@ -200,7 +311,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     outcomes.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
     outcomes.add_argument("--until", help="RFC 3339 time or a duration ago")
-    outcomes.add_argument("--limit", type=_at_least_one, help="show at most this many")
+    outcomes.add_argument(
+        "--limit",
+        type=_at_least_one,
+        metavar="N",
+        help="the newest N matching outcomes, in time order (oldest first); without it every"
+        " match is shown as read, in order within each partition",
+    )
     outcomes.add_argument(
         "--follow", action="store_true", help="keep reading new outcomes (Ctrl-C stops)"
     )
@@ -210,6 +327,20 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="preflight: broker, topics, the group's lag, LaunchDarkly and the token",
+        epilog=reads(
+            *CONNECTION,
+            "kafka_producer_idempotence",
+            "kafka_producer_max_request_size",
+            "kafka_isolation_level",
+            "consumer_input_topic",
+            "consumer_results_topic",
+            "consumer_dlq_topic",
+            "consumer_group_id",
+            "ld_api_token",
+            "ld_api_token_file",
+            "ld_base_url",
+            "ld_request_timeout_ms",
+        ),
     )
     check.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     check.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
@@ -222,6 +353,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Start Tansu (memory storage), create the three topics (names from"
         " CONSUMER_INPUT_TOPIC, CONSUMER_RESULTS_TOPIC, CONSUMER_DLQ_TOPIC), print the"
         " environment for the other commands, and run until Ctrl-C or SIGTERM.",
+        epilog=reads(
+            "consumer_input_topic",
+            "consumer_results_topic",
+            "consumer_dlq_topic",
+            "log_level",
+            "log_format",
+        ),
     )
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
     broker.add_argument("--port", type=int, default=9092, help="port to listen on")
@@ -235,8 +373,8 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument(
         "--results-partitions",
         type=_at_least_one,
-        default=4,
-        help="partitions of the results topic (as many as the input topic's, or more)",
+        help="partitions of the results topic, as many as the input topic's or more"
+        " (default: as many)",
     )
     broker.add_argument(
         "--dlq-partitions",
@@ -246,7 +384,21 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     verify = commands.add_parser(
-        "verify", help="compare LaunchDarkly's state with what the outcomes say it should hold"
+        "verify",
+        help="compare LaunchDarkly's state with what the outcomes say it should hold",
+        epilog=reads(
+            *CONNECTION,
+            "kafka_isolation_level",
+            "consumer_results_topic",
+            "ld_api_token",
+            "ld_api_token_file",
+            "ld_base_url",
+            "ld_request_timeout_ms",
+            "ld_retry_base_delay_ms",
+            "ld_retry_max_delay_ms",
+            "ld_rate_limit_default_wait_ms",
+            note="The input topic is the one each outcome names.",
+        ),
     )
     verify.add_argument("--since", help="outcomes completed since: RFC 3339 or 30m, 2h, 7d ago")
     verify.add_argument("--until", help="outcomes completed until: RFC 3339 or a duration ago")
@@ -258,7 +410,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     verify.add_argument("--base-url", help="overrides LD_BASE_URL")
 
-    demo = commands.add_parser("demo", help="broker + simulator + consumer with sample events")
+    demo = commands.add_parser(
+        "demo",
+        help="broker + simulator + consumer with sample events",
+        epilog=reads(
+            "kafka_bootstrap_servers",
+            note="Only when set: a broker to use (with topics of its own) instead of starting"
+            " Tansu.",
+        ),
+    )
     demo.add_argument("--verbose", action="store_true", help="show the service's logs")
     return parser
 
@@ -340,6 +500,13 @@ def _broker(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65_536:
         raise UsageError(f"broker: --port must be 1-65535, not {args.port}")
+    if args.results_partitions is None:
+        args.results_partitions = args.input_partitions
+    if args.results_partitions < args.input_partitions:
+        raise UsageError(
+            f"broker: --results-partitions ({args.results_partitions}) must be at least"
+            f" --input-partitions ({args.input_partitions}): outcomes are read per partition"
+        )
     tansu = TansuBroker(args.port, host=args.host, advertised_host=args.advertised_host)
     # The clients' settings for this broker: topic names (and anything else) from the
     # environment, the address and the Tansu settings from here.
@@ -431,6 +598,7 @@ def _produce(args: argparse.Namespace) -> int:
             data,
             name=name,
             topic=args.topic or settings.consumer_input_topic,
+            topic_variable="--topic" if args.topic else "CONSUMER_INPUT_TOPIC",
             mode=mode,
             dry_run=args.dry_run,
             wait=args.wait,
@@ -443,11 +611,15 @@ def _produce(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from consumer import check
     from consumer.ld_client import TokenSource
+    from consumer.settings import token_problems
 
-    settings = _settings(args, need_token=True)
+    # Without a usable token the Kafka rows still run; the LaunchDarkly row says why.
+    settings = _settings(args)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
-    token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
-    report = asyncio.run(check.preflight(settings, token))
+    problems = token_problems(settings)
+    token = None if problems else TokenSource(settings.ld_api_token, settings.ld_api_token_file)
+    no_token = problems[0] if problems else None
+    report = asyncio.run(check.preflight(settings, token, no_token=no_token))
     (check.print_json if args.json else check.print_table)(report, sys.stdout)
     return EXIT_OK if report.ok else EXIT_FAILURE
 

@@ -9,6 +9,7 @@ traceback only when LOG_LEVEL=debug. No line may hold a secret: each goes throug
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from collections.abc import Callable
@@ -47,6 +48,11 @@ def explain(exc: BaseException) -> CommandFailed | None:
         return exc
     if isinstance(exc, SettingsError):
         return CommandFailed(str(exc), EXIT_USAGE)
+    if isinstance(exc, kafka.TopicMissing):
+        return CommandFailed(
+            f"the topic {exc.topic} does not exist: create it (see docs/operations.md), or set"
+            f" {exc.variable} to the name of the topic to use"
+        )
     if isinstance(exc, kafka.IdempotenceRefused):
         return CommandFailed(
             f"the Kafka broker at {exc.address} refused the idempotent producer (InitProducerId"
@@ -65,9 +71,15 @@ def explain(exc: BaseException) -> CommandFailed | None:
         )
     if isinstance(exc, CannotListen):
         setting = f" ({exc.setting})" if exc.setting else ""
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            return CommandFailed(
+                f"cannot listen on port {exc.port}{setting}: {exc.reason}; stop what uses it or"
+                " choose another port"
+            )
+        host = f" ({exc.host_setting})" if exc.host_setting else ""
         return CommandFailed(
-            f"cannot listen on port {exc.port}{setting}: {exc.reason}; stop what uses it or"
-            " choose another port"
+            f"cannot listen on {exc.host}{host} port {exc.port}: {exc.reason}; give an address"
+            " of this machine (127.0.0.1, or 0.0.0.0 for all of them)"
         )
     if isinstance(exc, BrokerNotStarted):
         return CommandFailed(str(exc))

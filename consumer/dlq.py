@@ -6,6 +6,7 @@ dead-letter headers' model are written here, once.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -29,6 +30,10 @@ ATTEMPTS = "ldc.attempts"
 HTTP_STATUS = "ldc.http.status"
 DEAD_LETTERED_AT = "ldc.dead-lettered-at"
 REPLAY_COUNT = "ldc.replay.count"  # added by replay
+# Added by replay: `topic/partition/offset` of the original record (the first one dead-lettered)
+# a replayed copy stands for. A dead-letter copy of a replayed copy names that original in its
+# `ldc.original.*` headers, so every copy of one original has the same identity (replay.py).
+REPLAY_OF = "ldc.replay.of"
 # Written by versions before 0.2 on a copy whose value did not fit; now such a record halts its
 # partition instead (publisher.py). Replay still recognises old copies.
 VALUE_OMITTED = "ldc.value-omitted"
@@ -76,6 +81,13 @@ class DeadLetterHeaders(BaseModel):
     replay_count: str | None = Field(
         None, alias=REPLAY_COUNT, pattern=r"^[0-9]+$", description="added by replay"
     )
+    replay_of: str | None = Field(
+        None,
+        alias=REPLAY_OF,
+        pattern=r"^.+/[0-9]+/[0-9]+$",
+        description="added by replay: topic/partition/offset of the original record a replayed"
+        " copy stands for (then also in ldc.original.topic, .partition and .offset)",
+    )
     value_omitted: str | None = Field(
         None,
         alias=VALUE_OMITTED,
@@ -95,16 +107,49 @@ def needs_dead_letter(outcome: OutcomeMessage) -> bool:
     return outcome.status in DEAD_LETTER_STATUSES
 
 
+Original = tuple[str, int, int]  # topic, partition, offset
+
+
+def format_original(original: Original) -> str:
+    """The `ldc.replay.of` value of an original record."""
+    return "/".join(map(str, original))
+
+
+def replay_of(headers: Iterable[tuple[str, bytes]]) -> Original | None:
+    """The original record a replayed copy stands for (its last `ldc.replay.of` header), or
+    None for a record that is not a replayed copy (or whose header does not parse)."""
+    found: Original | None = None
+    for name, value in headers:
+        if name != REPLAY_OF:
+            continue
+        topic, _, rest = value.decode("utf-8", "replace").partition("/")
+        partition, _, offset = rest.partition("/")
+        if topic and partition.isdigit() and offset.isdigit():
+            found = (topic, int(partition), int(offset))
+    return found
+
+
 def dead_letter_headers(record: ConsumedRecord, outcome: OutcomeMessage) -> list[tuple[str, bytes]]:
-    """The original headers, unchanged and in order, followed by the contract's `ldc.*` ones."""
+    """The original headers, unchanged and in order, followed by the contract's `ldc.*` ones.
+
+    `ldc.original.topic`, `.partition` and `.offset` name the original record: the record
+    itself, or for a replayed copy the original it stands for (`ldc.replay.of`), so that the
+    dead letters of one original, however often it was replayed, are replayed as one.
+    `ldc.original.timestamp` is the record's own.
+    """
     assert outcome.error is not None
+    topic, partition, offset = replay_of(record.headers) or (
+        record.topic,
+        record.partition,
+        record.offset,
+    )
     extra = DeadLetterHeaders(
         status=outcome.status.value,
         error_code=outcome.error.code.value,
         error_message=outcome.error.message,
-        original_topic=record.topic,
-        original_partition=str(record.partition),
-        original_offset=str(record.offset),
+        original_topic=topic,
+        original_partition=str(partition),
+        original_offset=str(offset),
         original_timestamp=str(record.timestamp),
         attempts=str(outcome.attempts),
         http_status=str(outcome.http_status) if outcome.http_status is not None else None,

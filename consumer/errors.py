@@ -70,6 +70,49 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+# The outcome status each code ends in: the series `ldc_outcome_errors_total` starts with at
+# zero (metrics.py), so a dashboard shows every code before its first error. The API errors'
+# own `final_status` agree (tests/unit/test_errors.py). `unauthorized` is never an outcome's.
+STATUS_OF_CODE: dict[ErrorCode, str] = {
+    **dict.fromkeys(
+        [
+            ErrorCode.NOT_UTF8,
+            ErrorCode.NOT_JSON,
+            ErrorCode.NOT_AN_OBJECT,
+            ErrorCode.UNKNOWN_FIELD,
+            ErrorCode.UNKNOWN_INSTRUCTION_KIND,
+            ErrorCode.INVALID_RESOURCE_KIND,
+            ErrorCode.INVALID_KEY,
+            ErrorCode.INVALID_EVENT,
+        ],
+        "invalid",
+    ),
+    **dict.fromkeys(
+        [
+            ErrorCode.INSTRUCTION_ERROR,
+            ErrorCode.INVALID_REQUEST,
+            ErrorCode.FORBIDDEN,
+            ErrorCode.NOT_FOUND,
+            ErrorCode.CONFLICT,
+            ErrorCode.UNEXPECTED_STATUS,
+            ErrorCode.CONTEXT_KIND_MISMATCH,
+        ],
+        "rejected",
+    ),
+    **dict.fromkeys(
+        [
+            ErrorCode.RATE_LIMITED,
+            ErrorCode.SERVER_ERROR,
+            ErrorCode.TIMEOUT,
+            ErrorCode.CONNECTION_ERROR,
+            ErrorCode.INVALID_RESPONSE,
+            ErrorCode.INTERNAL_ERROR,
+        ],
+        "failed",
+    ),
+}
+
+
 class ApiError(Exception):
     """LaunchDarkly answered with an error, or did not answer."""
 
@@ -195,3 +238,15 @@ class InternalError(ApiError):
 
     code = ErrorCode.INTERNAL_ERROR
     final_status: FinalStatus = "failed"
+
+
+def retry_reasons() -> list[ErrorCode]:
+    """The codes of the errors retried with backoff: `ldc_api_retries_total`'s reasons."""
+    found: list[ErrorCode] = []
+    pending: list[type[ApiError]] = [RetryableApiError]
+    while pending:
+        cls = pending.pop()
+        if cls.retryable and cls.code not in found and cls is not RetryableApiError:
+            found.append(cls.code)
+        pending.extend(cls.__subclasses__())
+    return sorted(found)

@@ -50,7 +50,7 @@ class Closed(enum.Enum):
     """Why the gate is closed (the value is what /readyz and the logs say)."""
 
     STARTING = "LaunchDarkly not reached yet"
-    UNAUTHORIZED = "LaunchDarkly refuses the API token (401)"
+    UNAUTHORIZED = "LaunchDarkly refuses the API token"
     UNAVAILABLE = "LaunchDarkly unavailable: every request failed"
 
 

@@ -43,6 +43,16 @@ class BrokerUnreachable(Exception):
         self.address = address
 
 
+class TopicMissing(Exception):
+    """A topic a command reads or writes does not exist; `variable` names the setting (or
+    option) that names it."""
+
+    def __init__(self, topic: str, variable: str) -> None:
+        super().__init__(f"the topic {topic} does not exist ({variable})")
+        self.topic = topic
+        self.variable = variable
+
+
 class IdempotenceRefused(Exception):
     """The broker refused InitProducerId: it has no idempotent producer (Tansu 0.6)."""
 
@@ -441,6 +451,32 @@ async def end_offsets(
     return {tp: max(listed.get(tp, 0), readable_end(consumer, tp) or 0) for tp in partitions}
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """`consumer.stop()`, finished even when aiokafka breaks it off with a cancellation that is
+    not ours.
+
+    aiokafka's fetcher (0.13) cancels its fetch tasks on close and awaits them; one that was
+    sleeping its retry backoff after a connection error (the broker gone) re-raises that
+    cancellation out of `stop()`, which then leaves the client's connections open. A
+    cancellation of the calling task itself (a timeout around this call, Ctrl-C) still
+    propagates.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        fetcher = getattr(consumer, "_fetcher", None)
+        pending = [t for t in getattr(fetcher, "_pending_tasks", ()) if not t.done()]
+        for leftover in pending:
+            leftover.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            await client.close()
+
+
 @contextlib.asynccontextmanager
 async def reading(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaConsumer]:
     """A started consumer without a group, for reading topics (replay, outcomes, check…),
@@ -459,7 +495,7 @@ async def reading(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaC
     try:
         yield consumer
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def existing_topics(settings: Settings, names: list[str]) -> dict[str, int]:
@@ -514,18 +550,24 @@ async def group_members(settings: Settings, group: str) -> int | None:
 
 
 async def topic_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    """The partitions of a topic (empty when it does not exist), from the admin API.
+    """The partitions of a topic (empty when it does not exist), from the admin API; listed
+    first, so that no broker creates the topic for being asked (`existing_topics`).
 
     Not `consumer.topics()`: on Tansu a consumer that listed every topic stalls in `stop()`.
     """
-    async with admin_client(settings) as admin:
-        described = await admin.describe_topics([topic])
-    return [
-        TopicPartition(topic, p["partition"])
-        for entry in described
-        if entry.get("error_code") == 0
-        for p in sorted(entry["partitions"], key=lambda p: int(p["partition"]))
-    ]
+    count = (await existing_topics(settings, [topic])).get(topic, 0)
+    return [TopicPartition(topic, p) for p in range(count)]
+
+
+async def required_partitions(
+    settings: Settings, topic: str, variable: str
+) -> list[TopicPartition]:
+    """The partitions of a topic a command needs; `TopicMissing` (one line naming the topic
+    and `variable`) when it does not exist. Never creates it."""
+    partitions = await topic_partitions(settings, topic)
+    if not partitions:
+        raise TopicMissing(topic, variable)
+    return partitions
 
 
 async def read_topic(

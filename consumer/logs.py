@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
@@ -69,6 +70,56 @@ def _pattern(secrets: frozenset[str]) -> re.Pattern[str]:
 
 
 REDACTOR = Redactor()
+
+
+@dataclass(slots=True)
+class _Seen:
+    since: float  # when the line last passed (the record's `created`)
+    held: int = 0  # lines like it held back since
+
+
+class LibraryFlood(logging.Filter):
+    """Rate-limits a library's repeated warnings and errors (aiokafka, while the broker is
+    away, logs each connection error many times a second: thousands of lines that bury the
+    service's own `broker.unreachable`).
+
+    A line is "like" another when it comes from the same logger with the same message template
+    (the format string before its arguments). The first one passes; the ones like it are held
+    back for `window` seconds; the first one after that passes carrying their count: "...
+    (46 more like this in the last 10 s)". Lines below WARNING pass (LOG_LEVEL=debug shows
+    them all), and so do other loggers'. Installed on the handler, so it sees every logger of
+    the library and composes with the filters of the library's own loggers (kafka.py's offset
+    resets), which run first.
+    """
+
+    MAX_KEYS = 1_000  # templates remembered (a library formatting its own messages)
+
+    def __init__(self, prefix: str = "aiokafka", window: float = 10.0) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.window = window
+        self._seen: dict[tuple[str, str], _Seen] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not (
+            record.name == self.prefix or record.name.startswith(self.prefix + ".")
+        ):
+            return True
+        key = (record.name, str(record.msg))
+        seen = self._seen.get(key)
+        if seen is not None and record.created - seen.since < self.window:
+            seen.held += 1
+            return False
+        if len(self._seen) >= self.MAX_KEYS:
+            self._seen.clear()
+        self._seen[key] = _Seen(record.created)
+        if seen is not None and seen.held:
+            elapsed = record.created - seen.since
+            record.msg = (
+                f"{record.getMessage()} ({seen.held} more like this in the last {elapsed:.0f} s)"
+            )
+            record.args = None
+        return True
 
 
 class _Quiet:
@@ -133,6 +184,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(LibraryFlood())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

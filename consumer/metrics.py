@@ -12,6 +12,9 @@ from prometheus_client import (
 )
 
 from consumer import __version__
+from consumer.errors import STATUS_OF_CODE, retry_reasons
+from consumer.outcomes import Status
+from consumer.routing import Endpoint
 
 # No `*_created` series: they double /metrics and say only when the process started.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -138,3 +141,23 @@ class Metrics:
             registry=r,
         )
         self.auth_ok.set(1)
+        self._start_at_zero()
+
+    def _start_at_zero(self) -> None:
+        """Every series of a known label value, at zero: a counter otherwise appears only at
+        its first increase, and the dashboard's error, dead-letter and retry panels (and
+        `rate()` over them) would be empty on a healthy consumer."""
+        for status in Status:
+            self.outcomes.labels(status=status.value)
+        for status in (Status.REJECTED, Status.INVALID, Status.FAILED):
+            self.dead_letters.labels(status=status.value)
+        for code, status_of_code in STATUS_OF_CODE.items():
+            self.outcome_errors.labels(status=status_of_code, code=code.value)
+        for reason in retry_reasons():
+            self.retries.labels(reason=reason.value)
+        for endpoint in Endpoint:
+            self.batches.labels(endpoint=endpoint.value)
+            self.batch_size.labels(endpoint=endpoint.value)
+            self.request_latency.labels(endpoint=endpoint.value)
+        for result in ("ok", "failed"):
+            self.commits.labels(result=result)

@@ -2,7 +2,7 @@
 per instruction, from one response or one error. Pure, no I/O.
 
 The single assumption about `errors[].instructionIndex` (it counts from 0, the position in
-`instructions`) lives in `failed_positions`; see the README's assumptions section.
+`instructions`) lives in `failed_positions`; see docs/assumptions.md.
 
 Outcomes are written straight to bytes (`encode`): they are the hot path's output, one per
 event, and building a pydantic model for each costs more than everything else an event

@@ -4,8 +4,10 @@
    up to its end as of the start, or on and on with `--follow`.
 2. An outcome is shown when it matches every filter given: event id, status, error code,
    resource (`project/env/kind/key` glob, as `replay`), time.
-3. With `--event-id` the read stops as soon as every id asked for has an outcome; `--limit`
-   stops it after that many outcomes.
+3. `--limit N` shows the newest N matching outcomes published before the read began, in time
+   order (their record timestamps, oldest first); without it, every match is shown as read
+   (in order within each partition). With `--event-id` and no `--limit` the read stops as
+   soon as every id asked for has an outcome. `--follow` then shows new outcomes as they come.
 
 Output: a table, or `--json`: each outcome's value as published, one per line.
 """
@@ -13,15 +15,14 @@ Output: a table, or `--json`: each outcome's value as published, one per line.
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import json
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from aiokafka import ConsumerRecord
-from aiokafka.structs import TopicPartition
 
 from consumer import kafka
-from consumer.cli_errors import CommandFailed
 from consumer.settings import Settings
 
 
@@ -89,14 +90,22 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
     """Print the matching outcomes; returns how many were shown and the event ids asked for
     that have none."""
     topic = settings.consumer_results_topic
-    counts = await kafka.existing_topics(settings, [topic])
-    if topic not in counts:
-        raise CommandFailed(
-            f"the results topic {topic} does not exist (CONSUMER_RESULTS_TOPIC): nothing to read"
-        )
-    partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
+    partitions = await kafka.required_partitions(settings, topic, "CONSUMER_RESULTS_TOPIC")
     shown = 0
     missing = set(query.event_ids)
+    # --limit: the newest N of what was published when the read began (rule 3), kept in a
+    # heap by (timestamp, partition, offset) and shown oldest first once every partition has
+    # been read to its end; outcomes that arrive meanwhile (--follow) are shown after them.
+    newest: list[tuple[int, int, int, bytes, dict[str, Any]]] = []
+    later: list[tuple[bytes, dict[str, Any]]] = []
+    held = query.limit is not None
+
+    def show(raw: bytes, outcome: dict[str, Any]) -> None:
+        nonlocal shown
+        printer.show(raw, outcome)
+        shown += 1
+        missing.discard(outcome.get("eventId"))
+
     async with kafka.reading(settings) as consumer:
         ends = await kafka.end_offsets(consumer, partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -106,23 +115,38 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
                 if at is not None:
                     consumer.seek(tp, at.offset)
         open_ = {tp for tp in partitions if ends[tp] > 0}
-        while query.follow or open_:
-            fetched = await consumer.getmany(timeout_ms=500, max_records=2_000)
-            for records in fetched.values():
+        while query.follow or open_ or held:
+            if open_ or query.follow:
+                fetched = await consumer.getmany(timeout_ms=500, max_records=2_000)
+            else:
+                fetched = {}
+            for tp, records in fetched.items():
                 for record in records:
                     outcome = _parsed(record.value)
                     if outcome is None or not query.matches(record, outcome):
                         continue
-                    printer.show(record.value, outcome)
-                    shown += 1
-                    missing.discard(outcome.get("eventId"))
-                    if query.limit is not None and shown >= query.limit:
-                        return shown, missing
-            if query.event_ids and not missing:
+                    if not held:
+                        show(record.value, outcome)
+                    elif record.offset >= ends[tp]:
+                        later.append((record.value, outcome))
+                    else:
+                        entry = (record.timestamp, record.partition, record.offset)
+                        heapq.heappush(newest, (*entry, record.value, outcome))
+                        if len(newest) > (query.limit or 0):
+                            heapq.heappop(newest)
+            if query.event_ids and not missing and not held:
                 return shown, missing
             for tp in list(open_):
                 if await consumer.position(tp) >= ends[tp]:
                     open_.discard(tp)
+            if held and not open_:
+                held = False
+                for *_, raw, outcome in sorted(newest, key=lambda e: e[:3]):
+                    show(raw, outcome)
+                for raw, outcome in later:
+                    show(raw, outcome)
+                if not query.follow or (query.event_ids and not missing):
+                    return shown, missing
     return shown, missing
 
 

@@ -27,6 +27,7 @@ from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, CommandFailed
 from consumer.events import Invalid, TargetingEvent, decode, record_key
 from consumer.recovery import source_of
 from consumer.settings import Settings
+from consumer.text import clip, plural
 
 Mode = Literal["all", "skip-invalid", "allow-invalid"]
 PROGRESS_EVERY = 5.0  # seconds between progress lines while waiting
@@ -118,12 +119,61 @@ async def send(
     return report
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a run sends and how it ends, decided before anything is sent (rule 3), so that
+    `--dry-run` says exactly what the real run would do, exit code included."""
+
+    to_send: list[tuple[Item, TargetingEvent | Invalid]]
+    total: int
+    invalid: int
+    mode: Mode
+
+    @property
+    def refused(self) -> bool:
+        """All or nothing: an invalid event and nothing goes."""
+        return bool(self.invalid) and self.mode == "all"
+
+    @property
+    def exit_code(self) -> int:
+        """1 when not every event went (refused, or invalid ones skipped); before --wait."""
+        return EXIT_FAILURE if self.invalid and self.mode != "allow-invalid" else EXIT_OK
+
+    def summary(self, topic: str, *, dry_run: bool) -> str:
+        events = plural(self.total, "event")
+        if self.refused:
+            return (
+                f"{'dry run: nothing would be sent' if dry_run else 'nothing sent'}:"
+                f" {self.invalid} of {events} invalid (fix them and run again, or"
+                " --skip-invalid to send the valid ones)"
+            )
+        verb = "dry run: would send" if dry_run else "sent"
+        line = f"{verb} {len(self.to_send)} of {events} to {topic}"
+        if self.invalid:
+            line += (
+                f" ({self.invalid} invalid {'would be ' if dry_run else ''}sent as asked)"
+                if self.mode == "allow-invalid"
+                else f" ({self.invalid} invalid skipped)"
+            )
+        return line
+
+
+def plan(checked: list[tuple[Item, TargetingEvent | Invalid]], mode: Mode) -> Plan:
+    invalid = sum(isinstance(d, Invalid) for _, d in checked)
+    to_send = [
+        (item, d) for item, d in checked if mode == "allow-invalid" or not isinstance(d, Invalid)
+    ]
+    found = Plan(to_send, len(checked), invalid, mode)
+    return Plan([], found.total, invalid, mode) if found.refused else found
+
+
 async def run(
     settings: Settings,
     data: bytes,
     *,
     name: str,
     topic: str,
+    topic_variable: str,
     mode: Mode,
     dry_run: bool,
     wait: float | None,
@@ -131,34 +181,25 @@ async def run(
     err: TextIO,
 ) -> int:
     checked = validate(read_items(data, name))
-    invalid = [(item, d) for item, d in checked if isinstance(d, Invalid)]
-    for item, decoded in invalid:
-        print(f"{item.label}: invalid: {decoded.code.value}: {decoded.message}", file=out)
-    total = len(checked)
-    to_send = [
-        (item, d) for item, d in checked if mode == "allow-invalid" or not isinstance(d, Invalid)
-    ]
-    if dry_run:
-        print(f"dry run: {len(to_send)} of {total} events would be sent to {topic}", file=out)
-        return EXIT_FAILURE if invalid and mode == "all" else EXIT_OK
-    if invalid and mode == "all":
-        print(
-            f"nothing sent: {len(invalid)} of {total} events invalid (fix them and run again,"
-            " or --skip-invalid to send the valid ones)",
-            file=out,
-        )
-        return EXIT_FAILURE
+    for item, decoded in checked:
+        if isinstance(decoded, Invalid):
+            print(f"{item.label}: invalid: {decoded.code.value}: {decoded.message}", file=out)
+    decided = plan(checked, mode)
+    if decided.to_send:
+        # Sending to a topic that does not exist would create it on brokers that auto-create
+        # topics; the dry run looks too, so that it fails where the real run would.
+        await kafka.required_partitions(settings, topic, topic_variable)
+        if wait is not None:
+            await kafka.required_partitions(
+                settings, settings.consumer_results_topic, "CONSUMER_RESULTS_TOPIC"
+            )
+    if dry_run or not decided.to_send:
+        print(decided.summary(topic, dry_run=dry_run), file=out)
+        return decided.exit_code
     started_ms = int(time.time() * 1000) - 60_000
-    report = await send(settings, to_send, topic) if to_send else ProduceReport()
-    line = f"sent {report.sent} of {total} events to {topic}"
-    if invalid:
-        line += (
-            f" ({report.sent_invalid} invalid sent as asked)"
-            if mode == "allow-invalid"
-            else f" ({len(invalid)} invalid skipped)"
-        )
-    print(line, file=out)
-    code = EXIT_FAILURE if invalid and mode == "skip-invalid" else EXIT_OK
+    report = await send(settings, decided.to_send, topic)
+    print(decided.summary(topic, dry_run=False), file=out)
+    code = decided.exit_code
     if wait is not None and report.sent:
         found, missing = await wait_for_outcomes(
             settings, report.placed, since_ms=started_ms, timeout=wait, out=out, progress=err
@@ -185,9 +226,15 @@ async def wait_for_outcomes(
     wanted = dict(placed)
     found: dict[str, dict[str, Any]] = {}
     order = list(wanted.values())
-    partitions = await kafka.topic_partitions(settings, settings.consumer_results_topic)
+    partitions = await kafka.required_partitions(
+        settings, settings.consumer_results_topic, "CONSUMER_RESULTS_TOPIC"
+    )
     async with kafka.reading(settings) as consumer:
-        print(f"waiting up to {timeout:g} s for {len(wanted)} outcomes…", file=progress, flush=True)
+        print(
+            f"waiting up to {timeout:g} s for {plural(len(wanted), 'outcome')}…",
+            file=progress,
+            flush=True,
+        )
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         starts = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
@@ -218,7 +265,7 @@ async def wait_for_outcomes(
                 print(f"{len(found)} of {len(order)} outcomes so far", file=progress, flush=True)
     print_outcomes(found, order, out)
     if wanted:
-        print(f"{len(wanted)} records had no outcome within {timeout:g} s", file=out)
+        print(f"{plural(len(wanted), 'record')} had no outcome within {timeout:g} s", file=out)
     return found, len(wanted)
 
 
@@ -231,7 +278,8 @@ def print_outcomes(found: dict[str, dict[str, Any]], order: list[str], out: Text
         error = outcome.get("error") or {}
         detail = f"{error.get('code')}: {error.get('message')}" if error else ""
         print(
-            f"{label:<12} {outcome['status']:<10} {outcome.get('eventId')!s:<24} {detail[:80]}",
+            f"{label:<12} {outcome['status']:<10} {outcome.get('eventId')!s:<24}"
+            f" {clip(detail, 80)}",
             file=out,
         )
     counts = Counter(outcome["status"] for outcome in found.values())

@@ -29,17 +29,17 @@ RESET_HEADERS = ("X-Ratelimit-Reset", "X-Ratelimit-Auth-Token-Reset")
 
 def rate_limit_wait(headers: Mapping[str, str], now_ms: float, default: float) -> float:
     """Seconds a 429 asks us to wait (contract section 1), the one place this is decided:
-    `Retry-After`, else the first of `RESET_HEADERS` present, else `default`; never negative.
-    A header that cannot be read counts as absent."""
+    `Retry-After`, else the latest of the `RESET_HEADERS` present (the account's window and a
+    per-token limit: a 429 carrying both is not over before both are), else `default`; never
+    negative. A header that cannot be read counts as absent."""
     retry_after = headers.get("Retry-After")
     if retry_after is not None:
         seconds = _retry_after_seconds(retry_after.strip(), now_ms)
         if seconds is not None:
             return seconds
-    for name in RESET_HEADERS:
-        reset = _number(headers.get(name))
-        if reset is not None:
-            return max(0.0, (reset - now_ms) / 1000.0)
+    resets = [found for name in RESET_HEADERS if (found := _number(headers.get(name))) is not None]
+    if resets:
+        return max(0.0, (max(resets) - now_ms) / 1000.0)
     return default
 
 

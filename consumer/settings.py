@@ -22,89 +22,142 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+    """Every setting, read from the environment variable of its name in upper case.
+
+    Each field's docstring is its one-line description: `run --help` and
+    docs/configuration.md show it (one source; tests/unit/test_docs.py keeps the page in step).
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=False, use_attribute_docstrings=True
+    )
 
     # Kafka
     kafka_bootstrap_servers: str = "localhost:9092"
+    """The Kafka brokers to start from: host:port, several separated by commas."""
     kafka_client_id: str = "ld-targeting-consumer"
+    """The client id the consumer, producer and admin clients give the brokers."""
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
+    """How long the group waits without a heartbeat before it expels a member."""
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
-    # How long the group waits for members to rejoin in a rebalance: a member's revoke
-    # (CONSUMER_REVOKE_TIMEOUT_MS) and its commit must end within it.
+    """How often a member heartbeats; below KAFKA_SESSION_TIMEOUT_MS."""
     kafka_rebalance_timeout_ms: int = Field(30_000, ge=1_000)
-    # Bound of every offset commit (aiokafka retries a commit without end while the broker
-    # is away).
+    """How long the group waits for members to rejoin; a member's revoke and its commit end
+    within it."""
     kafka_commit_timeout_ms: int = Field(5_000, ge=100)
-    # How long a fetch waits for data. Brokers that do not answer a waiting fetch when data
-    # arrives (Tansu) add up to this much latency; on Kafka it only sets how often an idle
-    # consumer asks.
+    """Bound of every offset commit (aiokafka retries a commit without end while the broker
+    is away)."""
     kafka_fetch_max_wait_ms: int = Field(50, ge=10)
+    """How long a fetch waits for data; on brokers that do not answer a waiting fetch when
+    data arrives (Tansu) this is added latency."""
     kafka_max_poll_records: int = Field(500, ge=1)
-    # Off on brokers without InitProducerId v3 (Tansu); on for Apache Kafka.
+    """Most records one fetch hands over."""
     kafka_producer_idempotence: bool = True
-    # A dead-letter copy is its original plus a few hundred bytes of headers: leave room above
-    # the input topic's limit; the broker's own limit is the one that counts.
+    """The idempotent producer (with acks=all); false only on brokers without it (Tansu)."""
     kafka_producer_max_request_size: int = Field(16 * 1024 * 1024, ge=1_024)
+    """The producer's own record size limit; keep it above the input topic's limit plus
+    16 KiB of dead-letter headers (the brokers' limits are the ones that count)."""
     kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    """read_committed: records of aborted or open transactions are never applied."""
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How the clients talk to the brokers."""
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """The SASL mechanism, with a SASL_* protocol."""
     kafka_sasl_username: str | None = None
+    """The SASL user; required with a SASL_* protocol."""
     kafka_sasl_password: SecretStr | None = None
+    """The SASL password; required with a SASL_* protocol (never logged)."""
     kafka_ssl_cafile: FilePath | None = None
+    """A CA bundle (PEM) to verify the brokers with, with SSL or SASL_SSL."""
     kafka_ssl_certfile: FilePath | None = None
+    """A client certificate (PEM), for mutual TLS."""
     kafka_ssl_keyfile: FilePath | None = None
+    """The client certificate's key (PEM)."""
     kafka_ssl_key_password: SecretStr | None = None
+    """The password of KAFKA_SSL_KEYFILE, if it has one (never logged)."""
 
     # LaunchDarkly
     ld_api_token: SecretStr | None = None
+    """The LaunchDarkly API access token, sent as given (no Bearer); or LD_API_TOKEN_FILE."""
     ld_api_token_file: Path | None = None
+    """A file holding the token, re-read before every probe of the API gate (rotation
+    without a restart); wins over LD_API_TOKEN."""
     ld_base_url: str = "https://app.launchdarkly.com"
+    """LaunchDarkly's address (another instance, or the simulator)."""
     ld_request_timeout_ms: int = Field(10_000, ge=100)
-    # How long a request whose outcome is unknown (it timed out, or its connection dropped
-    # after it was sent) may still be applied by LaunchDarkly after the client gave up: nothing
-    # more for that resource is sent, not even the retry, until it has passed (sender.py).
+    """Bound of one API request."""
     ld_unknown_outcome_settle_ms: int = Field(5_000, ge=0)
+    """How long LaunchDarkly may still apply a request whose outcome is unknown (it timed out,
+    or its connection dropped after it was sent): nothing more for its resource, not even the
+    retry, is sent until this has passed."""
     ld_retry_max_attempts: int = Field(10, ge=1)
+    """Failed attempts per event before it is failed (429s not counted)."""
     ld_retry_max_elapsed_ms: int = Field(300_000, ge=0)
+    """Time budget per event from its first attempt, then failed."""
     ld_retry_base_delay_ms: int = Field(500, ge=1)
+    """First backoff after a 5xx, a timeout or a dropped connection (doubling, full jitter)."""
     ld_retry_max_delay_ms: int = Field(30_000, ge=1)
+    """Longest backoff between two attempts."""
     ld_conflict_max_retries: int = Field(3, ge=0)
+    """Retries of a 409 (optimistic locking) before the events are rejected."""
     ld_rate_limit_default_wait_ms: int = Field(10_000, ge=0)
+    """Wait after a 429 whose answer names no reset."""
     ld_rate_limit_jitter_ms: int = Field(1_000, ge=0)
-    # The API gate (gate.py): how long every request must fail (no answer, 5xx) with no other
-    # answer before the API counts as down, and the longest pause between its probes.
+    """Up to this much is added at random to every 429 wait."""
     ld_outage_window_ms: int = Field(10_000, ge=100)
+    """How long every write must fail (no answer, 5xx) with no other answer before the API
+    counts as down and the service pauses."""
     ld_probe_max_delay_ms: int = Field(30_000, ge=100)
-    # How long a segment's kind (standard or big, big_segments.py) is trusted after reading it.
+    """Longest pause between probes of a closed API gate."""
     ld_segment_kind_ttl_ms: int = Field(300_000, ge=0)
+    """How long a segment's kind (standard or big) is trusted after reading it."""
 
     # The consumer
     consumer_group_id: str = "ld-targeting-consumer"
+    """The Kafka consumer group of the members."""
     consumer_input_topic: str = "ld.targeting-changes"
+    """The topic of targeting-change events."""
     consumer_results_topic: str = "ld.targeting-results"
+    """The topic of outcomes, one per input record."""
     consumer_dlq_topic: str = "ld.targeting-changes.dlq"
+    """The dead-letter topic: copies of the records rejected, invalid or failed."""
     consumer_batch_max_size: int = Field(50, ge=1, le=MAX_TARGET_VALUES)
+    """Most instructions in one request (1-1,500)."""
     consumer_batch_linger_ms: int = Field(200, ge=0)
+    """Longest wait of a batch's oldest event before its request goes."""
     consumer_batch_comment_max_chars: int = Field(4_000, ge=1_000)
+    """Longest joined comment of one request; a batch closes early rather than pass it."""
     consumer_max_in_flight_requests: int = Field(16, ge=1)
+    """Requests (to different URLs) on the wire at once."""
     consumer_max_pending_events: int = Field(10_000, ge=1)
+    """Records taken but not finished before fetching pauses (bounds memory)."""
     consumer_http_port: int = Field(8080, ge=0, le=65_535)
+    """Port of /healthz, /readyz and /metrics; 0 turns them off."""
     consumer_auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest"
+    """Where a partition without a committed offset (or out of range) starts: earliest, so a
+    new group skips nothing."""
     consumer_commit_interval_ms: int = Field(1_000, ge=10)
-    # Bound of the drain on SIGTERM: batches are sent until LD_REQUEST_TIMEOUT_MS before it
-    # ends (a request started later could not end in time), then only the wire is waited for.
+    """How often offsets are committed."""
     consumer_shutdown_timeout_ms: int = Field(20_000, ge=0)
-    # Bound of a revoke: requests on the wire for revoked partitions are waited for this long.
+    """Bound of the drain on SIGTERM; batches are sent until LD_REQUEST_TIMEOUT_MS +
+    LD_UNKNOWN_OUTCOME_SETTLE_MS before its end, then only requests on the wire (or that may
+    still land) are waited for."""
     consumer_revoke_timeout_ms: int = Field(20_000, ge=0)
-    # Crash recovery (see recovery.py): how far before the waiting record's timestamp to look
-    # for outcomes already published; negative turns recovery off.
+    """How long a revoke waits for requests on the wire (or that may still land) for its
+    partitions."""
     consumer_recovery_lookback_ms: int = Field(120_000)
+    """Crash recovery: how far before a waiting record's timestamp to look for outcomes
+    already published; negative turns recovery off."""
     consumer_recovery_timeout_ms: int = Field(60_000, ge=100)
+    """Bound of that scan; past it nothing is skipped."""
     consumer_replay_max_count: int = Field(3, ge=1)
+    """`replay` refuses originals replayed this often (its --max-replays)."""
 
     # Logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """debug, info, warning or error."""
     log_format: Literal["auto", "json", "console"] = "auto"
+    """json, console, or auto: JSON lines unless on a terminal."""
 
     @field_validator("ld_base_url")
     @classmethod
@@ -298,6 +351,9 @@ def _with_defaults(
         ]
         return rules, None
 
+
+# What `run` (and `check`, `verify`) cannot do without: `run --help` marks them required.
+REQUIRED = {"ld_api_token": "or LD_API_TOKEN_FILE"}
 
 # Shorter than any LaunchDarkly access token (`api-` and a UUID): such a value is a mistake,
 # and redacting it from logs could only mangle other text (logs.Redactor matches whole tokens).

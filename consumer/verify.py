@@ -33,7 +33,7 @@ from typing import Any, TextIO
 import structlog
 from aiokafka.structs import TopicPartition
 
-from consumer import kafka
+from consumer import check, kafka
 from consumer.cli_errors import CommandFailed
 from consumer.effects import (
     Read,
@@ -43,7 +43,7 @@ from consumer.effects import (
     found_in,
     reads,
 )
-from consumer.errors import RateLimited
+from consumer.errors import ConnectionFailed, RateLimited, RequestTimeout, Unauthorized
 from consumer.events import (
     Invalid,
     TargetingEvent,
@@ -54,6 +54,7 @@ from consumer.outcomes import Outcome, Status
 from consumer.reads import throttled_get
 from consumer.retry import RetryPolicy
 from consumer.settings import Settings
+from consumer.text import plural
 from consumer.throttle import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -253,14 +254,14 @@ def _show(value: Any) -> str:
 
 def print_report(report: Report, out: TextIO) -> None:
     print(
-        f"verify: {report.outcomes_used} succeeded outcomes of {report.outcomes_read} read;"
-        f" {report.targets} targets on {report.resources} resources checked with"
-        f" {report.reads} reads",
+        f"verify: {plural(report.outcomes_used, 'succeeded outcome')} of"
+        f" {report.outcomes_read} read; {plural(report.targets, 'target')} on"
+        f" {plural(report.resources, 'resource')} checked with {plural(report.reads, 'read')}",
         file=out,
     )
     if report.events_missing:
         print(
-            f"  {report.events_missing} outcomes skipped: their input record is no longer"
+            f"  {plural(report.events_missing, 'outcome')} skipped: their input record is no longer"
             " readable (retention)",
             file=out,
         )
@@ -292,7 +293,13 @@ def print_report(report: Report, out: TextIO) -> None:
             " selected here).",
             file=out,
         )
-    if report.clean:
+    if not report.targets:
+        print(
+            "nothing to verify: no target of a succeeded outcome matches the selection (see"
+            " --since, --until, --resource, --event-id)",
+            file=out,
+        )
+    elif report.clean:
         print("no drift", file=out)
 
 
@@ -312,10 +319,9 @@ class Verifier:
         self.settings = settings
         self.selection = selection
         self.progress = progress
+        self._token = TokenSource(settings.ld_api_token, settings.ld_api_token_file)
         self._client = client or LdClient(
-            settings.ld_base_url,
-            TokenSource(settings.ld_api_token, settings.ld_api_token_file),
-            timeout=settings.ld_request_timeout_ms / 1000,
+            settings.ld_base_url, self._token, timeout=settings.ld_request_timeout_ms / 1000
         )
         self._throttle = RateLimiter()
         self._policy = RetryPolicy(
@@ -328,7 +334,14 @@ class Verifier:
 
     async def run(self) -> Report:
         report = Report()
-        outcomes = await self._outcomes(report)
+        topic = self.settings.consumer_results_topic
+        partitions = await kafka.required_partitions(self.settings, topic, "CONSUMER_RESULTS_TOPIC")
+        # One probe first, as `check` does: a wrong token or an unreachable API is one line,
+        # not a read per target retried and reported as "not read".
+        api = (await check.launchdarkly(self.settings, self._token))[0]
+        if api.status == "fail":
+            raise CommandFailed(api.detail)
+        outcomes = await self._outcomes(report, partitions)
         events = await self._events([o.source for o in outcomes])
         pairs = []
         for outcome in outcomes:
@@ -380,17 +393,24 @@ class Verifier:
                 await asyncio.sleep(error.retry_after)
                 continue
             failures += 1
+            url = self.settings.ld_base_url
+            if isinstance(error, Unauthorized):  # the token was revoked meanwhile
+                raise CommandFailed(
+                    f"{url} refuses the token (HTTP 401) since verify started: set LD_API_TOKEN"
+                    " or LD_API_TOKEN_FILE to a valid access token and run verify again"
+                )
+            if isinstance(error, ConnectionFailed | RequestTimeout) and failures >= READ_ATTEMPTS:
+                raise CommandFailed(
+                    f"LaunchDarkly at {url} stopped answering ({error.message}, {failures}"
+                    " tries): check LD_BASE_URL and the network, and run verify again"
+                )
             if not error.retryable or failures >= READ_ATTEMPTS:
                 return {t: Unread(error.message) for t in read.targets}
             await asyncio.sleep(self._policy.backoff(failures, self._rng))
 
     # -- Kafka --------------------------------------------------------------------------------
 
-    async def _outcomes(self, report: Report) -> list[Outcome]:
-        topic = self.settings.consumer_results_topic
-        partitions = await kafka.topic_partitions(self.settings, topic)
-        if not partitions:
-            raise CommandFailed(f"verify: the results topic {topic} does not exist")
+    async def _outcomes(self, report: Report, partitions: list[TopicPartition]) -> list[Outcome]:
         found: list[Outcome] = []
         async with kafka.reading(self.settings) as consumer:
             ends = await kafka.end_offsets(consumer, partitions)
@@ -411,7 +431,7 @@ class Verifier:
                     continue
                 if self.selection.takes(outcome):
                     found.append(outcome)
-                self._tick(f"verify: {report.outcomes_read} outcomes read")
+                self._tick(f"verify: {plural(report.outcomes_read, 'outcome')} read")
         return found
 
     async def _events(self, sources: Sequence[Any]) -> dict[tuple[str, int, int], TargetingEvent]:

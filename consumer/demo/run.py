@@ -24,6 +24,7 @@ from consumer.fake_api import RunningSimulator, Simulator, sample_seed
 from consumer.outcomes import Outcome
 from consumer.settings import Settings
 from consumer.signals import on_stop
+from consumer.text import clip, plural
 
 DEMO_TOKEN = "api-demo-0000-token"  # noqa: S105 - accepted by the demo simulator only
 
@@ -166,7 +167,7 @@ def _report(
         error = f"{o.error.code}: {o.error.message}" if o.error else ""
         print(
             f"  {(o.eventId or '-'):<12} {(o.instructionKind or '-'):<27} {o.status.value:<10}"
-            f" {http:<5} {batch:<8} {error[:70]}",
+            f" {http:<5} {batch:<8} {clip(error, 70)}",
             file=out,
         )
     valid = sum(1 for s in samples if s.expected != "invalid")
@@ -179,7 +180,10 @@ def _report(
     print(f"All {len(outcomes)} outcomes in {elapsed:.1f} s", file=out)
     ok = len(outcomes) == len(samples) and not mismatches
     if mismatches:
-        print(f"\n{len(mismatches)} outcomes differ from what the samples expect:", file=out)
+        print(
+            f"\n{plural(len(mismatches), 'outcome')} not as the samples expect:",
+            file=out,
+        )
         for o in mismatches:
             detail = o.error.model_dump(mode="json") if o.error else None
             print(f"  {o.eventId}: {o.status.value} {json.dumps(detail)}", file=out)

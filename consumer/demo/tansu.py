@@ -112,7 +112,9 @@ class TansuBroker:
             try:
                 sock.bind((self.host, self.port))
             except OSError as exc:
-                raise CannotListen(self.host, self.port, exc.strerror or str(exc)) from None
+                raise CannotListen(
+                    self.host, self.port, exc.strerror or str(exc), exc.errno
+                ) from None
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -139,7 +141,7 @@ class TansuBroker:
         self.stop()
 
 
-# Client settings that work with Tansu (see the README): it holds every JoinGroup for half the
+# Client settings that work with Tansu (docs/simulator.md): it holds every JoinGroup for half the
 # session timeout, does not wake a waiting fetch on new data, and has no InitProducerId v3.
 # The timeouts nest as the settings require (request < revoke, revoke + commit < rebalance)
 # with a local API in mind.

@@ -8,7 +8,7 @@ import signal
 import socket
 
 from consumer import kafka
-from consumer.demo.tansu import TANSU_SETTINGS, free_port
+from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker, free_port
 from consumer.settings import Settings
 from tests.integration.commands import SCRIPT, children, command, gone
 
@@ -61,7 +61,7 @@ async def test_broker_creates_the_topics_prints_the_environment_and_stops_on_sig
         counts = await kafka.existing_topics(
             settings, ["ld.targeting-changes", "ld.targeting-results", "by-hand.dlq"]
         )
-        assert counts == {"ld.targeting-changes": 3, "ld.targeting-results": 4, "by-hand.dlq": 1}
+        assert counts == {"ld.targeting-changes": 3, "ld.targeting-results": 3, "by-hand.dlq": 1}
 
         process.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(process.communicate(), 30)
@@ -81,6 +81,18 @@ async def test_broker_on_a_busy_port_is_one_line() -> None:
         port = sock.getsockname()[1]
         result = await command("broker", "--port", str(port), env=clean_env())
     result.failed_with(1, f"port {port}", "--port", "in use")
+
+
+async def test_broker_refuses_bad_partitions_and_an_address_not_of_this_machine() -> None:
+    result = await command(
+        "broker", "--input-partitions", "4", "--results-partitions", "2", env=clean_env()
+    )
+    result.failed_with(2, "--results-partitions (2) must be at least --input-partitions (4)")
+    result = await command("broker", "--host", "10.255.255.254", "--port", "1", env=clean_env())
+    line = result.failed_with(
+        1, "cannot listen on 10.255.255.254 (--host)", "address of this machine"
+    )
+    assert "in use" not in line
 
 
 async def test_demo_stops_on_ctrl_c_with_its_broker() -> None:
@@ -112,3 +124,14 @@ async def test_demo_stops_on_ctrl_c_with_its_broker() -> None:
         "Demo interrupted: stopped the consumer, the simulator and the broker."
     ]
     assert await gone(tansu)
+
+
+async def test_demo_on_an_external_broker_that_refuses_it_is_one_line_and_closes_its_clients() -> (
+    None
+):
+    """Tansu has no idempotent producer: the demo says what to set, and leaves no unclosed
+    Kafka client behind (aiokafka's "Unclosed AIOKafkaConsumer" error line)."""
+    with TansuBroker() as broker:
+        env = {**clean_env(), "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        result = await command("demo", env=env)
+    result.failed_with(1, "refused the idempotent producer", "KAFKA_PRODUCER_IDEMPOTENCE=false")

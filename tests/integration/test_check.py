@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from consumer import kafka
 from consumer.fake_api import RunningSimulator
@@ -42,12 +43,15 @@ async def test_check_passes_on_a_good_setup_and_shows_the_lag(
     assert table.code == 0, table.out + table.err
     assert "all checks passed" in table.out
     assert "simulator token" in table.out and TOKEN not in table.out + table.err
-    assert "lag 5" in table.out and "partition 1: committed -" in table.out
+    assert "lag 5" in table.out and "partition 1: committed -" in table.out, table.out
 
     found = rows(await command("check", "--json", env=env))
     assert {status for status, _ in found.values()} == {"ok"}
     assert found[f"topic {settings.consumer_input_topic}"][1] == "2 partitions"
-    assert "Route-Remaining" in found["rate limits"][1]
+    assert re.fullmatch(
+        r"global: \d+ left; route: \d+ left; window resets at \d\d:\d\d:\d\d UTC \(in \d+ s\)",
+        found["rate limits"][1],
+    ), found["rate limits"][1]
 
 
 async def test_check_fails_naming_a_wrong_token(
@@ -109,3 +113,32 @@ async def test_run_logs_the_preflight_at_start(
         await process.wait()
     assert entry["event"] == "preflight.passed"
     assert entry["checks"]["broker"].startswith("ok")
+
+
+async def test_check_without_a_token_still_checks_kafka_and_every_row_is_shown(
+    kafka_bootstrap: str, on_tansu: bool
+) -> None:
+    settings = settings_for(kafka_bootstrap, on_tansu, "http://127.0.0.1:9")
+    await kafka.ensure_topics(settings, {settings.consumer_input_topic: 2})
+    env = environment(settings)
+    env.pop("LD_API_TOKEN")
+    result = await command("check", "--json", env=env)
+    assert result.code == 1, result.err
+    found = rows(result)
+    assert found["broker"][0] == "ok" and found["producer"][0] == "ok"
+    assert found[f"topic {settings.consumer_input_topic}"][0] == "ok"
+    assert found[f"topic {settings.consumer_dlq_topic}"][0] == "fail"
+    assert found["record sizes"] == ("skipped", "a topic is missing")
+    assert found["group"][0] == "ok"
+    assert (
+        found["launchdarkly"][0] == "fail" and "LD_API_TOKEN: not set" in found["launchdarkly"][1]
+    )
+    assert found["rate limits"] == ("skipped", "no token")
+
+    down = rows(
+        await command("check", "--json", env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    )
+    assert list(down) == list(found)  # the same rows, skipped with the reason
+    assert {
+        down[name] for name in down if name not in ("broker", "launchdarkly", "rate limits")
+    } == {("skipped", "no broker")}

@@ -144,3 +144,23 @@ async def test_produce_an_unreadable_file(settings: Settings, tmp_path: Path) ->
     result.failed_with(2, "missing.jsonl", "No such file")
     directory = await command("produce", str(tmp_path), env=env)
     directory.failed_with(2, str(tmp_path))
+
+
+async def test_fake_api_bad_seed_or_faults_are_one_line_naming_them(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "LD_API_TOKEN": TOKEN}
+    seed = tmp_path / "seed.json"
+    seed.write_text('{"projects": [}')
+    (await command("fake-api", "--seed", str(seed), env=env)).failed_with(
+        2, f"--seed {seed}", "not JSON", "line 1 column 15"
+    )
+    seed.write_text('{"projects": 3}')
+    (await command("fake-api", "--seed", str(seed), env=env)).failed_with(
+        2, f"--seed {seed}", "projects: Input should be a valid list"
+    )
+    missing = tmp_path / "missing.json"
+    (await command("fake-api", "--seed", str(missing), env=env)).failed_with(
+        2, f"cannot read --seed {missing}", "No such file"
+    )
+    (await command("fake-api", "--faults", '{"error_rate": "x"}', env=env)).failed_with(
+        2, "--faults", "error_rate: Input should be a valid number"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ from collections import Counter
 import pytest
 
 from consumer.app import STOP_GRACE
+from consumer.demo.apache_kafka import ApacheKafka
 from consumer.demo.run import run_demo
 from consumer.demo.tansu import TansuBroker
 from consumer.fake_api import RunningSimulator
@@ -78,7 +80,7 @@ async def test_sigterm_drains_commits_and_exits_0(
         if process.returncode is None:
             process.kill()
     log = stderr.decode()
-    assert process.returncode == 0, log[-3000:]
+    assert process.returncode == 0, log[-6000:]
     assert elapsed < 15
     assert '"service.drained"' in log and '"service.stopped"' in log
     assert TOKEN not in log
@@ -239,3 +241,53 @@ async def test_sigterm_with_the_broker_gone_exits_within_the_bound_and_a_second_
     assert hasty.returncode == EXIT_INTERRUPTED and hasty_s < 2
     # The drain's bound, then the last commit and the closes share STOP_GRACE.
     assert patient_s < shutdown_ms / 1000 + STOP_GRACE + 2, patient_s
+
+
+async def test_sigterm_after_the_broker_stopped_exits_0_without_a_traceback(
+    broker_kind: str, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    """The broker stopped under a running consumer, then SIGTERM: exit 0, no traceback (aiokafka's
+    fetcher, closed while it retries the connection, must not end the process in an error)."""
+    if broker_kind == "external":
+        pytest.skip("stops its own broker")
+    await admin.seed(seed(segments={f"s{i}": {} for i in range(4)}))
+    broker: ApacheKafka | TansuBroker = (
+        ApacheKafka(nodes=1) if broker_kind == "apache" else TansuBroker()
+    )
+    with broker:
+        settings = make_settings(
+            broker.bootstrap_servers,
+            simulator.base_url,
+            on_tansu=broker_kind == "tansu",
+            consumer_shutdown_timeout_ms=2_000,
+            log_level="info",
+        )
+        await create_topics(settings, partitions=2)
+        await produce(settings, events(20, 4))
+        process = await start_process(settings)
+        try:
+            assert len(await outcomes(settings, 20)) == 20
+        except BaseException:
+            if process.returncode is None:
+                process.kill()
+            _, stderr = await process.communicate()
+            raise AssertionError(stderr.decode()[-3000:]) from None
+    try:
+        await asyncio.sleep(4)  # the fetcher and the coordinator retry the connection
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    log = stderr.decode()
+    assert process.returncode == 0, log[-6000:]
+    assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+    assert '"service.stopped"' in log
+    # aiokafka's connection errors, many a second while the broker is away, are rate-limited
+    # (logs.LibraryFlood): each kind once, then at most one line per window.
+    library = Counter(
+        json.loads(line)["event"].split(":")[0]
+        for line in log.splitlines()
+        if line.startswith("{") and json.loads(line)["logger"].startswith("aiokafka")
+    )
+    assert library and sum(library.values()) <= 2 * len(library), library

@@ -10,7 +10,7 @@ import pytest
 
 from consumer import kafka
 from consumer.cli import main
-from consumer.dlq import REPLAY_COUNT
+from consumer.dlq import REPLAY_COUNT, REPLAY_OF
 from consumer.events import record_key
 from consumer.fake_api import RunningSimulator
 from consumer.fake_api.admin_client import SimulatorAdmin
@@ -106,12 +106,18 @@ async def test_replay_after_fixing_the_cause_gives_new_outcomes_once(
     )
     copies = [r for r in records if dict(r.headers).get(REPLAY_COUNT)]
     assert len(copies) == 2
+    rejected = {
+        f"{o.source.topic}/{o.source.partition}/{o.source.offset}".encode()
+        for o in first
+        if o.status is Status.REJECTED
+    }
     for copy in copies:
         headers = list(copy.headers)
         assert headers[0] == ("trace", b"abc")  # original headers kept, in order
         assert dict(headers)[REPLAY_COUNT] == b"1"
-        assert not [name for name, _ in headers if name.startswith("ldc.") and name != REPLAY_COUNT]
+        assert [name for name, _ in headers if name.startswith("ldc.")] == [REPLAY_COUNT, REPLAY_OF]
         assert copy.value in {encode(e) for e in missing}
+    assert {dict(copy.headers)[REPLAY_OF] for copy in copies} == rejected
 
 
 def _letter(

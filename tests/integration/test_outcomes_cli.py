@@ -1,4 +1,5 @@
-"""`outcomes` through the console script, after a real run: by id, status and time; --follow."""
+"""`outcomes` through the console script, after a real run: by id, status and time; --follow;
+--limit gives the newest."""
 
 from __future__ import annotations
 
@@ -80,3 +81,14 @@ async def test_outcomes_by_id_status_and_time_and_follow(
             if follower.returncode is None:
                 follower.kill()
                 await follower.wait()
+
+        # --limit: the newest, in time order (not the first ones in partition order).
+        newest = await command("outcomes", "--limit", "1", "--json", env=env)
+        assert [json.loads(line)["eventId"] for line in newest.out.splitlines()] == ["late"]
+        assert newest.err.strip() == "1 outcome"
+        two = await command("outcomes", "--limit", "2", "--json", env=env)
+        found = [json.loads(line) for line in two.out.splitlines()]
+        assert len(found) == 2 and found[-1]["eventId"] == "late"
+        assert found[0]["completedAt"] <= found[1]["completedAt"]
+        ok = await command("outcomes", "--limit", "5", "--status", "succeeded", env=env)
+        assert [row.split()[0] for row in ok.out.splitlines()[1:]][-1] == "late"

@@ -52,6 +52,9 @@ async def test_one_invalid_line_and_nothing_is_sent(settings: Settings, tmp_path
     path.write_text("\n".join(lines) + "\n")
     env = environment(settings)
 
+    # The dry run predicts the real run: what goes, and the exit code.
+    dry = await command("produce", str(path), "--dry-run", env=env)
+    assert dry.code == 1 and "dry run: nothing would be sent: 2 of 3 events invalid" in dry.out
     refused = await command("produce", str(path), env=env)
     assert refused.code == 1
     assert "line 2: invalid: not_json" in refused.out
@@ -60,12 +63,16 @@ async def test_one_invalid_line_and_nothing_is_sent(settings: Settings, tmp_path
     assert await on_topic(settings, 1) == []
 
     dry = await command("produce", str(path), "--dry-run", "--skip-invalid", env=env)
-    assert dry.code == 0 and "1 of 3 events would be sent" in dry.out
+    assert dry.code == 1 and "dry run: would send 1 of 3 events" in dry.out
+    assert "(2 invalid skipped)" in dry.out
     assert await on_topic(settings, 1) == []
 
     skipped = await command("produce", str(path), "--skip-invalid", env=env)
     assert skipped.code == 1 and "sent 1 of 3 events" in skipped.out
     assert await on_topic(settings, 2) == [record_key(events[0])]
+
+    dry = await command("produce", str(path), "--dry-run", "--allow-invalid", env=env)
+    assert dry.code == 0 and "dry run: would send 3 of 3 events" in dry.out
 
 
 async def test_allow_invalid_sends_every_element_and_names_elements(
@@ -83,8 +90,15 @@ async def test_dry_run_of_a_valid_file_sends_nothing(settings: Settings, tmp_pat
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in good(3)))
     result = await command("produce", str(path), "--dry-run", env=environment(settings))
-    assert result.code == 0 and "3 of 3 events would be sent" in result.out
+    assert result.code == 0 and "dry run: would send 3 of 3 events" in result.out
     assert await on_topic(settings, 1) == []
+    # A topic that does not exist fails the dry run as it would the real one, creating nothing.
+    for argv in (["--dry-run"], []):
+        result = await command(
+            "produce", str(path), *argv, "--topic", "nowhere", env=environment(settings)
+        )
+        result.failed_with(1, "the topic nowhere does not exist", "--topic")
+    assert await kafka.existing_topics(settings, ["nowhere"]) == {}
 
 
 async def test_a_document_that_does_not_parse_is_one_error_with_line_and_column(
@@ -147,4 +161,4 @@ async def test_wait_says_when_no_consumer_runs(settings: Settings, tmp_path: Pat
     result = await command("produce", str(path), "--wait", "7", env=environment(settings))
     assert result.code == 1
     assert "no consumer seems to be running" in result.err
-    assert "1 records had no outcome within 7 s" in result.out
+    assert "1 record had no outcome within 7 s" in result.out

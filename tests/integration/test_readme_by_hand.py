@@ -51,6 +51,48 @@ def readme_blocks() -> dict[str, list[str]]:
     return blocks
 
 
+def section_text() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"\n{SECTION}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def check_the_story(section: str, ran: list[tuple[str, Result]]) -> None:
+    """What the section says happens is what happened: the outcomes' summary `produce --wait`
+    ends with, the rejected events and their codes (its table), how many records the first
+    replay replays (`replayed N`) and why the second replays none (`skipped: ...`)."""
+
+    def runs(*words: str) -> list[Result]:
+        return [
+            r for line, r in ran if shlex.split(line, comments=True)[: len(words)] == list(words)
+        ]
+
+    summary = re.search(r"`(outcomes: [^`]+)`", section)
+    assert summary, "the section quotes produce's outcomes summary"
+    [produced] = runs("ld-targeting-consumer", "produce")
+    assert summary.group(1) in produced.out, (summary.group(1), produced.out[-500:])
+
+    told = set(re.findall(r"^\| `([\w-]+)` \| `([a-z_]+)` \|", section, re.M))
+    assert told, "the section lists the rejected events and their codes"
+    [rejected] = runs("ld-targeting-consumer", "outcomes", "--status", "rejected")
+    shown = {
+        (row.split()[0], row.split(maxsplit=5)[5].split(":")[0])
+        for row in rejected.out.splitlines()[1:]
+    }
+    assert shown == told, (sorted(shown), sorted(told))
+
+    first, again = runs("ld-targeting-consumer", "replay")
+    count = re.search(r"\(`replayed (\d+)`\)", section)
+    assert count, "the section says how many records the replay replays"
+    replayed = [line.split()[-1] for line in first.out.splitlines() if line.startswith("replayed")]
+    assert replayed == [count.group(1)], first.out
+    skipped = re.search(r"\(`(skipped: [^`]+)`\)", section)
+    assert skipped, "the section says why replaying again replays nothing"
+    assert skipped.group(1) in again.out, again.out
+    assert [line.split()[-1] for line in again.out.splitlines() if line.startswith("replayed")] == [
+        "0"
+    ]
+
+
 def with_ports(lines: list[str], ports: dict[str, int]) -> str:
     script = "\n".join(lines)
     for name, port in ports.items():
@@ -201,6 +243,7 @@ async def test_the_readme_by_hand_section_runs_as_written(tmp_path: Path) -> Non
                 assert rows and all("succeeded" in row for row in rows), (event_id, result.out)
                 found += 1
         assert found, "the section looks up events with outcomes --event-id"
+        check_the_story(section_text(), ran)
     finally:
         for name in reversed(BACKGROUND):  # the consumer first, the broker last
             process = started.get(name)

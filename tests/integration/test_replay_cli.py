@@ -1,18 +1,35 @@
-"""`replay` through the console script: --limit pages forward, copies without their value are
-refused, bad arguments are one line, the dry run shows why each record was dead-lettered."""
+"""`replay` through the console script: once per original (twice and `--again` on events that
+fail again), --limit pages forward, copies without their value are refused, missing topics and
+bad arguments are one line, the dry run shows why each record was dead-lettered."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
+from collections import Counter
 
 import pytest
 
 from consumer import kafka
+from consumer.dlq import REPLAY_COUNT, REPLAY_OF
 from consumer.events import record_key
+from consumer.fake_api import RunningSimulator
+from consumer.replay import ledger_topic
 from consumer.settings import Settings
 from tests.factories import encode, event_dict
 from tests.integration.commands import Result, command
-from tests.integration.harness import ENV, PROJECT, create_topics, environment, make_settings
+from tests.integration.harness import (
+    ENV,
+    PROJECT,
+    create_topics,
+    dead_letters,
+    environment,
+    make_settings,
+    outcomes,
+    produce,
+    running,
+)
 
 Letter = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
 
@@ -110,3 +127,90 @@ async def test_the_dry_run_shows_error_code_and_message(settings: Settings) -> N
 async def test_bad_arguments_are_one_line(settings: Settings, argv: list[str], needle: str) -> None:
     result = await command("replay", *argv, env=environment(settings))
     result.failed_with(2, needle)
+
+
+async def test_replay_is_once_per_original_and_again_once_more_for_events_that_fail_again(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator
+) -> None:
+    """Three events rejected (their segments do not exist) and rejected again after every
+    replay: each replay run sends one copy per original, never one per dead letter."""
+    settings = make_settings(
+        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, log_level="info"
+    )
+    await create_topics(settings)
+    env = environment(settings)
+    failing = [
+        event_dict(key=f"gone{i}", project=PROJECT, env=ENV, event_id=f"f{i}") for i in range(3)
+    ]
+    await produce(settings, [(record_key(e), encode(e), []) for e in failing])
+    runs = []
+    async with running(settings):
+        first = await outcomes(settings, 3)
+        await dead_letters(settings, 3)
+        originals = {f"{o.source.topic}/{o.source.partition}/{o.source.offset}" for o in first}
+        total = 3
+        for argv, replayed in [
+            ([], 3),  # one copy of each original
+            ([], 0),  # replayed before: nothing, though each original has two dead letters now
+            (["--again"], 3),  # once more: one copy each, not one per dead letter (6)
+            (["--again"], 3),
+            (["--again"], 0),  # the count reached --max-replays (3)
+        ]:
+            result = await command("replay", *argv, env=env)
+            assert result.code == 0, result.out + result.err
+            runs.append(summary(result, "replayed"))
+            assert runs[-1] == replayed, result.out
+            total += replayed
+            await outcomes(settings, total)
+            await dead_letters(settings, total)
+        await asyncio.sleep(1)
+        assert len(await outcomes(settings, total + 1, timeout=1)) == total == 12
+    letters = await dead_letters(settings, total + 1, timeout=1)
+    assert len(letters) == 12
+    # Every dead letter, of the originals and of their copies, names one of the 3 originals.
+    named = Counter(
+        "/".join(
+            dict(letter.headers)[f"ldc.original.{part}"].decode()
+            for part in ("topic", "partition", "offset")
+        )
+        for letter in letters
+    )
+    assert set(named) == originals and set(named.values()) == {4}
+    copies = await kafka.read_topic(
+        settings, settings.consumer_input_topic, until=lambda r: len(r) >= 13, timeout=1
+    )
+    assert len(copies) == 12  # 3 originals and 9 replayed copies
+    counts = Counter(
+        (dict(r.headers)[REPLAY_OF].decode(), dict(r.headers)[REPLAY_COUNT].decode())
+        for r in copies
+        if r.headers
+    )
+    assert counts == Counter({(o, str(n)): 1 for o in originals for n in (1, 2, 3)})
+    last = await command("replay", "--again", "--max-replays", "4", "--dry-run", env=env)
+    assert summary(last, "would replay") == 3
+    assert summary(last, "skipped: another dead letter of an original replayed in this run") == 9
+
+
+async def test_missing_topics_are_one_line_and_never_created(settings: Settings) -> None:
+    env = environment(settings)
+    for variable, argv in [
+        ("CONSUMER_DLQ_TOPIC", ["replay"]),
+        ("CONSUMER_DLQ_TOPIC", ["replay", "--dry-run"]),
+        ("CONSUMER_RESULTS_TOPIC", ["outcomes"]),
+        ("CONSUMER_RESULTS_TOPIC", ["verify"]),
+    ]:
+        missing = f"missing-{uuid.uuid4().hex[:8]}"
+        result = await command(*argv, env={**env, variable: missing})
+        result.failed_with(1, f"the topic {missing} does not exist", variable)
+        assert await kafka.existing_topics(settings, [missing]) == {}, argv
+    await write(settings, [letter("e0")])
+    missing = f"missing-{uuid.uuid4().hex[:8]}"
+    result = await command("replay", "--to", missing, env=env)
+    result.failed_with(1, f"the topic {missing} does not exist", "--to")
+    assert await kafka.existing_topics(settings, [missing]) == {}
+    # Nothing replayed: the ledger is not created either.
+    ledger = ledger_topic(settings)
+    assert await kafka.existing_topics(settings, [ledger]) == {}
+    dry = await command("replay", "--dry-run", env=env)
+    assert summary(dry, "would replay") == 1
+    assert await kafka.existing_topics(settings, [ledger]) == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from consumer.events import record_key
@@ -13,6 +14,7 @@ from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.outcomes import Status
 from consumer.verify import Selection, Verifier
 from tests.factories import encode, event_dict
+from tests.integration.commands import command
 from tests.integration.harness import (
     ENV,
     PROJECT,
@@ -23,6 +25,7 @@ from tests.integration.harness import (
     outcomes,
     produce,
     running,
+    seed,
 )
 
 
@@ -136,3 +139,32 @@ async def test_verify_is_clean_after_a_run_and_precise_after_a_change_behind_its
     assert code == 0 and "no drift" in out
     code, out = await command("--event-id", events[0]["eventId"])
     assert code == 1 and "included org:o1" in out and "a2" not in out
+
+
+async def test_an_unreachable_api_or_a_wrong_token_is_one_line_and_nothing_matched_says_so(
+    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+) -> None:
+    await admin.seed(seed(segments={"s0": {}}))
+    settings = make_settings(
+        kafka_bootstrap, simulator.base_url, on_tansu=on_tansu, log_level="info"
+    )
+    await create_topics(settings)
+    await produce(settings, [(record_key(e), encode(e), []) for e in [_event(key="s0")]])
+    async with running(settings):
+        await outcomes(settings, 1)
+    env = environment(settings)
+
+    started = time.monotonic()
+    down = await command("verify", env={**env, "LD_BASE_URL": "http://127.0.0.1:9"})
+    down.failed_with(1, "cannot reach LaunchDarkly at http://127.0.0.1:9", "LD_BASE_URL")
+    assert time.monotonic() - started < 20 and down.out == ""
+    refused = await command("verify", env={**env, "LD_API_TOKEN": "api-not-the-right-token-0000"})
+    refused.failed_with(1, "refuses the token (HTTP 401)", "LD_API_TOKEN")
+    assert refused.out == ""
+
+    nothing = await command("verify", "--resource", "other/*", env=env)
+    assert nothing.code == 0, nothing.err
+    assert "nothing to verify" in nothing.out and "no drift" not in nothing.out
+    clean = await command("verify", env=env)
+    assert clean.code == 0 and "no drift" in clean.out
+    assert "1 succeeded outcome of 1 read; 2 targets on 1 resource checked with 1 read" in clean.out

@@ -30,3 +30,26 @@ def test_an_error_knows_its_code_and_final_status(
 ) -> None:
     assert cls.code is code
     assert Status(cls.final_status) is status
+
+
+def _api_errors(cls: type[errors.ApiError] = errors.ApiError) -> list[type[errors.ApiError]]:
+    return [cls, *(found for sub in cls.__subclasses__() for found in _api_errors(sub))]
+
+
+def test_every_code_but_unauthorized_has_the_status_it_ends_in_and_the_classes_agree() -> None:
+    assert set(errors.STATUS_OF_CODE) == set(ErrorCode) - {ErrorCode.UNAUTHORIZED}
+    for cls in _api_errors():
+        if cls is not errors.Unauthorized and cls is not errors.RetryableApiError:
+            assert errors.STATUS_OF_CODE[cls.code] == cls.final_status, cls
+
+
+def test_the_retry_reasons_are_the_retried_errors() -> None:
+    assert errors.retry_reasons() == sorted(
+        [
+            ErrorCode.RATE_LIMITED,
+            ErrorCode.SERVER_ERROR,
+            ErrorCode.TIMEOUT,
+            ErrorCode.CONNECTION_ERROR,
+            ErrorCode.CONFLICT,
+        ]
+    )

@@ -92,7 +92,8 @@ async def test_a_401_closes_it_until_a_probe_with_the_fixed_token_file_is_accept
     gate = ApiGate(token, probe, outage_window=1, base_delay=0.01, max_delay=0.02)
     prober = asyncio.create_task(gate.run())
     await asyncio.sleep(0.1)
-    assert gate.reason is Closed.UNAUTHORIZED and "401" in (gate.describe() or "")
+    assert gate.reason is Closed.UNAUTHORIZED
+    assert gate.describe() == "LaunchDarkly refuses the API token (HTTP 401)"  # 401 said once
     token_file.write_text("right\n")
     await asyncio.wait_for(gate.wait_open(), 2)
     prober.cancel()

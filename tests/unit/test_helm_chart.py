@@ -478,7 +478,9 @@ def test_the_job_name_and_runbook_links_can_be_set() -> None:
     expected = [rule for group in _expected_groups("ldc-prod") for rule in group["rules"]]
     assert [rule["expr"] for rule in _rules(objects)] == [rule["expr"] for rule in expected]
     for rule in _rules(objects):
-        assert rule["annotations"]["runbook_url"].startswith("https://docs.example.com/ldc#")
+        assert rule["annotations"]["runbook_url"] == "https://docs.example.com/ldc#" + (
+            rule["alert"].lower()
+        )
     assert _job_relabelling(objects)["replacement"] == "ldc-prod"
 
 

@@ -29,7 +29,7 @@ NOW_MS = 1_800_000_000_000.0
                 "X-Ratelimit-Reset": str(NOW_MS + 2000),
                 "X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 4000),
             },
-            2.0,
+            4.0,  # both limits: the later reset
         ),
         (
             {"X-Ratelimit-Reset": "garbage", "X-Ratelimit-Auth-Token-Reset": str(NOW_MS + 3000)},

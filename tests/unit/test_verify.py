@@ -177,3 +177,22 @@ def test_selection_by_time_resource_and_event() -> None:
     expected = next(iter(expectations([(outcome, parse(event_dict(key="beta")))]).values()))
     assert Selection(event_ids=frozenset({outcome.eventId or ""})).keeps(expected)
     assert not Selection(event_ids=frozenset({"other"})).keeps(expected)
+
+
+def test_rate_limit_headers_read_as_budgets_limits_and_reset_times() -> None:
+    from consumer.check import describe_rate_limits
+
+    now = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    headers = {
+        "X-Ratelimit-Global-Remaining": "900",
+        "X-Ratelimit-Route-Remaining": "45",
+        "X-Ratelimit-Reset": str(now + 7_000),
+        "X-Ratelimit-Auth-Token-Limit": "100",
+        "X-Ratelimit-Auth-Token-Remaining": "99",
+        "X-Ratelimit-Auth-Token-Reset": str(now + 60_000),
+    }
+    assert describe_rate_limits(headers, now) == (
+        "global: 900 left; route: 45 left; token: 99 left of 100, resets at 00:01:00 UTC"
+        " (in 60 s); window resets at 00:00:07 UTC (in 7 s)"
+    )
+    assert describe_rate_limits({}, now) == "no rate-limit headers in the answer"
