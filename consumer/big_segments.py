@@ -9,10 +9,13 @@ keys to add and remove per side. Every event for a segment waits in the segment 
 for the kind when it sends the lane's batch, and `plan` turns the batch into requests:
 
 - a standard segment: one segment PATCH, as always;
-- a big segment: consecutive target events merge into one body, in order, while they go to
-  the same endpoint, no key would be both added to and removed from the same list, and the
-  request stays within 1,500 keys; otherwise a new request starts there. An event is never
-  split over two requests (it has one outcome). `updateName` still goes to the segment PATCH.
+- a big segment: consecutive target events merge into one body while they go to the same
+  endpoint and the request stays within 1,500 distinct keys; otherwise a new request starts
+  there. The body is their *net* change (routing.segment_user_state: per side, a key's last
+  instruction wins), which leaves what applying them one by one leaves, in one request; an
+  event whose change a later one undid (`superseded`) still succeeds with the request, and
+  its outcome says so. An event is never split over two requests (it has one outcome).
+  `updateName` still goes to the segment PATCH.
 - an event whose context kind is not the big segment's (`*Users` events are of kind `user`)
   is rejected before any request (`context_kind_mismatch`); it changes nothing, so merging
   goes on across it.
@@ -124,23 +127,20 @@ class _Body:
     """The key lists of one big-segment request being merged."""
 
     step: Step
-    lists: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    lists: dict[str, set[str]] = field(default_factory=dict)  # side -> distinct keys
     keys: int = 0
 
-    def takes(self, endpoint: Endpoint, side: str, verb: str, values: list[str]) -> bool:
+    def takes(self, endpoint: Endpoint, side: str, values: list[str]) -> bool:
         if self.step.route.endpoint is not endpoint:
             return False
-        other = self.lists.get((side, "remove" if verb == "add" else "add"), set())
-        if not other.isdisjoint(values):
-            return False
-        return self.keys + len(self._new(side, verb, values)) <= MAX_KEYS_PER_REQUEST
+        return self.keys + len(self._new(side, values)) <= MAX_KEYS_PER_REQUEST
 
-    def _new(self, side: str, verb: str, values: list[str]) -> set[str]:
-        return set(values) - self.lists.get((side, verb), set())
+    def _new(self, side: str, values: list[str]) -> set[str]:
+        return set(values) - self.lists.get(side, set())
 
-    def add(self, item: PendingEvent, side: str, verb: str, values: list[str]) -> None:
-        new = self._new(side, verb, values)
-        self.lists.setdefault((side, verb), set()).update(new)
+    def add(self, item: PendingEvent, side: str, values: list[str]) -> None:
+        new = self._new(side, values)
+        self.lists.setdefault(side, set()).update(new)
         self.keys += len(new)
         self.step.items.append(item)
 
@@ -174,13 +174,39 @@ def plan(segment: Route, items: list[PendingEvent], kind: SegmentKind) -> list[S
                 )
             )
             continue
-        kind_name = instruction.kind
-        side = "included" if "Included" in kind_name else "excluded"
-        verb = "add" if kind_name.startswith("add") else "remove"
+        side = "included" if "Included" in instruction.kind else "excluded"
         values = instruction.values
-        if body is None or not body.takes(endpoint, side, verb, values):
+        if body is None or not body.takes(endpoint, side, values):
             body = _Body(Step(big_segment_route(segment, endpoint)))
             planned.append(body.step)
             patch = None
-        body.add(item, side, verb, values)
+        body.add(item, side, values)
     return planned
+
+
+def superseded(items: list[PendingEvent]) -> dict[int, list[str]]:
+    """For one big-segment request's events, in order: position -> the keys whose change a
+    later event of the request undid (its change was applied as part of the net change that
+    the body carries, not as its own)."""
+    last: dict[tuple[str, str], int] = {}  # (side, key) -> the position of its last change
+    for position, item in enumerate(items):
+        instruction = item.event.instruction
+        if isinstance(instruction, SegmentTargets | SegmentUsers):
+            side = "included" if "Included" in instruction.kind else "excluded"
+            for key in instruction.values:
+                last[(side, key)] = position
+    found: dict[int, list[str]] = {}
+    for position, item in enumerate(items):
+        instruction = item.event.instruction
+        if isinstance(instruction, SegmentTargets | SegmentUsers):
+            side = "included" if "Included" in instruction.kind else "excluded"
+            undone = [key for key in instruction.values if last[(side, key)] != position]
+            if undone:
+                found[position] = undone
+    return found
+
+
+def net_change_item(undone: list[str]) -> dict[str, Any]:
+    """The outcome `item` of an event applied as part of a net change: the keys whose change
+    a later event of the same request undid (docs: outcomes)."""
+    return {"netChange": {"undoneKeys": undone}}

@@ -220,17 +220,22 @@ def request_body(
 
 
 def segment_user_state(instructions: list[dict[str, Any]]) -> dict[str, Any]:
-    """A big segment's `SegmentUserState` body: the target instructions merged, in order, into
-    `included`/`excluded` x `add`/`remove` key lists (a key listed once per list; empty lists
-    and sides left out). The caller (big_segments.plan) never merges a key into both `add`
-    and `remove` of one side, so the order within the body does not matter."""
-    lists: dict[str, dict[str, dict[str, None]]] = {}
+    """A big segment's `SegmentUserState` body: the *net* change of the target instructions,
+    in order, as `included`/`excluded` x `add`/`remove` key lists. Per side, a key's last
+    instruction wins (add k, remove k, add k: add k), which is what applying them one by one
+    leaves (contract section 3); each key is listed once, empty lists and sides left out."""
+    last: dict[str, dict[str, str]] = {}  # side -> key -> its last verb, in first-seen order
     for instruction in instructions:
         kind = instruction["kind"]
         side = "included" if "Included" in kind else "excluded"
         verb = "add" if kind.startswith("add") else "remove"
-        lists.setdefault(side, {}).setdefault(verb, {}).update(dict.fromkeys(instruction["values"]))
-    return {
-        side: {verb: list(keys) for verb, keys in verbs.items()}
-        for side, verbs in sorted(lists.items(), key=lambda pair: pair[0] != "included")
-    }
+        keys = last.setdefault(side, {})
+        for key in instruction["values"]:
+            keys[key] = verb
+    body: dict[str, Any] = {}
+    for side in sorted(last, key=lambda name: name != "included"):
+        lists: dict[str, list[str]] = {}
+        for key, verb in last[side].items():
+            lists.setdefault(verb, []).append(key)
+        body[side] = {verb: lists[verb] for verb in ("add", "remove") if verb in lists}
+    return body

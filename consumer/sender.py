@@ -61,7 +61,14 @@ from dataclasses import dataclass
 import structlog
 
 from consumer.batcher import Batch
-from consumer.big_segments import Mismatch, SegmentKind, needs_kind, plan
+from consumer.big_segments import (
+    Mismatch,
+    SegmentKind,
+    needs_kind,
+    net_change_item,
+    plan,
+    superseded,
+)
 from consumer.errors import (
     ApiError,
     BadRequest,
@@ -328,10 +335,15 @@ class BatchSender:
                         recheck=recheck,
                     )
                     permit = None
-                    for item, answer in zip(step.items, step_results, strict=True):
+                    undone = superseded(step.items) if step.route is not batch.route else {}
+                    for index, (item, answer) in enumerate(
+                        zip(step.items, step_results, strict=True)
+                    ):
                         if answer is not None and step.route is not batch.route:
                             answer.method = step.route.spec.method
                             answer.path = step.route.path
+                            if index in undone and answer.status is Status.SUCCEEDED:
+                                answer.item = net_change_item(undone[index])
                         results[position[id(item)]] = answer
                     if any(result is None for result in step_results):
                         return results  # stopped: the rest is the next owner's

@@ -133,10 +133,15 @@ async def test_big_and_standard_segments_in_one_stream(
         f"{SEGMENTS}/crowd/contexts",
         f"{SEGMENTS}/crowd/users",
     }
-    assert len(big) * 4 <= big_events, (len(big), big_events)
+    assert len(big) < big_events
+    # Net changes (issue 23): a request ends at the batch's end (50 events), at another
+    # endpoint (`updateName` once), not where a key is added and removed again.
+    vip_events = sum(1 for e in events if e["resource"]["key"] == "vip")
+    vip_posts = sum(1 for r in big if r["path"].endswith("/vip/contexts"))
+    assert vip_posts <= -(-vip_events // 50) + 2, (vip_posts, vip_events)
     assert all(r["status"] == 204 for r in big)
     # Bodies validate against LaunchDarkly's OpenAPI document (SegmentUserState), and no key
-    # is both added to and removed from one list of one request.
+    # is both added to and removed from one side of one request (a net change).
     for request in big:
         _validator(request["path"].rsplit("/", 1)[1]).validate(request["body"])
         for lists in request["body"].values():
@@ -161,6 +166,9 @@ async def test_big_and_standard_segments_in_one_stream(
     outcome = by_event[vip_add["eventId"]]
     assert outcome.http is not None and outcome.http.method == "POST"
     assert outcome.http.path == f"{SEGMENTS}/vip/contexts" and outcome.http.status == 204
+    # An event whose change a later one in its request undid says so in its item.
+    undone = [o for o in results if o.item is not None and "netChange" in o.item]
+    assert undone and all(o.status is Status.SUCCEEDED for o in undone)
 
 
 async def test_a_400_on_a_big_segment_is_narrowed_to_the_event_that_fails(

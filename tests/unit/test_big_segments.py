@@ -15,6 +15,7 @@ from consumer.big_segments import (
     Step,
     needs_kind,
     plan,
+    superseded,
 )
 from consumer.records import PendingEvent
 from consumer.routing import Endpoint, request_body, route
@@ -100,24 +101,24 @@ def test_big_segment_events_merge_in_order_into_one_body() -> None:
     ]
 
 
-def test_add_and_remove_of_one_key_in_one_list_split_the_request() -> None:
+def test_add_remove_and_add_again_go_as_one_net_change() -> None:
+    """Issue 23: a key added, removed and added again in one batch is one net change in one
+    request; the events it undid say so in their outcome's item."""
     items = [
         _event("addIncludedTargets", ["a", "b"]),
-        _event("removeIncludedTargets", ["a"]),  # a was added in this body: split here
-        _event("addIncludedTargets", ["a"]),  # and again
-        _event("addExcludedTargets", ["a"]),  # another list: no conflict
+        _event("removeIncludedTargets", ["a"]),
+        _event("addIncludedTargets", ["a"]),
+        _event("addExcludedTargets", ["a"]),  # another list: its own change
+        _event("removeIncludedTargets", ["b"]),
     ]
     steps = plan(items[0].route, items, BIG_ORGS)
     assert [[items.index(i) for i in s.items] for s in steps if isinstance(s, Step)] == [
-        [0],
-        [1],
-        [2, 3],
+        [0, 1, 2, 3, 4]
     ]
     assert [body for _, body in _bodies(steps)] == [
-        {"included": {"add": ["a", "b"]}},
-        {"included": {"remove": ["a"]}},
-        {"included": {"add": ["a"]}, "excluded": {"add": ["a"]}},
+        {"included": {"add": ["a"], "remove": ["b"]}, "excluded": {"add": ["a"]}},
     ]
+    assert superseded(items) == {0: ["a", "b"], 1: ["a"]}
 
 
 def test_at_most_1500_keys_per_request_and_an_event_is_never_split() -> None:
