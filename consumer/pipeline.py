@@ -110,6 +110,7 @@ class Flight:
     permit: Permit | None = None
     phase: Phase = Phase.SENDING
     task: asyncio.Task[None] | None = None
+    lane_released: bool = False  # its resource's next batch may go (answered in full)
 
 
 class Pipeline:
@@ -258,7 +259,8 @@ class Pipeline:
             self._publishing -= 1
         self._flights.pop(flight.batch.id, None)
         self._sender.release(flight.permit)  # cancelled before its request: give it back
-        self.batcher.finished(flight.batch.route.resource)
+        if not flight.lane_released:
+            self.batcher.finished(flight.batch.route.resource)
 
     async def _fly(self, flight: Flight) -> None:
         batch = flight.batch
@@ -271,10 +273,15 @@ class Pipeline:
         except Exception as exc:  # a bug must not block the partition: fail and dead-letter
             log.exception("batch.internal_error")
             results = list(_internal_failure(batch, exc))
-        # Answered: the request slot is free while the outcomes are published; the URL stays
-        # busy until they are, so the next batch for it still cannot overtake this one.
+        # Answered: the request slot is free while the outcomes are published. Answered in
+        # full, LaunchDarkly has applied (or refused) every instruction, so the resource's next
+        # batch may go now, while these outcomes are published: it cannot overtake anything.
+        # A batch stopped part-way keeps its lane until it ends (leases.py, rule 5).
         flight.phase = Phase.PUBLISHING
         flight.hold.release()
+        if all(result is not None for result in results):
+            flight.lane_released = True
+            self.batcher.finished(batch.route.resource)
         self._sending -= 1
         self._publishing += 1
         self._wake.set()

@@ -136,6 +136,26 @@ async def test_a_record_is_done_only_once_its_outcome_is_acknowledged() -> None:
     dispatch.cancel()
 
 
+async def test_the_next_batch_of_a_resource_goes_while_the_last_ones_outcomes_publish() -> None:
+    """Issue 23 (latency): answered in full, a batch frees its resource's lane at once; its
+    outcomes' publishing no longer delays the next request for the resource."""
+    sender, publisher = Sender(), Publisher()
+    publisher.hold = asyncio.Event()
+    pipeline = pipeline_with(sender, publisher, batch=2)
+    lease = Leases().grant(P0, 0)
+    take(pipeline, lease, range(4), "s")  # two batches of one resource
+    dispatch = await running(pipeline)
+    await until(lambda: len(sender.sent) == 1)
+    sender.answer[sender.sent[0].id].set()
+    await until(lambda: len(sender.sent) == 2)  # before the first batch's outcomes are out
+    assert publisher.published == []
+    sender.answer[sender.sent[1].id].set()
+    publisher.hold.set()
+    await until(lambda: lease.offsets.to_commit() == 4)
+    assert sorted(r.offset for r, _ in publisher.published) == [0, 1, 2, 3]
+    dispatch.cancel()
+
+
 async def test_a_refused_record_is_never_done_and_its_owner_hears_of_it() -> None:
     """A dead-letter copy the topic cannot take (publisher.py): that record stays pending, so
     the commit stops before it; the others of the batch are done; the owner halts it."""
