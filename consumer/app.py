@@ -52,9 +52,9 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnsupportedCodecError,
 )
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from consumer import kafka
+from consumer import handover, kafka
 from consumer.backpressure import Backpressure
 from consumer.batcher import Batcher
 from consumer.big_segments import KindCache
@@ -148,6 +148,8 @@ class Service:
         self._offset_resets: dict[TopicPartition, int] = {}  # the last one reported, per partition
         # Partitions whose high watermark is below their lease -> since when (rule 2b).
         self._short_since: dict[TopicPartition, float] = {}
+        # Counts rebalance callbacks: a lease restart grants nothing if one came meanwhile.
+        self._rebalances = 0
         self._background: set[asyncio.Task[None]] = set()
         self.recovery = Recovery(settings)
         self.tracing = Tracing(
@@ -159,7 +161,6 @@ class Service:
             settings.ld_base_url,
             self.token,
             timeout=settings.ld_request_timeout_ms / 1000,
-            max_connections=settings.consumer_max_in_flight_requests * 2,
         )
         self.gate = ApiGate(
             self.token,
@@ -280,6 +281,7 @@ class Service:
         stopper = asyncio.create_task(stop.wait(), name="stop")
         failed = asyncio.create_task(self._stopping.wait(), name="failed")
         waits = [stopper, failed, fetch, *others]
+        abandoned = self.pipeline.abandoned
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for loop in (fetch, *others):
@@ -303,7 +305,15 @@ class Service:
             await asyncio.gather(*waits, return_exceptions=True)
             await _cancelled(self._granting, *self._background)
             await self.pipeline.cancel_all()
-            await asyncio.shield(self._commit(timeout=self._time_left()))  # 4.
+            # 4. A stop that abandoned nothing on the wire hands over cleanly (handover.py).
+            clean = self.pipeline.abandoned == abandoned and self.pipeline.idle()
+            await asyncio.shield(
+                self._commit(
+                    self.leases.unended() if clean else None,
+                    timeout=self._time_left(),
+                    clean=clean,
+                )
+            )
 
     async def _drain(self, deadline: float) -> None:
         # A request started later could not end, and stop landing, before the deadline.
@@ -489,6 +499,7 @@ class Service:
         where CONSUMER_AUTO_OFFSET_RESET says; `none` halts the partition instead). Nothing
         it took past the log's end is committed: those offsets are gone."""
         tp = lease.tp
+        rebalances = self._rebalances
         try:
             deadline = time.monotonic() + self.settings.consumer_revoke_timeout_ms / 1000
             if lease.state is LeaseState.ENDED or self.stopping:
@@ -502,7 +513,9 @@ class Service:
                 position = await self._reset_position(tp)
             if position is None:
                 return  # halted
-            if self.leases.get(tp) is None:  # not granted anew by an assignment meanwhile
+            # Not if a rebalance came meanwhile: the assignment grants the partition (at its
+            # committed offset), or it is not this member's any more.
+            if self._rebalances == rebalances and self.leases.get(tp) is None:
                 self.leases.grant(tp, position)
                 self._consumer.seek(tp, position)
             while more:
@@ -666,10 +679,19 @@ class Service:
                 log.warning("broker.unreachable", error=repr(exc))
 
     async def _commit(
-        self, leases: Iterable[Lease] | None = None, timeout: float | None = None
+        self,
+        leases: Iterable[Lease] | None = None,
+        timeout: float | None = None,
+        *,
+        clean: bool = False,
     ) -> None:
         """Commit the done prefix of live leases (all, or those given), within the commit
-        timeout (or `timeout`, if lower); a failure is logged: the next commit covers it."""
+        timeout (or `timeout`, if lower); a failure is logged: the next commit covers it.
+
+        Every commit carries a handover mark in its metadata (handover.py): `live` while this
+        member may have requests for the partition that can still land; `clean` (`clean=True`,
+        the given leases' positions committed even when they did not move) once it has none,
+        at the end of a revoke or a stop that abandoned nothing."""
         limit = self.settings.kafka_commit_timeout_ms / 1000
         if timeout is not None:
             limit = min(limit, timeout)
@@ -677,15 +699,21 @@ class Service:
         try:
             # The bound covers waiting for a commit under way (the loop's, or a revoke's).
             async with asyncio.timeout(limit), self._commit_lock:
+                chosen = self.leases.to_commit(leases)
+                if clean and leases is not None:
+                    chosen = {lease: lease.offsets.position() for lease in leases} | chosen
                 found = {
                     lease: position
-                    for lease, position in self.leases.to_commit(leases).items()
+                    for lease, position in chosen.items()
                     if self._within_log(lease, position)
                 }
                 if not found:
                     return
                 positions = {lease.tp: position for lease, position in found.items()}
-                await self._consumer.commit(positions)
+                mark = handover.CLEAN if clean else handover.LIVE
+                await self._consumer.commit(
+                    {tp: OffsetAndMetadata(position, mark) for tp, position in positions.items()}
+                )
                 for lease, position in found.items():
                     lease.offsets.mark_committed(position)
         except (KafkaError, TimeoutError) as exc:
@@ -700,6 +728,19 @@ class Service:
             positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
         )
 
+    async def _unclean(self, tps: set[TopicPartition]) -> set[TopicPartition]:
+        """The partitions whose last commit says their owner may still have requests landing
+        (handover.py); none when the marks cannot be read (a broker that keeps no metadata)."""
+        if not tps:
+            return set()
+        try:
+            async with asyncio.timeout(self.settings.kafka_commit_timeout_ms / 1000):
+                marks = await kafka.committed_metadata(self._consumer, tps)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("partition.handover_unknown", error=repr(exc))
+            return set()
+        return {tp for tp, mark in marks.items() if handover.unclean(mark)}
+
     def _within_log(self, lease: Lease, position: int) -> bool:
         """A position beyond the partition's log end (as the last fetch saw it) is never
         committed: the log lost records (rule 2b), and the group must not start past them."""
@@ -711,7 +752,8 @@ class Service:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Rule 1: pause at once, grant in a task (never raises, returns at once). Nothing is
         granted once the service stops (aiokafka's close waits for a join under way)."""
-        self.membership.heard()  # an assignment is the coordinator's word (membership.py)
+        self._rebalances += 1
+        self.membership.assigned()  # the coordinator's word (membership.py)
         self.vitals.group_lapsed = None
         if assigned:
             self._consumer.pause(*assigned)  # before any await: nothing fetched for nobody
@@ -735,18 +777,59 @@ class Service:
                     recovered = await self.recovery.already_done(positions)
                 except Exception:  # recovery is an optimisation of at-least-once, never a blocker
                     log.exception("recovery.failed")
-            self._grant_now(positions, started)
             self.pipeline.recovered = Recovered(recovered)
+            await self._claim(positions, started)
             for tp, read in reads.items():
                 if tp not in positions:
-                    self._grant_now({tp: await read}, started)
+                    await self._claim({tp: await read}, started)
         finally:
             for read in reads.values():
                 read.cancel()
 
+    async def _claim(self, positions: dict[TopicPartition, int], started: float) -> None:
+        """Grant these partitions as handover.py says: at once when their last owner left them
+        cleanly, after its requests can no longer land otherwise; and only once this member's
+        own `live` mark is committed (a member that dies before then has sent nothing)."""
+        unclean = await self._unclean(set(positions))
+        ready = {tp: start for tp, start in positions.items() if tp not in unclean}
+        if ready:
+            await self._mark_live(ready)
+            self._grant_now(ready, started)
+        if unclean:
+            wait = handover.wait(self.settings)
+            log.warning(
+                "partition.unclean_handover",
+                partitions=sorted(tp.partition for tp in unclean),
+                wait_s=wait,
+                message="the last owner may still have requests landing (it crashed, froze"
+                " or lost the group): these partitions start once they cannot",
+            )
+            await asyncio.sleep(wait)
+            late = {tp: positions[tp] for tp in unclean}
+            await self._mark_live(late)
+            self._grant_now(late, started)
+
+    async def _mark_live(self, positions: dict[TopicPartition, int]) -> None:
+        """Commit the `live` mark at these positions (handover.py, rule 1), tried again until
+        it is (the partitions stay paused meanwhile; a revoke or stop cancels it)."""
+        delay = 0.2
+        marks = {tp: OffsetAndMetadata(start, handover.LIVE) for tp, start in positions.items()}
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.kafka_commit_timeout_ms / 1000):
+                    await self._consumer.commit(marks)
+                return
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("partition.mark_failed", error=repr(exc), retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
     def _grant_now(self, positions: dict[TopicPartition, int], started: float) -> None:
         for tp, start in positions.items():
             self.leases.grant(tp, start)
+            # The consumer fetches from where the lease starts, whatever it fetched meanwhile
+            # (the partition was paused; this makes rule 1 hold by construction).
+            self._consumer.seek(tp, start)
         self.vitals.partitions = len(self.leases.active())
         log.info(
             "partitions.assigned",
@@ -769,6 +852,7 @@ class Service:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Rule 4 (and 5): stop, wait for the wire, commit, end (never raises)."""
+        self._rebalances += 1
         started = time.monotonic()
         await _cancelled(self._granting)  # an assignment that ended grants nothing
         deadline = started + self.settings.consumer_revoke_timeout_ms / 1000
@@ -777,8 +861,11 @@ class Service:
         rewind: set[Lease] = set()
         try:
             if leases:
+                abandoned = self.pipeline.abandoned
                 rewind = await self.pipeline.revoke(leases, deadline)
-                await self._commit(leases)
+                # Nothing of ours for these partitions can land any more: say so to the next
+                # owner (handover.py), unless a request was abandoned on the wire.
+                await self._commit(leases, clean=self.pipeline.abandoned == abandoned)
         finally:
             unfinished = self.leases.pending(leases)
             self.leases.end(leases)

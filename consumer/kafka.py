@@ -414,6 +414,23 @@ def watch_membership(
     return True
 
 
+async def committed_metadata(
+    consumer: AIOKafkaConsumer, tps: set[TopicPartition]
+) -> dict[TopicPartition, str]:
+    """The metadata of each partition's committed offset (handover.py); empty for partitions
+    without one. aiokafka's `committed()` gives the offset only: its group coordinator's fetch
+    gives both."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not tps:
+        return {}
+    found = await coordinator.fetch_committed_offsets(tps)
+    return {
+        tp: meta.metadata
+        for tp, meta in found.items()
+        if meta is not None and meta.offset >= 0 and meta.metadata
+    }
+
+
 def request_rejoin(consumer: AIOKafkaConsumer) -> None:
     """Make aiokafka rejoin the group (its revoke, then a fresh assignment)."""
     coordinator = getattr(consumer, "_coordinator", None)

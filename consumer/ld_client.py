@@ -118,19 +118,20 @@ class LdClient:
         token: TokenSource,
         *,
         timeout: float = 15.0,
-        max_connections: int = 32,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                # No pool limit: a request must not wait inside aiohttp for a connection after
+                # the sender checked its batch is live (leases.py, rule 4), nor have that wait
+                # count toward its timeout. Concurrency is bounded by the request slots.
+                connector=aiohttp.TCPConnector(limit=0),
                 headers={"User-Agent": f"ld-targeting-consumer/{__version__}"},
                 raise_for_status=False,
             )

@@ -185,7 +185,7 @@ class Leases:
         records it never returned."""
         found = {}
         for tp, lease in self._by_tp.items():
-            if lease.active:
+            if lease.state is LeaseState.ACTIVE:  # a lapsed membership included
                 lease.synced_at = self.fetch
                 found[tp] = lease.next
         return found

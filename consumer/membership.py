@@ -15,7 +15,10 @@ The rule (rule 4 applied by the member itself, before any rejoin):
 3. it is *lost* when the coordinator says the member id or generation is unknown;
 4. no request starts, and no record is taken, while the membership is not current
    (`Lease.active` asks it right before each request); the owner then asks aiokafka to rejoin,
-   so that the revoke and the next assignment hand the work to whoever owns it now.
+   so that the revoke and the next assignment hand the work to whoever owns it now;
+5. once found not current, it stays so until the next assignment (`assigned`): a heartbeat
+   answered meanwhile does not make it current again, since batches stopped during the lapse
+   left records without an outcome that only the revoke and a fresh lease send again.
 """
 
 from __future__ import annotations
@@ -24,19 +27,24 @@ from collections.abc import Callable
 
 
 class Membership:
-    __slots__ = ("_bound", "_clock", "_heard", "_lost", "rejoin_asked")
+    __slots__ = ("_bound", "_clock", "_heard", "_lapsed", "_lost", "rejoin_asked")
 
     def __init__(self, bound: float, clock: Callable[[], float]) -> None:
         self._bound = bound
         self._clock = clock
         self._heard = clock()
         self._lost = False
+        self._lapsed = False  # found not current since the last assignment (rule 5)
         self.rejoin_asked = False  # the owner asked aiokafka to rejoin since it lapsed
 
     def heard(self) -> None:
-        """A heartbeat was answered, or an assignment received (rule 1)."""
+        """A heartbeat was answered (rule 1)."""
         self._heard = self._clock()
-        self._lost = False
+
+    def assigned(self) -> None:
+        """An assignment was received: heard, and a lapse is over (rules 1, 5)."""
+        self._heard = self._clock()
+        self._lost = self._lapsed = False
         self.rejoin_asked = False
 
     def lost(self) -> None:
@@ -44,8 +52,10 @@ class Membership:
         self._lost = True
 
     def current(self) -> bool:
-        """Rule 2."""
-        return not self._lost and self._clock() - self._heard < self._bound
+        """Rules 2 and 5."""
+        if not self._lapsed and (self._lost or self._clock() - self._heard >= self._bound):
+            self._lapsed = True
+        return not self._lapsed
 
     def silent_for(self) -> float:
         return self._clock() - self._heard

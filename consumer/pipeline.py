@@ -138,6 +138,7 @@ class Pipeline:
         self._on_refused = on_refused
         self.recovered = Recovered()
         self.skipped_already_done = 0
+        self.abandoned = 0  # requests cancelled on the wire (or while they could still land)
         self._flights: dict[str, Flight] = {}
         self._sending = 0  # flights in Phase.SENDING
         self._publishing = 0
@@ -411,6 +412,7 @@ class Pipeline:
         """Cancel these flights, counting and logging those with a request on the wire."""
         for flight in flights:
             if self._sender.requesting(flight.batch.id):
+                self.abandoned += 1
                 self._metrics.abandoned.inc()
                 log.warning(
                     "request.abandoned",

@@ -8,8 +8,11 @@ request: its event `succeeded`. The rule (sender.py), kept in this one function:
 1. apply the whole batch, in order, to an empty picture of the resource (effects.py): the last
    instruction to set a target decides what it should hold;
 2. read every target that a refused instruction sets (the reads `verify` uses);
-3. a refused instruction counts as applied when every target it sets is read back at the
-   value the batch leaves it at. A read that fails, or any other value, leaves it refused.
+3. a refused instruction counts as applied when it is the one that decides each of its
+   targets (no later instruction of the batch changes it) and every such target is read back
+   at the value it sets. A read that fails, any other value, or a later instruction of the
+   batch on the same target (the read cannot tell whether this one was applied) leaves it
+   refused.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ async def applied_already(
     final = expected_after(events, big=big)
     wanted: dict[int, list[Effect]] = {}
     for index in refused:
-        own = [final.get(effect.target) for effect in effects_of(events[index], big=big)]
-        if own and all(effect is not None for effect in own):
-            wanted[index] = [effect for effect in own if effect is not None]
+        own = effects_of(events[index], big=big)
+        if own and all(final.get(effect.target) == effect for effect in own):
+            wanted[index] = own
     if not wanted:
         return set()
     targets = {effect.target: effect for effects in wanted.values() for effect in effects}

@@ -110,6 +110,11 @@ from consumer.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
+# Refusals that may mean "applied already" and are read back after an unknown outcome: an
+# instruction refused in a 200's `errors`, or a 400 narrowed down to it. Not a 404 or a 403:
+# the resource is not there, or not ours to write, whatever a read would show.
+READ_BACK_CODES = frozenset({ErrorCode.INSTRUCTION_ERROR, ErrorCode.INVALID_REQUEST})
+
 # One result per instruction; None: no result, the batch stopped (its lease was revoked).
 Results = list[InstructionResult | None]
 
@@ -384,11 +389,15 @@ class BatchSender:
                 budget = budget.fresh(time.monotonic())
                 budget.closings = self._gate.closings
             granted, permit = permit, None
+            # Whatever path led here (a backoff, a last try, a reopened gate), nothing is sent
+            # while an earlier request of the batch may still land.
+            await self._landed(shared)
             try:
                 response, error = await self._attempt(
                     batch, body, narrowing=narrowing, top=top, permit=granted
                 )
             except _Stopped:
+                await self._landed(shared)
                 return [None] * len(batch)
             attempts[:] = [n + 1 for n in attempts]
             if error is not None and error.unknown_outcome:
@@ -512,7 +521,10 @@ class BatchSender:
         refused = [
             i
             for i, result in enumerate(results)
-            if result is not None and result.status is Status.REJECTED
+            if result is not None
+            and result.status is Status.REJECTED
+            and result.error is not None
+            and result.error.code in READ_BACK_CODES
         ]
         if not refused:
             return results
