@@ -157,6 +157,13 @@ class Service:
         )
         self._consumer = kafka.make_consumer(settings)
         self._producer = kafka.make_producer(settings)
+        self._publisher = Publisher(
+            self._producer,
+            results_topic=settings.consumer_results_topic,
+            dlq_topic=settings.consumer_dlq_topic,
+            renew=self._renew_producer,
+            max_request_size=settings.kafka_producer_max_request_size,
+        )
         self._client = LdClient(
             settings.ld_base_url,
             self.token,
@@ -198,11 +205,7 @@ class Service:
                 comment_max_chars=settings.consumer_batch_comment_max_chars,
             ),
             self._sender,
-            Publisher(
-                self._producer,
-                results_topic=settings.consumer_results_topic,
-                dlq_topic=settings.consumer_dlq_topic,
-            ),
+            self._publisher,
             self.metrics,
             max_in_flight=settings.consumer_max_in_flight_requests,
             on_published=self.vitals.broker_seen,
@@ -233,6 +236,7 @@ class Service:
         settings = self.settings
         await self.start_health()
         try:
+            await self._fit_producer()
             await kafka.start(self._producer, settings)
         except BaseException:
             await self.discard()  # the consumer made in __init__ too (aiokafka warns otherwise)
@@ -254,6 +258,37 @@ class Service:
             await self._close()
         if self._failure is not None:
             raise self._failure
+
+    async def _fit_producer(self) -> None:
+        """Learn what the results and dead-letter topics take (max.message.bytes): records
+        larger are refused before they are sent, and the producer's batches stay below
+        (publisher.py). Not known (a broker that does not say): the producer's own limits."""
+        topics = [self.settings.consumer_results_topic, self.settings.consumer_dlq_topic]
+        try:
+            configs = await kafka.topic_configs(self.settings, topics)
+        except Exception as exc:  # noqa: BLE001 - a refinement, never a blocker
+            log.warning("topics.limits_unknown", error=repr(exc))
+            return
+        limits = {
+            topic: int(value)
+            for topic, config in configs.items()
+            if (value := config.get("max.message.bytes", "")).isdigit()
+        }
+        self._publisher.limits = limits
+        batch = kafka.producer_batch_size(limits.values())
+        if batch != kafka.MAX_BATCH_SIZE:
+            await self._producer.stop()  # never started: made again with smaller batches
+            self._producer = self._publisher.producer = kafka.make_producer(self.settings, batch)
+
+    async def _renew_producer(self) -> Any:
+        """A new producer for the publisher (its idempotence state refused by the broker)."""
+        old = self._producer
+        batch = kafka.producer_batch_size(self._publisher.limits.values())
+        fresh = kafka.make_producer(self.settings, batch)
+        await kafka.start(fresh, self.settings)
+        self._producer = fresh
+        await _bounded(old.stop(), self.settings.kafka_commit_timeout_ms / 1000, "producer.stop")
+        return fresh
 
     async def start_health(self) -> None:
         """Serve /healthz, /readyz and /metrics (idempotent). A port in use raises

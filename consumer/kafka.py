@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -17,6 +17,7 @@ from aiokafka.errors import (
     BrokerResponseError,
     CorruptRecordException,
     KafkaConnectionError,
+    KafkaError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
@@ -170,17 +171,27 @@ class KeyPartitioner:
         return hashed % partitions
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
+# The producer's batch size: room for a few batches' outcomes per partition (at the default
+# 16 KB a batch of outcomes fills it and every further send waits for the broker), below the
+# brokers' default message.max.bytes (1 MB). A topic that takes less gets smaller batches
+# (`producer_batch_size`): the broker refuses a batch larger than the topic's limit whole.
+MAX_BATCH_SIZE = 512 * 1024
+
+
+def producer_batch_size(limits: Iterable[int]) -> int:
+    """The batch size for topics taking records of at most these sizes (max.message.bytes)."""
+    smallest = min(limits, default=MAX_BATCH_SIZE + 1024)
+    return max(1024, min(MAX_BATCH_SIZE, smallest - 1024))
+
+
+def producer_config(settings: Settings, max_batch_size: int = MAX_BATCH_SIZE) -> dict[str, Any]:
     return {
         **common_config(settings),
         "value_serializer": _value_bytes,
         "acks": "all",
         "enable_idempotence": settings.kafka_producer_idempotence,
         "linger_ms": 5,
-        # Room for a few batches' outcomes per partition: at the default 16 KB a batch of
-        # outcomes fills it and every further send waits for the broker. Below the brokers'
-        # default message.max.bytes (1 MB).
-        "max_batch_size": 512 * 1024,
+        "max_batch_size": max_batch_size,
         "request_timeout_ms": 30_000,
         "max_request_size": settings.kafka_producer_max_request_size,
     }
@@ -201,8 +212,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**producer_config(settings))
+def make_producer(settings: Settings, max_batch_size: int = MAX_BATCH_SIZE) -> AIOKafkaProducer:
+    return AIOKafkaProducer(**producer_config(settings, max_batch_size))
 
 
 def make_consumer(settings: Settings, *topics: str) -> AIOKafkaConsumer:
@@ -600,10 +611,16 @@ async def read_topic(
     wrong, and callers know what they wait for.
     """
     deadline = time.monotonic() + timeout
-    partitions = await topic_partitions(settings, topic)
-    while not partitions and time.monotonic() < deadline:
+    partitions: list[TopicPartition] = []
+    while True:
+        try:
+            partitions = await topic_partitions(settings, topic)
+        except KafkaError:  # a broker not ready yet (one just restarted): asked again
+            if time.monotonic() >= deadline:
+                raise
+        if partitions or time.monotonic() >= deadline:
+            break
         await asyncio.sleep(0.1)
-        partitions = await topic_partitions(settings, topic)
     records: list[ConsumerRecord] = []
     if not partitions:
         return records  # no such topic (brokers that do not auto-create topics)

@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
+    UnknownProducerId,
 )
 
 from consumer.dlq import OUTCOME_SHRUNK, dead_letter_headers, needs_dead_letter
@@ -54,12 +58,38 @@ class _Message:
     partition: int | None = None
 
 
+# The idempotent producer's state broken on the broker's side (aiokafka cannot recover it by
+# itself, aio-libs/aiokafka#1017: a leader change, a refused batch): a new producer is made.
+PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    UnknownProducerId,
+    InvalidProducerIdMapping,
+)
+# What a record adds to its key, value and headers in a batch of its own (record and batch
+# headers, with room to spare): the estimate a topic's limit is compared with.
+RECORD_OVERHEAD = 256
+
+
 class Publisher:
-    def __init__(self, producer: Any, *, results_topic: str, dlq_topic: str) -> None:
-        self._producer = producer
+    def __init__(
+        self,
+        producer: Any,
+        *,
+        results_topic: str,
+        dlq_topic: str,
+        renew: Callable[[], Awaitable[Any]] | None = None,
+        max_request_size: int | None = None,
+    ) -> None:
+        self.producer = producer
+        self._max_request_size = max_request_size  # KAFKA_PRODUCER_MAX_REQUEST_SIZE
         self._results_topic = results_topic
         self._dlq_topic = dlq_topic
         self._partitioner = KeyPartitioner()
+        self._renew = renew
+        # Topic -> the largest record it takes (`max.message.bytes`), where known: a record
+        # larger is refused here, never sent (a refused batch breaks the producer's sequence).
+        self.limits: dict[str, int] = {}
 
     async def publish(
         self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]
@@ -95,7 +125,7 @@ class Publisher:
         unrefused = {id(r.record) for r in refused}
         # Partitioned here, not by the producer: the default partitioner hashes every key
         # again, and a backlog repeats the same few keys.
-        count = len(await self._producer.partitions_for(self._results_topic))
+        count = len(await self.producer.partitions_for(self._results_topic))
         partition_of = self._partitioner.partition
         topic = self._results_topic
         results = {
@@ -132,31 +162,101 @@ class Publisher:
     async def _send_all(self, pending: list[_Message]) -> dict[int, BaseException]:
         """Send until each is acknowledged or refused as too large; returns the refused ones
         (by `id` of the message) with their error."""
+        messages = list(pending)
         failures = 0
         too_large: dict[int, BaseException] = {}
         while pending:
             futures = [await self._send(message) for message in pending]
             results = await asyncio.gather(*futures, return_exceptions=True)
             retry = []
+            broken = False
             for message, result in zip(pending, results, strict=True):
                 if isinstance(result, BaseException):
                     if isinstance(result, TOO_LARGE):
                         too_large[id(message)] = result
                         continue
-                    if not _passing(result):
+                    if isinstance(result, PRODUCER_STATE_ERRORS) and self._renew is not None:
+                        broken = True
+                    elif not _passing(result):
                         raise result
                     retry.append(message)
                     log.warning("publish.failed", topic=message.topic, error=type(result).__name__)
+            if broken:
+                await self._renewed()
             pending = retry
             if pending:
                 failures += 1
                 await asyncio.sleep(random.uniform(0, min(10.0, 0.2 * 2**failures)))
+        # The broker refuses a producer batch as a whole: a record that fits may have been
+        # refused only for sharing a batch with one that does not. Each is sent again alone.
+        for key in list(too_large):
+            message = next(m for m in messages if id(m) == key)
+            if self._too_large_here(message):
+                continue
+            for _ in range(3):  # a renewed producer tries it again
+                try:
+                    await self._send_alone(message)
+                except TOO_LARGE as alone:
+                    too_large[key] = alone
+                    break
+                except PRODUCER_STATE_ERRORS:
+                    if self._renew is None:
+                        raise
+                    await self._renewed()
+                else:
+                    del too_large[key]
+                    break
         return too_large
+
+    async def _send_alone(self, message: _Message) -> None:
+        """One record in a producer batch of its own, acknowledged (raises like a send)."""
+        producer = self.producer
+        partitions = sorted(await producer.partitions_for(message.topic))
+        partition = message.partition
+        if partition is None:
+            partition = self._partitioner.partition(message.key, len(partitions))
+        if partition is None:
+            partition = random.choice(partitions)
+        batch = producer.create_batch()
+        appended = batch.append(
+            key=message.key,
+            value=value_for_send(message.key, message.value),
+            timestamp=None,
+            headers=message.headers,
+        )
+        if appended is None:
+            raise RecordTooLargeError("the record does not fit a producer batch")
+        batch.close()
+        future = await producer.send_batch(batch, message.topic, partition=partition)
+        await future
+
+    async def _renewed(self) -> None:
+        """Replace a producer whose idempotence state the broker refuses (a new producer id);
+        what it had not delivered is sent again by the caller (at least once)."""
+        assert self._renew is not None
+        log.warning("producer.renewed", message="the broker refused the producer's sequence")
+        self.producer = await self._renew()
+
+    def _too_large_here(self, message: _Message) -> bool:
+        """Larger than its topic or the producer takes: refused before it is sent."""
+        limits = [self.limits.get(message.topic), self._max_request_size]
+        found = [limit for limit in limits if limit is not None]
+        if not found:
+            return False
+        size = len(message.key or b"") + len(message.value or b"") + RECORD_OVERHEAD
+        size += sum(len(name) + len(value) for name, value in message.headers)
+        return size > min(found)
 
     async def _send(self, message: _Message) -> asyncio.Future[Any]:
         future: asyncio.Future[Any]
+        if self._too_large_here(message):
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(
+                RecordTooLargeError(f"larger than {message.topic}'s max.message.bytes")
+            )
+            return future
         try:
-            future = await self._producer.send(
+            future = await self.producer.send(
                 message.topic,
                 value=value_for_send(message.key, message.value),
                 key=message.key,

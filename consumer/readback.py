@@ -8,11 +8,11 @@ request: its event `succeeded`. The rule (sender.py), kept in this one function:
 1. apply the whole batch, in order, to an empty picture of the resource (effects.py): the last
    instruction to set a target decides what it should hold;
 2. read every target that a refused instruction sets (the reads `verify` uses);
-3. a refused instruction counts as applied when it is the one that decides each of its
-   targets (no later instruction of the batch changes it) and every such target is read back
-   at the value it sets. A read that fails, any other value, or a later instruction of the
-   batch on the same target (the read cannot tell whether this one was applied) leaves it
-   refused.
+3. a refused instruction counts as applied when every target it sets is read back at the
+   value the batch leaves it at, and that value is its own, or is set by a later instruction
+   of the batch that this retry applied (refused for finding its target as the earlier
+   request left it). A read that fails, any other value, or a later instruction on the same
+   target refused too (the read cannot tell whether either was applied) leaves it refused.
 """
 
 from __future__ import annotations
@@ -47,16 +47,35 @@ def effects_of(event: TargetingEvent, *, big: bool) -> list[Effect]:
     return effects(resource_of(event), event.instruction, big=big)
 
 
+def deciders(events: Sequence[TargetingEvent], *, big: bool) -> dict[Target, int]:
+    """Each target -> the position of the last event that sets it."""
+    found: dict[Target, int] = {}
+    for position, event in enumerate(events):
+        for effect in effects_of(event, big=big):
+            found[effect.target] = position
+    return found
+
+
 async def applied_already(
-    read: ReadFn, events: Sequence[TargetingEvent], refused: Sequence[int], *, big: bool
+    read: ReadFn,
+    events: Sequence[TargetingEvent],
+    refused: Sequence[int],
+    *,
+    big: bool,
+    applied: Sequence[int] = (),
 ) -> set[int]:
-    """Rules 2-3: the positions among `refused` whose effect LaunchDarkly holds now."""
+    """Rules 2-3: the positions among `refused` whose effect LaunchDarkly holds now
+    (`applied`: the positions this retry applied)."""
     final = expected_after(events, big=big)
+    last = deciders(events, big=big)
+    done = set(applied)
     wanted: dict[int, list[Effect]] = {}
     for index in refused:
         own = effects_of(events[index], big=big)
-        if own and all(final.get(effect.target) == effect for effect in own):
-            wanted[index] = own
+        if own and all(
+            effect.target in final and (last[effect.target] in done | {index}) for effect in own
+        ):
+            wanted[index] = [final[effect.target] for effect in own]
     if not wanted:
         return set()
     targets = {effect.target: effect for effects in wanted.values() for effect in effects}

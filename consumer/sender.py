@@ -529,8 +529,17 @@ class BatchSender:
         if not refused:
             return results
         big = batch.route.endpoint in BIG_SEGMENT_ENDPOINTS
+        applied = [
+            i
+            for i, result in enumerate(results)
+            if result is not None and result.status is Status.SUCCEEDED
+        ]
         held = await applied_already(
-            self._read_back, [item.event for item in batch.items], refused, big=big
+            self._read_back,
+            [item.event for item in batch.items],
+            refused,
+            big=big,
+            applied=applied,
         )
         for index in held:
             result = results[index]

@@ -12,6 +12,8 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
+import pytest
+
 from consumer.fake_api import RunningSimulator, chains
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.settings import Settings
@@ -31,6 +33,8 @@ from tests.integration.streams import (
     assert_stream_held,
     steady_stream,
 )
+
+pytestmark = pytest.mark.slow
 
 
 @contextlib.asynccontextmanager

@@ -115,21 +115,34 @@ async def test_retention_past_the_committed_offset_with_no_reset_halts_the_parti
     assert await committed(settings, [tp]) == {tp: 5}  # no guess
 
 
+@pytest.mark.parametrize("limit", ["producer", "topic"])
 async def test_a_dead_letter_copy_too_large_halts_its_partition_only(
-    kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
+    kafka_bootstrap: str,
+    on_tansu: bool,
+    simulator: RunningSimulator,
+    admin: SimulatorAdmin,
+    limit: str,
 ) -> None:
     """A large invalid record on partition 0 cannot be dead-lettered byte for byte (the
-    producer's limit is below it): partition 0 halts at it, uncommitted, with no outcome and
-    no changed copy; partition 1 goes on; the member never exits, and a restart halts again
-    rather than skipping it."""
+    producer's limit, or the dead-letter topic's `max.message.bytes`, is below it): partition
+    0 halts at it, uncommitted, with no outcome and no changed copy; partition 1 goes on; the
+    member never exits, and a restart halts again rather than skipping it."""
+    if limit == "topic" and on_tansu:
+        pytest.skip("Tansu has no topic record limits (TANSU.md)")
     await admin.seed(seed(segments={"s0": {}}))
     settings = make_settings(
         kafka_bootstrap,
         simulator.base_url,
         on_tansu=on_tansu,
-        kafka_producer_max_request_size=8_192,
+        **({"kafka_producer_max_request_size": 8_192} if limit == "producer" else {}),
     )
-    await create_topics(settings, partitions=2)
+    await kafka.ensure_topics(
+        settings,
+        kafka.service_topics(settings, 2, 2, 1),
+        configs={settings.consumer_dlq_topic: {"max.message.bytes": "8192"}}
+        if limit == "topic"
+        else {},
+    )
     topic = settings.consumer_input_topic
     big = b'{"not": "an event", "padding": "' + b"x" * 20_000 + b'"}'
     upstream = settings.model_copy(update={"kafka_producer_max_request_size": 1_048_576})
