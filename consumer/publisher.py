@@ -244,7 +244,7 @@ class Publisher:
         if not found:
             return False
         size = len(message.key or b"") + len(message.value or b"") + RECORD_OVERHEAD
-        size += sum(len(name) + len(value) for name, value in message.headers)
+        size += sum(len(name) + len(value or b"") for name, value in message.headers)
         return size > min(found)
 
     async def _send(self, message: _Message) -> asyncio.Future[Any]:
@@ -286,7 +286,7 @@ def _in(record: ConsumedRecord, refused: list[Refused]) -> bool:
 
 
 def _refusal(message: _Message, error: BaseException, what: str) -> str:
-    size = len(message.value or b"") + sum(len(k) + len(v) for k, v in message.headers)
+    size = len(message.value or b"") + sum(len(k) + len(v or b"") for k, v in message.headers)
     return (
         f"{what} ({size} bytes with headers) is larger than the topic {message.topic} or the"
         f" producer takes ({type(error).__name__}): raise the topic's max.message.bytes and"

@@ -233,7 +233,7 @@ async def test_a_partition_that_cannot_be_decoded_halts_alone_and_goes_on_after_
         assert not service.vitals.readiness()["partitions_flowing"]
         assert service.metrics.halted._value.get() == 1
         assert not handle.task.done()  # the member did not exit
-    assert await committed(settings, tps) == {tps[1]: 6}
+    assert await committed(settings, tps) == {tps[0]: 0, tps[1]: 6}  # nothing past the halt
     assert _included(await admin.state()) == {f"gzip-{i}" for i in range(6)}
     monkeypatch.undo()
     async with running(settings) as handle:

@@ -68,7 +68,8 @@ async def test_sigkill_mid_stream_then_restart_repeats_at_most_the_in_flight(
         if process.returncode is None:
             process.kill()
     assert len(before) >= 120
-    assert await committed(settings, list(ends)) == {}
+    # Nothing committed past where each partition started (the grant's handover mark).
+    assert set((await committed(settings, list(ends))).values()) <= {0}
     async with running(settings) as handle:
         await outcomes_covering(settings, ends)
         await asyncio.sleep(1.0)  # let stray duplicates, if any, arrive

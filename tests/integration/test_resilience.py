@@ -177,7 +177,8 @@ async def test_401_pauses_without_rejecting_and_recovers_when_the_token_file_is_
         assert handle.service.paused()
         assert await outcomes(settings, 1, timeout=1) == []
         assert await dead_letters(settings, 1, timeout=1) == []
-        assert await committed(settings, list(ends)) == {}
+        # Nothing committed past where each partition started (the handover mark).
+        assert set((await committed(settings, list(ends))).values()) <= {0}
         probes = [r for r in await admin.requests() if r["auth"] == "invalid"]
         assert 2 <= len(probes) <= 40  # one probe at a time, with backoff
         token_file.write_text(TOKEN + "\n")
