@@ -727,6 +727,12 @@ class Service:
         member may have requests for the partition that can still land; `clean` (`clean=True`,
         the given leases' positions committed even when they did not move) once it has none,
         at the end of a revoke or a stop that abandoned nothing."""
+        if not self.membership.current():
+            # Lapsed (membership.py): the group may have given these partitions to others,
+            # who commit further; a commit of ours would take their offsets back (a broker
+            # may take it: Kafka does from a member whose generation was reset).
+            log.info("commit.skipped", reason="not a current member of the group")
+            return
         limit = self.settings.kafka_commit_timeout_ms / 1000
         if timeout is not None:
             limit = min(limit, timeout)

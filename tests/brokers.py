@@ -21,20 +21,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from consumer.demo.apache_kafka import kafka_version, missing_tools
+from consumer.demo.tansu import TANSU_SETTINGS
 
 Kind = Literal["external", "apache", "tansu"]
 
-# Client settings for the tests on Apache Kafka: sessions short enough that a killed member is
-# noticed in a few seconds (the test broker allows sessions from 1 s), timeouts nested as the
-# settings require (request < revoke, revoke + commit < rebalance).
+# Client settings for the tests on Apache Kafka: Tansu's (timeouts nested as the settings
+# require), with the idempotent producer on, a session short enough that a killed member is
+# noticed in a few seconds (the test broker allows sessions from 1 s) and a fetch wait that
+# only sets how often an idle consumer asks.
 APACHE_TEST_SETTINGS: dict[str, Any] = {
+    **{
+        name: value
+        for name, value in TANSU_SETTINGS.items()
+        if name != "kafka_producer_idempotence"
+    },
     "kafka_session_timeout_ms": 3_000,
-    "kafka_heartbeat_interval_ms": 500,
-    "kafka_rebalance_timeout_ms": 6_000,
-    "kafka_commit_timeout_ms": 1_500,
-    "consumer_revoke_timeout_ms": 4_000,
-    "ld_request_timeout_ms": 3_000,
-    "ld_unknown_outcome_settle_ms": 500,
     "kafka_fetch_max_wait_ms": 100,
 }
 

@@ -149,8 +149,12 @@ def resolve() -> Path:
 
 def new_cluster_id() -> str:
     """16 random bytes, URL-safe base64 without padding (what `kafka-storage random-uuid`
-    prints)."""
-    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    prints), never starting with `-`: StorageTool's argument parser would read it as an
+    option (Kafka's own random ids avoid it too)."""
+    while True:
+        found = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not found.startswith("-"):
+            return found
 
 
 LOG4J2 = """\

@@ -14,7 +14,7 @@ from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.outcomes import Outcome, Status
 from consumer.settings import Settings
 from tests.factories import encode
-from tests.integration.harness import committed, dead_letters
+from tests.integration.harness import committed, dead_letters, produce
 
 RATE = 150  # events per second
 CHUNK = 15
@@ -22,6 +22,14 @@ CHUNK = 15
 # 5xx are waiting; the revoke outlasts the longest request, as the settings require.
 LATENCY_MS = (20, 1_000)
 CHURN_TIMEOUTS = {"ld_request_timeout_ms": 1_500, "consumer_revoke_timeout_ms": 2_000}
+
+
+async def produce_adds(settings: Settings, found: list[chains.Target]) -> dict[TopicPartition, int]:
+    """Every target's first step (its add), as a backlog: applied before a stream of updates,
+    since a repeated add is refused by the API and a repeated update is not (the checks are
+    about order, not repeats). Returns the end offsets."""
+    adds = [(key, encode(event), []) for _, _, key, event in chains.rounds(found, 0, 0)]
+    return await produce(settings, adds)
 
 
 async def steady_stream(
@@ -85,7 +93,8 @@ async def assert_stream_held(
     assert set(seen) == expected, f"records without an outcome: {len(expected - set(seen))}"
     assert {o.status for o in results} == {Status.SUCCEEDED}, Counter(o.status for o in results)
     assert await dead_letters(settings, 1, timeout=2) == []
-    assert await committed(settings, list(ends)) == ends
+    found = await committed(settings, list(ends))
+    assert found == ends, f"committed {found}, ends {ends}"
     stale = chains.stale(await admin.state(), last_step)
     assert stale == {}, f"{len(stale)} targets not at their last value: {sorted(stale.items())[:5]}"
     if duplicates_at_most is not None:

@@ -17,13 +17,11 @@ import pytest
 from consumer.fake_api import RunningSimulator, chains
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.settings import Settings
-from tests.factories import encode
 from tests.integration.harness import (
     create_topics,
     make_settings,
     merge_ends,
     outcomes_covering,
-    produce,
     running,
     start_process,
 )
@@ -31,6 +29,7 @@ from tests.integration.streams import (
     CHURN_TIMEOUTS,
     LATENCY_MS,
     assert_stream_held,
+    produce_adds,
     steady_stream,
 )
 
@@ -86,10 +85,7 @@ async def test_a_steady_stream_through_joins_leaves_and_kills_loses_and_reorders
         **CHURN_TIMEOUTS,
     )
     await create_topics(settings, partitions=6)
-    # The adds first, applied before the churn: a repeated add is refused by the API, a
-    # repeated update is not, and the check is about order, not about repeats.
-    adds = [(key, encode(event), []) for _, _, key, event in chains.rounds(found, 0, 0)]
-    add_ends = await produce(settings, adds)
+    add_ends = await produce_adds(settings, found)
     async with running(settings) as steady:
         await outcomes_covering(settings, add_ends)
         # Slow requests and 5xx on the PATCH routes, so that requests and retries are under

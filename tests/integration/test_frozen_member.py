@@ -14,17 +14,15 @@ import pytest
 
 from consumer.fake_api import RunningSimulator, chains
 from consumer.fake_api.admin_client import SimulatorAdmin
-from tests.factories import encode
 from tests.integration.harness import (
     create_topics,
     make_settings,
     merge_ends,
     outcomes_covering,
-    produce,
     running,
     start_process,
 )
-from tests.integration.streams import assert_stream_held, steady_stream
+from tests.integration.streams import assert_stream_held, produce_adds, steady_stream
 
 pytestmark = pytest.mark.slow
 
@@ -45,8 +43,7 @@ async def test_a_member_frozen_past_its_session_sends_nothing_stale_when_it_wake
         consumer_batch_max_size=50,
     )
     await create_topics(settings, partitions=4)
-    adds = [(key, encode(event), []) for _, _, key, event in chains.rounds(found, 0, 0)]
-    add_ends = await produce(settings, adds)
+    add_ends = await produce_adds(settings, found)
     await admin.set_faults(latency_ms=[20, 200], paths=["/api/v2/segments/*"])
     frozen = await start_process(settings)
     try:

@@ -14,17 +14,20 @@ from consumer.demo.apache_kafka import ApacheKafka
 from consumer.fake_api import RunningSimulator, chains
 from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.settings import Settings
-from tests.factories import encode
 from tests.integration.harness import (
     create_topics,
     make_settings,
     merge_ends,
     outcomes_covering,
-    produce,
     running,
     start_process,
 )
-from tests.integration.streams import LATENCY_MS, assert_stream_held, steady_stream
+from tests.integration.streams import (
+    LATENCY_MS,
+    assert_stream_held,
+    produce_adds,
+    steady_stream,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +49,6 @@ def _settings(bootstrap: str, simulator: RunningSimulator) -> Settings:
     )
 
 
-async def _adds(settings: Settings, found: list[chains.Target]) -> dict:  # type: ignore[type-arg]
-    adds = [(key, encode(event), []) for _, _, key, event in chains.rounds(found, 0, 0)]
-    return await produce(settings, adds)
-
-
 async def _kill_for(
     cluster: ApacheKafka, node: int, seconds: float, log: list[str], what: str
 ) -> None:
@@ -68,7 +66,7 @@ async def test_leaders_and_the_coordinator_killed_under_a_steady_stream(
     await admin.seed(chains.seed(found))
     settings = _settings(kafka_cluster.bootstrap_servers, simulator)
     await create_topics(settings, partitions=4, replication=3)
-    add_ends = await _adds(settings, found)
+    add_ends = await produce_adds(settings, found)
     log: list[str] = []
 
     async def failures() -> None:
@@ -117,7 +115,7 @@ async def test_a_broker_restarted_with_its_data_is_reconnected_to(
     with ApacheKafka(nodes=1) as single:
         settings = _settings(single.bootstrap_servers, simulator)
         await create_topics(settings, partitions=3)
-        add_ends = await _adds(settings, found)
+        add_ends = await produce_adds(settings, found)
         log: list[str] = []
 
         async def restart() -> None:

@@ -267,3 +267,9 @@ def test_kafka_is_the_version_and_settings_the_tests_run(compose: dict[str, Any]
     init = " ".join(compose["services"]["kafka-init"]["command"])
     room = kafka_module.DEFAULT_MAX_MESSAGE_BYTES + kafka_module.DEAD_LETTER_ROOM
     assert f"max.message.bytes={room}" in init
+
+
+def test_a_cluster_id_never_reads_as_an_option() -> None:
+    from consumer.demo.apache_kafka import new_cluster_id
+
+    assert not any(new_cluster_id().startswith("-") for _ in range(2_000))
