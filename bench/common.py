@@ -23,12 +23,12 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from consumer import kafka
-from consumer.demo.apache_kafka import ApacheKafka
-from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker, free_port
-from consumer.events import record_key
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.contract.events import record_key
+from consumer.kafka import clients as kafka
+from consumer.kafka.apache import ApacheKafka
+from consumer.kafka.tansu import TANSU_SETTINGS, TansuBroker, free_port
 from consumer.settings import Settings, settings_environment
+from consumer.simulator.admin_client import SimulatorAdmin
 
 TOKEN = "api-bench-token-0123456789"
 PROJECT = "bench"

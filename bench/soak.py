@@ -5,7 +5,7 @@
     .venv/bin/python bench/soak.py --churn                # 100k records, a steady stream while
                                                           # members join, leave and are killed
 
-Churn mode: the records are chains of changes per target (consumer/fake_api/chains.py), the
+Churn mode: the records are chains of changes per target (consumer/simulator/chains.py), the
 adds applied first, then the updates produced as a steady stream at --rate while a scheduler
 starts, stops (SIGTERM) and kills (SIGKILL) `run` processes every --churn-every seconds (at
 most --members at once, never none). It prints records, records without an outcome, outcomes
@@ -35,12 +35,12 @@ from collections import Counter
 from aiokafka.admin import AIOKafkaAdminClient
 from common import TOKEN, Child, consumer_command, service_env
 
-from consumer import kafka
-from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
-from consumer.events import record_key
-from consumer.fake_api import Faults, Limits, RunningSimulator, Simulator, chains
-from consumer.fake_api.state import SeedIn
+from consumer.contract.events import record_key
+from consumer.kafka import clients as kafka
+from consumer.kafka.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.settings import Settings
+from consumer.simulator import Faults, Limits, RunningSimulator, Simulator, chains
+from consumer.simulator.state import SeedIn
 
 
 def _args() -> argparse.Namespace:

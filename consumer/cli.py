@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from consumer import __version__, logs
 from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
-from consumer.errors import ErrorCode
+from consumer.contract.codes import ErrorCode
 from consumer.settings import REQUIRED, Settings, load_settings
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -451,13 +451,13 @@ def _settings(args: argparse.Namespace, *, need_token: bool = False) -> Settings
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args, need_token=True)
     logs.configure(settings.log_level, settings.log_format)
-    from consumer.runner import run_service
+    from consumer.commands.run import run_service
 
     return asyncio.run(run_service(settings))
 
 
 def _schemas(args: argparse.Namespace) -> int:
-    from consumer import schemas
+    from consumer.contract import schemas
 
     if args.check:
         stale = schemas.stale(args.dir)
@@ -476,7 +476,7 @@ def _schemas(args: argparse.Namespace) -> int:
 
 
 def _fake_api(args: argparse.Namespace) -> int:
-    from consumer.fake_api.main import serve
+    from consumer.simulator.main import serve
 
     tokens = args.token or ([os.environ["LD_API_TOKEN"]] if os.environ.get("LD_API_TOKEN") else [])
     if not tokens:
@@ -495,8 +495,9 @@ def _fake_api(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace) -> int:
-    from consumer import broker, kafka
-    from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
+    from consumer.commands import broker
+    from consumer.kafka import clients as kafka
+    from consumer.kafka.tansu import TANSU_SETTINGS, TansuBroker
 
     if not 0 < args.port < 65_536:
         raise UsageError(f"broker: --port must be 1-65535, not {args.port}")
@@ -533,7 +534,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from consumer import replay
+    from consumer.commands import replay
 
     settings = _settings(args)
     logs.configure("warning", settings.log_format)
@@ -563,7 +564,7 @@ def _replay(args: argparse.Namespace) -> int:
     replay.print_report(report, sys.stdout, dry_run=args.dry_run)
     if args.wait is None or args.dry_run or not report.placed:
         return EXIT_OK
-    from consumer.produce import wait_for_outcomes
+    from consumer.commands.produce import wait_for_outcomes
 
     found, missing = asyncio.run(
         wait_for_outcomes(
@@ -580,7 +581,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from consumer import produce
+    from consumer.commands import produce
 
     settings = _settings(args)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
@@ -609,8 +610,8 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from consumer import check
-    from consumer.ld_client import TokenSource
+    from consumer.commands import check
+    from consumer.launchdarkly.client import TokenSource
     from consumer.settings import token_problems
 
     # Without a usable token the Kafka rows still run; the LaunchDarkly row says why.
@@ -625,8 +626,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _outcomes(args: argparse.Namespace) -> int:
-    from consumer import outcomes_reader
-    from consumer.replay import parse_when
+    from consumer.commands import outcomes as outcomes_reader
+    from consumer.commands.replay import parse_when
 
     settings = _settings(args)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
@@ -658,8 +659,8 @@ def _outcomes(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     import json
 
-    from consumer import verify
-    from consumer.replay import parse_when
+    from consumer.commands import verify
+    from consumer.commands.replay import parse_when
 
     settings = _settings(args, need_token=True)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)

@@ -17,8 +17,9 @@ from typing import TextIO
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from consumer import kafka, logs
-from consumer.demo.tansu import BrokerNotStarted
+from consumer import logs
+from consumer.kafka import clients as kafka
+from consumer.kafka.tansu import BrokerNotStarted
 from consumer.listening import CannotListen
 from consumer.settings import SettingsError
 

@@ -88,8 +88,8 @@ class LibraryFlood(logging.Filter):
     back for `window` seconds; the first one after that passes carrying their count: "...
     (46 more like this in the last 10 s)". Lines below WARNING pass (LOG_LEVEL=debug shows
     them all), and so do other loggers'. Installed on the handler, so it sees every logger of
-    the library and composes with the filters of the library's own loggers (kafka.py's offset
-    resets), which run first.
+    the library and composes with the filters of the library's own loggers (the offset resets
+    of kafka/clients.py), which run first.
     """
 
     MAX_KEYS = 1_000  # templates remembered (a library formatting its own messages)

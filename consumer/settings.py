@@ -14,7 +14,7 @@ from pydantic import Field, FilePath, SecretStr, ValidationError, field_validato
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumer.events import MAX_TARGET_VALUES
+from consumer.contract.events import MAX_TARGET_VALUES
 
 
 class SettingsError(Exception):

@@ -2,7 +2,7 @@
 
 1. `KAFKA_BOOTSTRAP_SERVERS`, when set: a broker the user runs (taken to be Apache Kafka or
    one built on it);
-2. otherwise Apache Kafka (consumer/demo/apache_kafka.py), when Java 17+ and Maven are found:
+2. otherwise Apache Kafka (consumer/kafka/apache.py), when Java 17+ and Maven are found:
    a single KRaft node started for the session, and a three-node cluster for the failover
    tests, started when the first of them needs it;
 3. otherwise Tansu (the embedded broker of the demo), saying so in the report header.
@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from consumer.demo.apache_kafka import kafka_version, missing_tools
-from consumer.demo.tansu import TANSU_SETTINGS
+from consumer.kafka.apache import kafka_version, missing_tools
+from consumer.kafka.tansu import TANSU_SETTINGS
 
 Kind = Literal["external", "apache", "tansu"]
 

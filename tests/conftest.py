@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from consumer.demo.apache_kafka import ApacheKafka
-from consumer.demo.tansu import TansuBroker
-from consumer.fake_api import RunningSimulator, Simulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.kafka.apache import ApacheKafka
+from consumer.kafka.tansu import TansuBroker
+from consumer.simulator import RunningSimulator, Simulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.brokers import Choice, choose
 from tests.factories import TOKEN
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from consumer.events import TargetingEvent, decode, target_operations
-from consumer.leases import Lease, Leases
-from consumer.records import ConsumedRecord, PendingEvent
-from consumer.routing import route
+from consumer.contract.events import TargetingEvent, decode, target_operations
+from consumer.launchdarkly.routing import route
+from consumer.service.leases import Lease, Leases
+from consumer.service.records import ConsumedRecord, PendingEvent
 
 # The API token every test uses (the simulator accepts it; the service is configured with it).
 TOKEN = "api-test-0123456789abcdef"

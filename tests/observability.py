@@ -13,7 +13,7 @@ from typing import Any
 import promql_parser
 import yaml
 
-from consumer.metrics import Metrics
+from consumer.service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "observability" / "grafana" / "dashboards" / "ld-targeting-consumer.json"

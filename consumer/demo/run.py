@@ -15,16 +15,16 @@ import uuid
 from collections import Counter
 from typing import Any, TextIO
 
-from consumer import kafka
-from consumer.app import Service
 from consumer.cli_errors import EXIT_INTERRUPTED
+from consumer.commands.text import clip, plural
+from consumer.contract.outcomes import Outcome
 from consumer.demo.samples import Sample, demo_samples
-from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker
-from consumer.fake_api import RunningSimulator, Simulator, sample_seed
-from consumer.outcomes import Outcome
+from consumer.kafka import clients as kafka
+from consumer.kafka.tansu import TANSU_SETTINGS, TansuBroker
+from consumer.service.lifecycle import Service
 from consumer.settings import Settings
 from consumer.signals import on_stop
-from consumer.text import clip, plural
+from consumer.simulator import RunningSimulator, Simulator, sample_seed
 
 DEMO_TOKEN = "api-demo-0000-token"  # noqa: S105 - accepted by the demo simulator only
 

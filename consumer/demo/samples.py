@@ -1,6 +1,6 @@
 """Sample events for the demo and `examples/`: every instruction kind, good and bad.
 
-They fit the simulator's sample seed (`fake_api/sample_seed.json`), and each carries the status
+They fit the simulator's sample seed (`simulator/sample_seed.json`), and each carries the status
 it should end with, so the demo can show that what happened is what was meant to happen.
 """
 
@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.events import record_key
+from consumer.contract.events import record_key
 
 PROJECT = "demo"
 ENV = "production"

@@ -17,11 +17,11 @@ from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from consumer import kafka
-from consumer.app import Service
-from consumer.demo.tansu import TANSU_SETTINGS
-from consumer.events import record_key
-from consumer.outcomes import Outcome, Status
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Outcome, Status
+from consumer.kafka import clients as kafka
+from consumer.kafka.tansu import TANSU_SETTINGS
+from consumer.service.lifecycle import Service
 from consumer.settings import Settings, settings_environment
 from tests.brokers import APACHE_TEST_SETTINGS
 from tests.factories import TOKEN, encode, event_dict

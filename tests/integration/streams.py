@@ -1,4 +1,4 @@
-"""A steady stream of chained changes (consumer/fake_api/chains.py) for the ownership and
+"""A steady stream of chained changes (consumer/simulator/chains.py) for the ownership and
 failover tests: produced at a fixed rate while members, or brokers, come and go."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from collections import Counter
 
 from aiokafka.structs import TopicPartition
 
-from consumer import kafka
-from consumer.fake_api import chains
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Outcome, Status
+from consumer.contract.outcomes import Outcome, Status
+from consumer.kafka import clients as kafka
 from consumer.settings import Settings
+from consumer.simulator import chains
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode
 from tests.integration.harness import committed, dead_letters, produce
 

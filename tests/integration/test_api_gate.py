@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
-from consumer.demo.tansu import free_port
-from consumer.fake_api import Faults, RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.kafka.tansu import free_port
+from consumer.simulator import Faults, RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN
 from tests.integration.harness import (
     assert_all_succeeded,

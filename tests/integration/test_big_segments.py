@@ -10,11 +10,11 @@ from typing import Any
 
 import jsonschema
 
-from consumer.errors import ErrorCode
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
+from consumer.contract.codes import ErrorCode
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Status
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,

@@ -7,8 +7,8 @@ import os
 import signal
 import socket
 
-from consumer import kafka
-from consumer.demo.tansu import TANSU_SETTINGS, TansuBroker, free_port
+from consumer.kafka import clients as kafka
+from consumer.kafka.tansu import TANSU_SETTINGS, TansuBroker, free_port
 from consumer.settings import Settings
 from tests.integration.commands import SCRIPT, children, command, gone
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from consumer import kafka
-from consumer.demo.tansu import TansuBroker, free_port
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Outcome, Status
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Outcome, Status
+from consumer.kafka import clients as kafka
+from consumer.kafka.tansu import TansuBroker, free_port
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,

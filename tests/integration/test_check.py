@@ -6,9 +6,9 @@ import asyncio
 import json
 import re
 
-from consumer import kafka
-from consumer.fake_api import RunningSimulator
+from consumer.kafka import clients as kafka
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator
 from tests.factories import TOKEN
 from tests.integration.commands import Result, command
 from tests.integration.harness import (

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumer.fake_api import RunningSimulator, chains
-from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator, chains
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.integration.harness import (
     create_topics,
     make_settings,

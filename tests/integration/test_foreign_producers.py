@@ -14,11 +14,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from consumer import kafka, schemas
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
+from consumer.contract import schemas
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Status
+from consumer.kafka import clients as kafka
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration import librdkafka
 from tests.integration.harness import (

@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.demo.tansu import free_port
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.contract.events import record_key
+from consumer.kafka.tansu import free_port
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN, encode, event_dict
 from tests.integration.harness import (
     ENV,

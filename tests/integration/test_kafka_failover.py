@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from consumer.demo.apache_kafka import ApacheKafka
-from consumer.fake_api import RunningSimulator, chains
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.kafka.apache import ApacheKafka
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator, chains
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.integration.harness import (
     create_topics,
     make_settings,

@@ -9,11 +9,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from consumer import kafka
-from consumer.dlq import OUTCOME_SHRUNK
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import (
+from consumer.contract.outcomes import (
+    OUTCOME_SHRUNK,
     BatchPosition,
     InstructionResult,
     Outcome,
@@ -21,8 +18,11 @@ from consumer.outcomes import (
     completed_now,
     outcome_for,
 )
-from consumer.publisher import Publisher
+from consumer.kafka import clients as kafka
+from consumer.service.publisher import Publisher
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import pending
 from tests.integration.commands import command
 from tests.integration.harness import (

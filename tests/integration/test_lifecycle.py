@@ -13,14 +13,14 @@ from collections import Counter
 
 import pytest
 
-from consumer.app import STOP_GRACE
-from consumer.demo.apache_kafka import ApacheKafka
+from consumer.cli_errors import EXIT_INTERRUPTED
+from consumer.contract.outcomes import Status
 from consumer.demo.run import run_demo
-from consumer.demo.tansu import TansuBroker
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
-from consumer.runner import EXIT_INTERRUPTED
+from consumer.kafka.apache import ApacheKafka
+from consumer.kafka.tansu import TansuBroker
+from consumer.service.lifecycle import STOP_GRACE
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN
 from tests.integration.harness import (
     committed,

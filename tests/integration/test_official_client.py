@@ -47,9 +47,9 @@ from launchdarkly_api.models import (
     UserSegments,
 )
 
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.routing import CONTENT_TYPE
+from consumer.launchdarkly.routing import CONTENT_TYPE
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import LATER, TOKEN
 from tests.integration.harness import ENV, PROJECT, VARIATION, seed
 

@@ -8,15 +8,15 @@ import time
 
 import pytest
 
-from consumer import kafka
 from consumer.cli import main
-from consumer.dlq import REPLAY_COUNT, REPLAY_OF
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
-from consumer.replay import ledger_topic
+from consumer.commands.replay import ledger_topic
+from consumer.contract.dead_letters import REPLAY_COUNT, REPLAY_OF
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Status
+from consumer.kafka import clients as kafka
 from consumer.settings import Settings, settings_environment
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.contract.events import record_key
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.commands import SCRIPT, command
 from tests.integration.harness import (

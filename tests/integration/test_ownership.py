@@ -7,9 +7,9 @@ import asyncio
 import time
 from typing import Any
 
-from consumer.app import Service
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.service.lifecycle import Service
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.integration.harness import (
     committed,
     create_topics,

@@ -11,12 +11,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from consumer import kafka
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
-from consumer.routing import API_VERSION, CONTENT_TYPE, ROUTES
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Status
+from consumer.kafka import clients as kafka
+from consumer.launchdarkly.routing import API_VERSION, CONTENT_TYPE, ROUTES
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,
@@ -373,7 +373,7 @@ async def test_all_or_nothing_batch_is_narrowed_down(
 async def test_a_record_without_key_or_value_is_dead_lettered_as_it_was(
     kafka_bootstrap: str, on_tansu: bool, simulator: RunningSimulator, admin: SimulatorAdmin
 ) -> None:
-    from consumer import kafka
+    from consumer.kafka import clients as kafka
 
     await admin.seed(seed(segments={"beta": {}}))
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from consumer import kafka
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.contract.events import record_key
+from consumer.kafka import clients as kafka
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import event_dict
 from tests.integration.commands import command
 from tests.integration.harness import (

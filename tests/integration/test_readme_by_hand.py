@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from consumer.demo.tansu import free_port
+from consumer.kafka.tansu import free_port
 from consumer.settings import Settings
 from tests.integration.commands import Result, children, gone
 

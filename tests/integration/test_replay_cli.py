@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 
-from consumer import kafka
-from consumer.dlq import REPLAY_COUNT, REPLAY_OF
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.replay import ledger_topic
+from consumer.commands.replay import ledger_topic
+from consumer.contract.dead_letters import REPLAY_COUNT, REPLAY_OF
+from consumer.contract.events import record_key
+from consumer.kafka import clients as kafka
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator
 from tests.factories import encode, event_dict
 from tests.integration.commands import Result, command
 from tests.integration.harness import (

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Status
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN, encode, event_dict
 from tests.integration.harness import (
     ENV,
@@ -236,7 +236,7 @@ async def test_a_bug_while_sending_fails_and_dead_letters_instead_of_blocking(
     admin: SimulatorAdmin,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from consumer.sender import BatchSender
+    from consumer.service.sender import BatchSender
 
     await admin.seed(seed(segments={"s0": {}, "s1": {}}))
     original = BatchSender.send

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.routing import API_VERSION, CONTENT_TYPE
+from consumer.launchdarkly.routing import API_VERSION, CONTENT_TYPE
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN
 from tests.integration.harness import ENV, PROJECT, VARIATION, seed
 
@@ -243,7 +243,7 @@ async def test_fake_api_command_serves_until_sigterm(tmp_path: Any) -> None:
     import signal
     import sys
 
-    from consumer.demo.tansu import free_port
+    from consumer.kafka.tansu import free_port
 
     port = free_port()
     seed_file = tmp_path / "seed.json"

@@ -19,11 +19,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from consumer import kafka
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.contract.events import record_key
+from consumer.kafka import clients as kafka
 from consumer.listening import start_site
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN, encode, event_dict
 from tests.integration.harness import (
     ENV,

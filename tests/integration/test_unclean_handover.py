@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.harness import (
     ENV,

@@ -10,9 +10,9 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer.fake_api import RunningSimulator, chains
-from consumer.fake_api.admin_client import SimulatorAdmin
 from consumer.settings import Settings
+from consumer.simulator import RunningSimulator, chains
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.integration.harness import create_topics, make_settings, outcomes_covering, running
 from tests.integration.streams import assert_stream_held, steady_stream
 

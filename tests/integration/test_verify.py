@@ -8,11 +8,11 @@ import sys
 import time
 from typing import Any
 
-from consumer.events import record_key
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.outcomes import Status
-from consumer.verify import Selection, Verifier
+from consumer.commands.verify import Selection, Verifier
+from consumer.contract.events import record_key
+from consumer.contract.outcomes import Status
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import encode, event_dict
 from tests.integration.commands import command
 from tests.integration.harness import (

@@ -1,4 +1,4 @@
-"""Assignment and revoke in the lifecycle (app.py), against an in-memory consumer: a grant
+"""Assignment and revoke in the lifecycle (lifecycle.py), against an in-memory consumer: a grant
 runs outside aiokafka's callback, a revoke cancels it, a partition without a position does
 not hold the others up, and a stop grants nothing."""
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 
-from consumer import app
-from consumer.app import Service
+from consumer.service import lifecycle as app
+from consumer.service.lifecycle import Service
 from consumer.settings import Settings
 from tests.factories import FetchedRecord, until
 

@@ -5,7 +5,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.backpressure import Backpressure
+from consumer.service.backpressure import Backpressure
 
 P = [TopicPartition("in", p) for p in range(4)]
 

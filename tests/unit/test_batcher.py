@@ -3,9 +3,9 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.batcher import COMMENT_SEPARATOR, Batcher
-from consumer.leases import Leases
-from consumer.records import PendingEvent
+from consumer.service.batcher import COMMENT_SEPARATOR, Batcher
+from consumer.service.leases import Leases
+from consumer.service.records import PendingEvent
 from tests.factories import event_dict, pending
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from consumer.big_segments import (
+from consumer.launchdarkly.big_segments import (
     MAX_KEYS_PER_REQUEST,
     STANDARD,
     KindCache,
@@ -17,8 +17,8 @@ from consumer.big_segments import (
     plan,
     superseded,
 )
-from consumer.records import PendingEvent
-from consumer.routing import Endpoint, request_body, route
+from consumer.launchdarkly.routing import Endpoint, request_body, route
+from consumer.service.records import PendingEvent
 from tests.factories import event_dict, parse, pending
 
 BIG_ORGS = SegmentKind(True, "org")

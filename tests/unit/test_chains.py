@@ -1,6 +1,6 @@
 """The churn checks' own check: a lost or reordered change is visible in the final state."""
 
-from consumer.fake_api import chains
+from consumer.simulator import chains
 
 
 def _state(values: dict[chains.Target, int]) -> dict[str, object]:

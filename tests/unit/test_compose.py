@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from consumer.events import Invalid, decode
+from consumer.contract.events import Invalid, decode
 from consumer.settings import Settings
 from tests.observability import DASHBOARD, RULES, rules
 
@@ -245,8 +245,8 @@ def test_example_events_are_valid() -> None:
 
 
 def test_kafka_is_the_version_and_settings_the_tests_run(compose: dict[str, Any]) -> None:
-    from consumer import kafka as kafka_module
-    from consumer.demo.apache_kafka import KafkaNode, kafka_version, node_properties
+    from consumer.kafka import clients as kafka_module
+    from consumer.kafka.apache import KafkaNode, kafka_version, node_properties
 
     kafka = compose["services"]["kafka"]
     assert kafka["image"] == f"apache/kafka:{kafka_version()}"
@@ -270,6 +270,6 @@ def test_kafka_is_the_version_and_settings_the_tests_run(compose: dict[str, Any]
 
 
 def test_a_cluster_id_never_reads_as_an_option() -> None:
-    from consumer.demo.apache_kafka import new_cluster_id
+    from consumer.kafka.apache import new_cluster_id
 
     assert not any(new_cluster_id().startswith("-") for _ in range(2_000))

@@ -1,10 +1,10 @@
-"""Each API error says its outcome code and the status it ends in (consumer/errors.py)."""
+"""Each API error says its outcome code and the status it ends in (consumer/launchdarkly/errors.py)."""
 
 import pytest
 
-from consumer import errors
-from consumer.errors import ErrorCode
-from consumer.outcomes import Status
+from consumer.contract.codes import STATUS_OF_CODE, ErrorCode
+from consumer.contract.outcomes import Status
+from consumer.launchdarkly import errors
 
 
 @pytest.mark.parametrize(
@@ -37,10 +37,10 @@ def _api_errors(cls: type[errors.ApiError] = errors.ApiError) -> list[type[error
 
 
 def test_every_code_but_unauthorized_has_the_status_it_ends_in_and_the_classes_agree() -> None:
-    assert set(errors.STATUS_OF_CODE) == set(ErrorCode) - {ErrorCode.UNAUTHORIZED}
+    assert set(STATUS_OF_CODE) == set(ErrorCode) - {ErrorCode.UNAUTHORIZED}
     for cls in _api_errors():
         if cls is not errors.Unauthorized and cls is not errors.RetryableApiError:
-            assert errors.STATUS_OF_CODE[cls.code] == cls.final_status, cls
+            assert STATUS_OF_CODE[cls.code] == cls.final_status, cls
 
 
 def test_the_retry_reasons_are_the_retried_errors() -> None:

@@ -3,9 +3,9 @@ from typing import Any
 
 import pytest
 
-from consumer.dlq import DeadLetterHeaders
-from consumer.errors import ErrorCode
-from consumer.events import (
+from consumer.contract.codes import ErrorCode
+from consumer.contract.dead_letters import DeadLetterHeaders
+from consumer.contract.events import (
     MAX_TARGET_VALUES,
     FlagEvent,
     Invalid,
@@ -14,7 +14,7 @@ from consumer.events import (
     instruction_body,
     target_operations,
 )
-from consumer.outcomes import Outcome, Source, Status
+from consumer.contract.outcomes import Outcome, Source, Status
 from tests.factories import INSTRUCTIONS, encode, event_dict
 
 

@@ -9,9 +9,15 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from consumer.errors import ApiError, BadRequest, RateLimited, ServerError, Unauthorized
-from consumer.gate import ApiGate, Closed, OutageDetector, Verdict
-from consumer.ld_client import TokenSource
+from consumer.launchdarkly.client import TokenSource
+from consumer.launchdarkly.errors import (
+    ApiError,
+    BadRequest,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+)
+from consumer.launchdarkly.gate import ApiGate, Closed, OutageDetector, Verdict
 
 
 def test_an_outage_is_a_window_of_failures_of_several_urls_without_any_answer() -> None:

@@ -1,12 +1,12 @@
-"""Halted partitions (halts.py) and the fetch errors that halt one (kafka.py)."""
+"""Halted partitions (halts.py) and the fetch errors that halt one (kafka/clients.py)."""
 
 from __future__ import annotations
 
 from aiokafka.errors import OffsetOutOfRangeError, UnsupportedCodecError
 from aiokafka.structs import TopicPartition
 
-from consumer import kafka
-from consumer.halts import Halt, Halts
+from consumer.kafka import clients as kafka
+from consumer.service.halts import Halt, Halts
 
 TP = TopicPartition("in", 3)
 

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from consumer.app import STOP_GRACE
+from consumer.service.lifecycle import STOP_GRACE
 from consumer.settings import Settings, SettingsError, load_settings, violations
 from tests.helm_chart import (
     CHART,
@@ -176,7 +176,7 @@ def test_probes_use_the_service_health_endpoints(example: Example) -> None:
 
 def test_the_grace_period_outlasts_the_service_stop(example: Example) -> None:
     shutdown_s = int(example.objects.config["CONSUMER_SHUTDOWN_TIMEOUT_MS"]) / 1000
-    # The stop is bounded by the shutdown timeout plus STOP_GRACE (consumer/app.py).
+    # The stop is bounded by the shutdown timeout plus STOP_GRACE (consumer/lifecycle.py).
     assert example.objects.pod["terminationGracePeriodSeconds"] > shutdown_s + STOP_GRACE
 
 

@@ -1,6 +1,6 @@
 from aiokafka.partitioner import DefaultPartitioner
 
-from consumer.kafka import KeyPartitioner
+from consumer.kafka.clients import KeyPartitioner
 
 
 def test_key_partitions_are_the_default_partitioners() -> None:

@@ -8,7 +8,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.leases import Admission, Follow, Lease, Leases, LeaseState, admit
+from consumer.service.leases import Admission, Follow, Lease, Leases, LeaseState, admit
 
 TP = TopicPartition("in", 0)
 

@@ -16,20 +16,20 @@ import pytest
 from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
-from consumer import app
-from consumer.app import Service
-from consumer.big_segments import KindCache
-from consumer.errors import RequestTimeout
-from consumer.gate import ApiGate, Closed
-from consumer.ld_client import ApiResponse, TokenSource
-from consumer.leases import Leases, LeaseState
-from consumer.metrics import Metrics
-from consumer.retry import RetryPolicy
-from consumer.segment_kinds import KindResolver
-from consumer.sender import BatchSender
+from consumer.launchdarkly.big_segments import KindCache
+from consumer.launchdarkly.client import ApiResponse, TokenSource
+from consumer.launchdarkly.errors import RequestTimeout
+from consumer.launchdarkly.gate import ApiGate, Closed
+from consumer.launchdarkly.retry import RetryPolicy
+from consumer.launchdarkly.segment_kinds import KindResolver
+from consumer.launchdarkly.throttle import RateLimiter
+from consumer.service import lifecycle as app
+from consumer.service.leases import Leases, LeaseState
+from consumer.service.lifecycle import Service
+from consumer.service.metrics import Metrics
+from consumer.service.sender import BatchSender
+from consumer.service.slots import Slots
 from consumer.settings import Settings
-from consumer.slots import Slots
-from consumer.throttle import RateLimiter
 from tests.factories import FetchedRecord, event_dict, until
 from tests.unit.test_pipeline import Publisher
 from tests.unit.test_pipeline import Sender as WireSender
@@ -218,7 +218,7 @@ async def test_2b_a_refused_instruction_is_not_credited_with_a_later_ones_effect
     )
     leases = Leases()
     lease = leases.grant(TopicPartition("in", 3), 0)
-    from consumer.batcher import Batcher
+    from consumer.service.batcher import Batcher
     from tests.factories import pending
 
     batcher = Batcher(max_size=2, linger=0.0)
@@ -545,7 +545,7 @@ async def test_6_a_fetch_error_during_a_lapse_skips_no_record(service: Service) 
 async def test_7_no_request_leaves_after_its_lease_is_revoked() -> None:
     from aiohttp import web
 
-    from consumer.ld_client import LdClient
+    from consumer.launchdarkly.client import LdClient
     from tests.unit.test_sender import TP, batch_of
 
     received: list[tuple[float, str]] = []

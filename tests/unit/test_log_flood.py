@@ -8,7 +8,8 @@ import logging
 
 from aiokafka.structs import TopicPartition
 
-from consumer import kafka, logs
+from consumer import logs
+from consumer.kafka import clients as kafka
 
 
 def record(
@@ -46,7 +47,7 @@ def test_templates_and_loggers_are_counted_apart() -> None:
 def test_other_loggers_and_lines_below_warning_pass() -> None:
     flood = logs.LibraryFlood(window=10)
     for at in range(5):
-        assert flood.filter(record(at / 10, name="consumer.app"))
+        assert flood.filter(record(at / 10, name="consumer.service.lifecycle"))
         assert flood.filter(record(at / 10, level=logging.INFO))
         assert flood.filter(record(at / 10, name="aiokafkax"))
 

@@ -3,8 +3,8 @@ told it is unknown, stops starting requests (its leases are not active) until it
 
 from aiokafka.structs import TopicPartition
 
-from consumer.leases import Admission, Leases
-from consumer.membership import Membership, bound
+from consumer.service.leases import Admission, Leases
+from consumer.service.membership import Membership, bound
 
 TP = TopicPartition("in", 0)
 

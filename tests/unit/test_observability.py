@@ -102,7 +102,7 @@ def test_a_fresh_consumer_serves_the_labelled_series_at_zero() -> None:
     """The dashboard's error, dead-letter and retry panels show lines before the first error."""
     from prometheus_client import generate_latest
 
-    from consumer.metrics import Metrics
+    from consumer.service.metrics import Metrics
 
     text = generate_latest(Metrics().registry).decode()
     for series in (

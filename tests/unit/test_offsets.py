@@ -3,7 +3,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.offsets import PartitionOffsets
+from consumer.service.offsets import PartitionOffsets
 
 
 def test_commits_only_the_done_prefix() -> None:

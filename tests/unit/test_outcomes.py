@@ -1,8 +1,8 @@
 import pytest
 
-from consumer.errors import ErrorCode, NotFound, ServerError
-from consumer.events import Invalid
-from consumer.outcomes import (
+from consumer.contract.codes import ErrorCode
+from consumer.contract.events import Invalid
+from consumer.contract.outcomes import (
     Outcome,
     Status,
     failed_positions,
@@ -12,6 +12,7 @@ from consumer.outcomes import (
     results_from_body,
     results_from_error,
 )
+from consumer.launchdarkly.errors import NotFound, ServerError
 from tests.factories import event_dict, pending
 
 

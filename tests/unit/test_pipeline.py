@@ -10,16 +10,16 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from consumer.batcher import Batch, Batcher
-from consumer.leases import Lease, Leases
-from consumer.metrics import Metrics
-from consumer.outcomes import InstructionResult, OutcomeMessage, results_from_body
-from consumer.pipeline import Pipeline
-from consumer.publisher import Refused
-from consumer.records import ConsumedRecord
-from consumer.routing import Route
-from consumer.slots import Hold
-from consumer.throttle import Permit
+from consumer.contract.outcomes import InstructionResult, OutcomeMessage, results_from_body
+from consumer.launchdarkly.routing import Route
+from consumer.launchdarkly.throttle import Permit
+from consumer.service.batcher import Batch, Batcher
+from consumer.service.leases import Lease, Leases
+from consumer.service.metrics import Metrics
+from consumer.service.pipeline import Pipeline
+from consumer.service.publisher import Refused
+from consumer.service.records import ConsumedRecord
+from consumer.service.slots import Hold
 from tests.factories import FetchedRecord, until
 
 P0, P1 = TopicPartition("in", 0), TopicPartition("in", 1)

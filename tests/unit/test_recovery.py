@@ -7,7 +7,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.recovery import Recovered
+from consumer.service.recovery import Recovered
 
 TP, OTHER = TopicPartition("in", 0), TopicPartition("in", 1)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiokafka import ConsumerRecord
 
-from consumer.dlq import REPLAY_COUNT, REPLAY_OF, replay_of
-from consumer.replay import original_of, replay_count, replay_headers
-from consumer.text import clip, plural
+from consumer.commands.replay import original_of, replay_count, replay_headers
+from consumer.commands.text import clip, plural
+from consumer.contract.dead_letters import REPLAY_COUNT, REPLAY_OF, replay_of
 
 
 def dead_letter(headers: list[tuple[str, bytes]]) -> ConsumerRecord:

@@ -2,9 +2,15 @@ import random
 
 import pytest
 
-from consumer.errors import BadRequest, Conflict, RateLimited, RequestTimeout, ServerError
-from consumer.ld_client import RATE_LIMIT_HEADERS, ApiResponse, error_for
-from consumer.retry import RetryPolicy, rate_limit_wait
+from consumer.launchdarkly.client import RATE_LIMIT_HEADERS, ApiResponse, error_for
+from consumer.launchdarkly.errors import (
+    BadRequest,
+    Conflict,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+)
+from consumer.launchdarkly.retry import RetryPolicy, rate_limit_wait
 
 NOW_MS = 1_800_000_000_000.0
 

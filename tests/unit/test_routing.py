@@ -1,7 +1,7 @@
 import pytest
 
-from consumer.events import TargetingEvent
-from consumer.routing import (
+from consumer.contract.events import TargetingEvent
+from consumer.launchdarkly.routing import (
     BIG_SEGMENT_ENDPOINTS,
     ROUTES,
     SPECS,

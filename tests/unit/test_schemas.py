@@ -4,8 +4,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from consumer import schemas
 from consumer.cli import main
+from consumer.contract import schemas
 from consumer.demo.samples import demo_samples
 from tests.factories import INSTRUCTIONS, encode, event_dict
 
@@ -46,7 +46,7 @@ def test_event_schema_rejects_what_the_models_reject(key: str) -> None:
 
 
 def test_schema_and_models_agree_on_the_samples() -> None:
-    from consumer.events import Invalid, decode
+    from consumer.contract.events import Invalid, decode
 
     validator = _validator("event.schema.json")
     for sample in demo_samples():

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from consumer import kafka, logs
+from consumer import logs
+from consumer.kafka import clients as kafka
 from consumer.settings import Settings, SettingsError, load_settings
 
 
@@ -110,7 +111,7 @@ def test_redaction_matches_whole_tokens_only() -> None:
 def test_metrics_have_no_created_series() -> None:
     from prometheus_client import generate_latest
 
-    from consumer.metrics import Metrics
+    from consumer.service.metrics import Metrics
 
     text = generate_latest(Metrics().registry).decode()
     assert "ldc_outcomes_total" in text or "ldc_records_consumed_total" in text

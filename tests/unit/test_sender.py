@@ -12,13 +12,13 @@ import pytest
 from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
-from consumer.batcher import Batch, Batcher
-from consumer.errors import ConnectionFailed
-from consumer.gate import ApiGate
-from consumer.ld_client import ApiResponse, TokenSource
-from consumer.leases import Leases
-from consumer.retry import RetryPolicy
-from consumer.sender import BatchSender
+from consumer.launchdarkly.client import ApiResponse, TokenSource
+from consumer.launchdarkly.errors import ConnectionFailed
+from consumer.launchdarkly.gate import ApiGate
+from consumer.launchdarkly.retry import RetryPolicy
+from consumer.service.batcher import Batch, Batcher
+from consumer.service.leases import Leases
+from consumer.service.sender import BatchSender
 from tests.factories import event_dict, pending, until
 
 TP = TopicPartition("in", 7)

@@ -14,16 +14,17 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from consumer.batcher import Batch, Batcher
-from consumer.errors import ApiError, ErrorCode
-from consumer.fake_api import RunningSimulator
-from consumer.fake_api.admin_client import SimulatorAdmin
-from consumer.gate import ApiGate
-from consumer.ld_client import LdClient, TokenSource
-from consumer.leases import Leases
-from consumer.outcomes import Status
-from consumer.retry import RetryPolicy
-from consumer.sender import BatchSender
+from consumer.contract.codes import ErrorCode
+from consumer.contract.outcomes import Status
+from consumer.launchdarkly.client import LdClient, TokenSource
+from consumer.launchdarkly.errors import ApiError
+from consumer.launchdarkly.gate import ApiGate
+from consumer.launchdarkly.retry import RetryPolicy
+from consumer.service.batcher import Batch, Batcher
+from consumer.service.leases import Leases
+from consumer.service.sender import BatchSender
+from consumer.simulator import RunningSimulator
+from consumer.simulator.admin_client import SimulatorAdmin
 from tests.factories import TOKEN, event_dict, pending, until
 from tests.integration.harness import ENV, PROJECT, seed
 from tests.unit.test_sender import TP

@@ -9,17 +9,17 @@ from typing import Any
 
 import orjson
 
-from consumer.batcher import Batch, Batcher
-from consumer.big_segments import STANDARD, KindCache, SegmentKind
-from consumer.errors import ErrorCode
-from consumer.ld_client import ApiResponse
-from consumer.leases import Leases
-from consumer.metrics import Metrics
-from consumer.outcomes import Status
-from consumer.retry import RetryPolicy
-from consumer.segment_kinds import KindResolver
-from consumer.sender import BatchSender
-from consumer.throttle import RateLimiter
+from consumer.contract.codes import ErrorCode
+from consumer.contract.outcomes import Status
+from consumer.launchdarkly.big_segments import STANDARD, KindCache, SegmentKind
+from consumer.launchdarkly.client import ApiResponse
+from consumer.launchdarkly.retry import RetryPolicy
+from consumer.launchdarkly.segment_kinds import KindResolver
+from consumer.launchdarkly.throttle import RateLimiter
+from consumer.service.batcher import Batch, Batcher
+from consumer.service.leases import Leases
+from consumer.service.metrics import Metrics
+from consumer.service.sender import BatchSender
 from tests.factories import event_dict, pending
 from tests.unit.test_sender import TP, FakeClient, open_gate
 

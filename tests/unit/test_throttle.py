@@ -2,8 +2,8 @@ import asyncio
 
 import pytest
 
-from consumer.errors import RateLimited, ServerError
-from consumer.throttle import GUARD_MS, RateLimiter
+from consumer.launchdarkly.errors import RateLimited, ServerError
+from consumer.launchdarkly.throttle import GUARD_MS, RateLimiter
 
 ROUTE, OTHER = "segment-targets", "flag-expiring-targets"
 NOW = 1_000_000.0

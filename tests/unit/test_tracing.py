@@ -9,7 +9,7 @@ pytest.importorskip("opentelemetry.sdk")
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from consumer.tracing import Tracing, provider_from_environment, trace_headers
+from consumer.service.tracing import Tracing, provider_from_environment, trace_headers
 from tests.factories import pending
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}

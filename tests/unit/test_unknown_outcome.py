@@ -12,13 +12,13 @@ import orjson
 from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
-from consumer.batcher import Batch, Batcher
-from consumer.errors import ConnectionFailed, RequestTimeout
-from consumer.gate import ApiGate
-from consumer.ld_client import TokenSource
-from consumer.leases import Leases
-from consumer.retry import RetryPolicy
-from consumer.sender import BatchSender
+from consumer.launchdarkly.client import TokenSource
+from consumer.launchdarkly.errors import ConnectionFailed, RequestTimeout
+from consumer.launchdarkly.gate import ApiGate
+from consumer.launchdarkly.retry import RetryPolicy
+from consumer.service.batcher import Batch, Batcher
+from consumer.service.leases import Leases
+from consumer.service.sender import BatchSender
 from tests.factories import LATER, event_dict, pending, until
 from tests.unit.test_sender import FakeClient, open_gate
 

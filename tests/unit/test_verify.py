@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.effects import (
+from consumer.commands.verify import Selection, drift, expectations
+from consumer.contract.events import TargetingEvent
+from consumer.contract.outcomes import Outcome, Status
+from consumer.launchdarkly.effects import (
     FLAG_EXPIRING,
     MEMBERSHIP,
     SEGMENT,
@@ -16,9 +19,6 @@ from consumer.effects import (
     found_in,
     reads,
 )
-from consumer.events import TargetingEvent
-from consumer.outcomes import Outcome, Status
-from consumer.verify import Selection, drift, expectations
 from tests.factories import VARIATION, event_dict, parse
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -180,7 +180,7 @@ def test_selection_by_time_resource_and_event() -> None:
 
 
 def test_rate_limit_headers_read_as_budgets_limits_and_reset_times() -> None:
-    from consumer.check import describe_rate_limits
+    from consumer.commands.check import describe_rate_limits
 
     now = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     headers = {

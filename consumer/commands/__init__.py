@@ -1,0 +1,1 @@
+"""The operator commands besides `run`: check, produce, outcomes, replay, verify, broker."""
