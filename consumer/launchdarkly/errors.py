@@ -2,8 +2,11 @@
 
 Each class says, as class attributes, the outcome `code` (ErrorCode) and `final_status` (the
 outcome status, `rejected` or `failed`, of the instructions it is pinned on once no retry is
-left), as well as `retryable` (what the pipeline does) and `outage` (whether it may mean the API
-as a whole is down).
+left), as well as `retryable` (the same request may succeed later), `outage` (it may mean the
+API as a whole is down), `unknown_outcome` (below), `refuses_token` (the API gate closes),
+`narrows` (the refusal may be one instruction's), `charge` (what a retry spends of the budget)
+and `retry_after` (the wait a 429 names). What is done about an error is decided from these
+alone, in one place (decisions.py), never from its class.
 
                                HTTP      code                 final_status
 ApiError                                 unexpected_status    rejected
@@ -33,7 +36,18 @@ LD_UNKNOWN_OUTCOME_SETTLE_MS before anything more is sent for that resource.
 
 from __future__ import annotations
 
+import enum
+from typing import ClassVar
+
 from consumer.contract.codes import ErrorCode, FinalStatus
+
+
+class Charge(enum.Enum):
+    """What a retry of an error spends of the request's budget (retry.py)."""
+
+    ATTEMPT = "attempt"  # a failed attempt: counts against `max_attempts`
+    CONFLICT = "conflict"  # a 409: counts against `conflict_max_retries`
+    TIME = "time"  # a 429: the elapsed budget only; being told to wait is not a failure
 
 
 class ApiError(Exception):
@@ -47,6 +61,15 @@ class ApiError(Exception):
     outage: bool = False
     # LaunchDarkly may have applied the request, or may still apply it (see above).
     unknown_outcome: bool = False
+    # The token was refused: wrong for every request alike, so the API gate closes and the
+    # request waits for it to open (never pinned on instructions).
+    refuses_token: ClassVar[bool] = False
+    # Refused for what the request holds, maybe for one instruction only: a request of several
+    # is narrowed down to the ones that fail alone.
+    narrows: ClassVar[bool] = False
+    charge: ClassVar[Charge] = Charge.ATTEMPT
+    # Seconds LaunchDarkly asked to wait before the next request (a 429), else None.
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -59,6 +82,7 @@ class Unauthorized(ApiError):
     and the events wait (no outcome); the code names it wherever it is reported."""
 
     code = ErrorCode.UNAUTHORIZED
+    refuses_token = True
 
 
 class RetryableApiError(ApiError):
@@ -72,6 +96,8 @@ class RateLimited(RetryableApiError):
     """429: wait `retry_after` seconds before the next request."""
 
     code = ErrorCode.RATE_LIMITED
+    charge = Charge.TIME
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float, status: int | None = 429) -> None:
         super().__init__(message, status=status)
@@ -116,6 +142,7 @@ class Conflict(RetryableApiError):
     """409 optimistic_locking_error: a concurrent change; retried a bounded number of times."""
 
     code = ErrorCode.CONFLICT
+    charge = Charge.CONFLICT
     # Outlived its retries: LaunchDarkly's refusal.
     final_status: FinalStatus = "rejected"
 
@@ -128,6 +155,7 @@ class BadRequest(PermanentApiError):
     """400 or 422: the request, or one instruction in it, is not acceptable."""
 
     code = ErrorCode.INVALID_REQUEST
+    narrows = True
 
 
 class Forbidden(PermanentApiError):

@@ -31,7 +31,6 @@ charged: the token or the API is wrong for every event alike. The rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import random
 import time
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from consumer.launchdarkly.client import TokenSource
-from consumer.launchdarkly.errors import ApiError, RateLimited, Unauthorized
+from consumer.launchdarkly.errors import ApiError
 
 log = structlog.get_logger(__name__)
 
@@ -57,11 +56,6 @@ class Closed(enum.Enum):
 class Verdict(enum.Enum):
     ANSWERING = "answering"  # the API answers others: the failure is this request's own
     REOPENED = "reopened"  # the API was down; it is back: try again with a fresh budget
-
-
-def is_outage_error(error: ApiError | None) -> bool:
-    """An answer that says nothing about the request itself: no answer, or a 5xx."""
-    return error is not None and error.outage
 
 
 # How many windows back an answer counts as "this URL works" (rule 1), and how many URLs
@@ -131,6 +125,7 @@ class OutageDetector:
 
 
 Probe = Callable[[], Awaitable[ApiError | None]]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class ApiGate:
@@ -144,8 +139,11 @@ class ApiGate:
         max_delay: float = 30.0,
         on_change: Callable[[Closed | None], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
+        """`clock` (monotonic seconds) and `sleep` (on that clock) are all the time the gate
+        reads or waits for: a test moves them by hand."""
         self._token = token
         self._probe = probe
         self._detector = OutageDetector(outage_window)
@@ -153,6 +151,7 @@ class ApiGate:
         self._max_delay = max_delay
         self._on_change = on_change
         self._clock = clock
+        self._sleep = sleep
         self._rng = rng or random.Random()
         self.reason: Closed | None = Closed.STARTING
         self.detail = ""  # the last error seen while closed (status or error code)
@@ -250,6 +249,17 @@ class ApiGate:
         self._detector.answered(now, path)
         self._pulse()
 
+    def report(self, error: ApiError | None, path: str) -> None:
+        """What one request to `path` says about the API: a refused token closes the gate,
+        an outage-type failure counts towards closing it (rule 1), anything else is an
+        answer (`error` None: a 2xx)."""
+        if error is not None and error.refuses_token:
+            self.unauthorized(error)
+        elif error is not None and error.outage:
+            self.failed(error, path)
+        else:
+            self.answered(path)
+
     def unauthorized(self, error: ApiError | None = None) -> None:
         self._close(Closed.UNAUTHORIZED, error)
 
@@ -284,11 +294,16 @@ class ApiGate:
                     if self.closings == closings and (error is None or not error.outage):
                         return Verdict.ANSWERING  # it does: this request failed alone
                 continue
-            with contextlib.suppress(TimeoutError):
-                # asyncio.timeout, not wait_for: wait_for swallows a cancel that comes as the
-                # wait ends (Python 3.11).
-                async with asyncio.timeout(remaining):
-                    await asyncio.shield(self._changed())
+            await self._until_change(remaining)
+
+    async def _until_change(self, seconds: float) -> None:
+        """Until the next change (an answer, a closing, an opening), or `seconds` passed."""
+        change = self._changed()  # shared by every waiter: never cancelled by one of them
+        timer = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait((change, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
 
     # -- the prober -----------------------------------------------------------------------------
 
@@ -304,7 +319,7 @@ class ApiGate:
                     # Closed again soon after it opened (writes refused while the probe's
                     # read is answered, say): keep backing off rather than flap.
                     failures += 1
-                    await asyncio.sleep(self._backoff(failures))
+                    await self._sleep(self._backoff(failures))
                 else:
                     failures = 0
             if self._token.refresh():
@@ -312,7 +327,7 @@ class ApiGate:
             error = await self._probe_once()
             if self.is_open:
                 continue
-            if isinstance(error, RateLimited):
+            if error is not None and error.retry_after is not None:  # a 429: as it says
                 delay = error.retry_after + self._rng.uniform(0, self._base_delay)
             else:
                 failures += 1
@@ -324,7 +339,7 @@ class ApiGate:
                 error=_detail(error),
                 next_in_s=round(delay, 2),
             )
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self._max_delay, self._base_delay * 2 ** (failures - 1))
@@ -336,16 +351,15 @@ class ApiGate:
 
     async def _probe_once(self) -> ApiError | None:
         error = await self._probe()
-        if error is None or isinstance(error, RateLimited):
+        if error is None or error.retry_after is not None:
             # A 429 comes after the token check: the API is up and takes the token.
             self._reopen()
-        elif isinstance(error, Unauthorized):
+        elif error.refuses_token:
             self.unauthorized(error)
-        elif is_outage_error(error):
-            self._close(Closed.UNAVAILABLE, error)
         else:
-            # Answered, but not 2xx (a proxy's 404 for a wrong LD_BASE_URL path, a 403): the
-            # API is not usable as configured; stay closed and say what it answered.
+            # No answer, a 5xx; or answered, but not 2xx (a proxy's 404 for a wrong
+            # LD_BASE_URL path, a 403): the API is not usable as configured; stay closed and
+            # say what it answered.
             self._close(Closed.UNAVAILABLE, error)
         self._pulse()
         return error

@@ -13,7 +13,7 @@ from collections.abc import Collection
 import structlog
 
 from consumer.launchdarkly.client import ApiResponse, LdClient, error_for
-from consumer.launchdarkly.errors import ApiError, ConnectionFailed, RateLimited, RequestTimeout
+from consumer.launchdarkly.errors import ApiError, ConnectionFailed, RequestTimeout
 from consumer.launchdarkly.throttle import RateLimiter
 from consumer.service.metrics import Metrics
 
@@ -55,8 +55,8 @@ async def throttled_get(
             str(response.status) if response is not None else (error.code.value if error else "")
         )
         metrics.requests.labels(endpoint=route, status=status).inc()
-        if isinstance(error, RateLimited):
+        if error is not None and error.retry_after is not None:
             metrics.rate_limited.inc()
-    if isinstance(error, RateLimited):
+    if error is not None and error.retry_after is not None:
         log.warning("ld.rate_limited", path=path, retry_after_s=round(error.retry_after, 3))
     return response, error

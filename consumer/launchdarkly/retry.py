@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from consumer.launchdarkly.errors import ApiError, Conflict, RateLimited
+from consumer.launchdarkly.errors import ApiError, Charge
 
 # Resets in epoch milliseconds, in the order they are read: the account's and route's window,
 # then a per-token limit's, which LaunchDarkly names only in its own header.
@@ -90,18 +90,18 @@ class RetryPolicy:
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up.
 
-        `failures` counts failed attempts other than 429s so far (this one included),
-        `conflicts` the 409s so far (this one included).
+        `failures` counts the failures that charge an attempt so far (`Charge.ATTEMPT`, this one
+        included), `conflicts` the 409s so far (this one included).
         """
         if not error.retryable:
             return None
-        if isinstance(error, RateLimited):
+        if error.charge is not Charge.TIME and failures >= self.max_attempts:
+            return None
+        if error.charge is Charge.CONFLICT and conflicts > self.conflict_max_retries:
+            return None
+        if error.retry_after is not None:  # a 429: as long as it says
             wait = error.retry_after + rng.uniform(0.0, self.rate_limit_jitter)
         else:
-            if failures >= self.max_attempts:
-                return None
-            if isinstance(error, Conflict) and conflicts > self.conflict_max_retries:
-                return None
             wait = self.backoff(failures, rng)
         if elapsed + wait > self.max_elapsed:
             return None

@@ -28,12 +28,8 @@ import structlog
 
 from consumer.launchdarkly.big_segments import STANDARD, KindCache, SegmentKind
 from consumer.launchdarkly.client import ApiResponse, LdClient
-from consumer.launchdarkly.errors import (
-    ApiError,
-    InvalidResponse,
-    RateLimited,
-    Unauthorized,
-)
+from consumer.launchdarkly.decisions import Again, Retry, Settle, decide
+from consumer.launchdarkly.errors import ApiError, Charge, InvalidResponse
 from consumer.launchdarkly.gate import ApiGate, Verdict
 from consumer.launchdarkly.get import throttled_get
 from consumer.launchdarkly.retry import RetryPolicy
@@ -145,12 +141,7 @@ class KindResolver:
             response, error = await self._get(
                 big_segments_page_path(project, environment, offset), SEGMENT_LIST_ROUTE
             )
-            if isinstance(error, Unauthorized):
-                self._gate.unauthorized(error)
-            elif error is not None and error.outage:
-                self._gate.failed(error, SEGMENT_LIST_ROUTE)
-            elif response is not None:
-                self._gate.answered(SEGMENT_LIST_ROUTE)
+            self._gate.report(error, SEGMENT_LIST_ROUTE)
             body = response.body if response is not None and error is None else None
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
@@ -220,13 +211,7 @@ class KindResolver:
                 raise LookupStopped
             response, error = await self._get(path, SEGMENT_READ_ROUTE)
             attempts += 1
-            if isinstance(error, Unauthorized):
-                self._gate.unauthorized(error)
-                continue
-            if error is not None and error.outage:
-                self._gate.failed(error, path)
-            elif response is not None:
-                self._gate.answered(path)
+            self._gate.report(error, path)
             if error is None:
                 assert response is not None
                 kind = SegmentKind.from_segment(response.body)
@@ -237,31 +222,36 @@ class KindResolver:
                     " segment is big",
                     status=response.status,
                 )
-            if not error.retryable:
-                raise LookupFailed(error, attempts)
-            if closings != self._gate.closings:
-                continue
-            if not isinstance(error, RateLimited):
-                failures += 1
-            delay = self._policy.delay(
+            if error.charge is not Charge.TIME:
+                failures += 1  # a read's 409 too: it has no budget of conflicts
+            step = decide(
                 error,
+                self._policy,
+                self._rng,
                 failures=failures,
                 conflicts=0,
                 elapsed=time.monotonic() - started,
-                rng=self._rng,
+                closed_meanwhile=closings != self._gate.closings,
+                last_try=last_try,
             )
-            if delay is None:
-                if error.outage and not last_try:
-                    if await self._gate.settle() is Verdict.REOPENED:
-                        continue
-                    last_try = True
+            if isinstance(step, Again):
+                continue  # the gate closed: it waits for the gate, charged to nobody
+            if isinstance(step, Settle):
+                if await self._gate.settle() is Verdict.REOPENED:
                     continue
+                last_try = True
+                continue
+            if not isinstance(step, Retry):  # given up (a single read is never narrowed)
                 raise LookupFailed(error, attempts)
             self._metrics.retries.labels(reason=error.code.value).inc()
             log.info(
-                "ld.retry", path=path, error=error.code.value, delay_s=round(delay, 3), read=True
+                "ld.retry",
+                path=path,
+                error=error.code.value,
+                delay_s=round(step.delay, 3),
+                read=True,
             )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(step.delay)
 
     async def _get(self, path: str, route: str) -> tuple[ApiResponse | None, ApiError | None]:
         return await throttled_get(

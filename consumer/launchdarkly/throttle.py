@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from consumer.launchdarkly.errors import ApiError, RateLimited
+from consumer.launchdarkly.errors import ApiError
 
 GUARD_MS = 100.0  # lands just after the reset even with a little clock skew
 JITTER_MS = 100.0
@@ -253,12 +253,12 @@ class RateLimiter:
         headers = headers or {}
         reset = headers.get("X-Ratelimit-Reset")
         now_ms = self._clock_ms()
-        limited = isinstance(error, RateLimited)
+        limited = error is not None and error.retry_after is not None
         for budget, name in (
             (self._global, "X-Ratelimit-Global-Remaining"),
             (self._route(route), "X-Ratelimit-Route-Remaining"),
         ):
             budget.update(seq, headers.get(name), reset, now_ms, limited=limited)
-        if isinstance(error, RateLimited):
+        if error is not None and error.retry_after is not None:
             until = self._clock_ms() + error.retry_after * 1000 + GUARD_MS
             self._global.blocked_until_ms = max(self._global.blocked_until_ms, until)

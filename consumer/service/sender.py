@@ -5,9 +5,10 @@
   request leaving. It is asked again as soon as an answer comes: a batch that is not live
   keeps the results of a successful answer and sends nothing more; the instructions without
   a result get `None` (no outcome; the partition's next owner sends them again).
-- Retryable errors wait as `retry.py` says and send the same request again: a retried batch is
-  never reordered, and since the batcher hands out one batch per path at a time, no later
-  batch for the path can overtake it.
+- What follows an error is decided by `decisions.py`, from what the error declares (errors.py),
+  never from its class. Retryable errors wait as `retry.py` says and send the same request
+  again: a retried batch is never reordered, and since the batcher hands out one batch per
+  path at a time, no later batch for the path can overtake it.
 - Every request goes through the rate limiter (`throttle.py`), shared by all batches. A
   batch's first request is bound late: the pipeline cuts a batch only when `delay` says a
   request on its route may go now, and takes the unit for it at once (`grant`); the batch
@@ -79,15 +80,8 @@ from consumer.launchdarkly.big_segments import (
     superseded,
 )
 from consumer.launchdarkly.client import ApiResponse, LdClient, error_for
-from consumer.launchdarkly.errors import (
-    ApiError,
-    BadRequest,
-    Conflict,
-    ConnectionFailed,
-    RateLimited,
-    RequestTimeout,
-    Unauthorized,
-)
+from consumer.launchdarkly.decisions import Again, GiveUp, Narrow, Settle, decide
+from consumer.launchdarkly.errors import ApiError, Charge, ConnectionFailed, RequestTimeout
 from consumer.launchdarkly.gate import ApiGate, Verdict
 from consumer.launchdarkly.get import throttled_get
 from consumer.launchdarkly.retry import RetryPolicy
@@ -174,6 +168,13 @@ class _Budget:
 
     def fresh(self, started: float | None = None) -> _Budget:
         return _Budget(self.started if started is None else started, self.closings, self.batch)
+
+    def charge(self, error: ApiError) -> None:
+        """Count a failed request against the budget `error` charges (retry.py)."""
+        if error.charge is Charge.CONFLICT:
+            self.conflicts += 1
+        elif error.charge is Charge.ATTEMPT:
+            self.failures += 1
 
 
 class BatchSender:
@@ -404,22 +405,13 @@ class BatchSender:
                 shared.landing_until = time.monotonic() + self._settle
                 shared.after_unknown = True
                 self._landing[top] = shared.landing_until
-            if isinstance(error, Unauthorized):
-                self._gate.unauthorized(error)
-            elif error is not None and error.outage:
-                self._gate.failed(error, batch.path)
-            elif response is not None:
-                self._gate.answered(batch.path)
+            self._gate.report(error, batch.path)
             resource = batch.route.resource
             if response is not None and (error is None or not error.outage):
                 self._failing.pop(resource, None)  # answered: a full budget again
             if error is not None and not batch.live():
                 await self._landed(shared)  # the next owner must not overtake it
                 return [None] * len(batch)  # revoked meanwhile: no retry, no narrowing step
-            if isinstance(error, Unauthorized):
-                continue
-            if error is not None and error.retryable and budget.closings != self._gate.closings:
-                continue  # the gate closed while it was on the wire: charged to nobody
             if error is None:
                 assert response is not None
                 answered: Results = list(
@@ -433,77 +425,69 @@ class BatchSender:
                     )
                 )
                 return await self._confirmed(batch, answered, shared)
-            if (
-                isinstance(error, BadRequest)
-                and recheck is not None
-                and not narrowing
-                and await recheck.changed()
-            ):
-                raise _KindChanged
-            if isinstance(error, BadRequest) and len(batch) > 1:
-                return await self._narrow(batch, attempts, budget, error)
-            if isinstance(error, Conflict):
-                budget.conflicts += 1
-            elif not isinstance(error, RateLimited):
-                budget.failures += 1
-            delay = self._policy.delay(
+            budget.charge(error)
+            failing_since = self._failing.get(resource)
+            step = decide(
                 error,
+                self._policy,
+                self._rng,
                 failures=budget.failures,
                 conflicts=budget.conflicts,
                 elapsed=time.monotonic() - budget.started,
-                rng=self._rng,
+                size=len(batch),
+                closed_meanwhile=budget.closings != self._gate.closings,
+                last_try=budget.last_try,
+                failing_for=None if failing_since is None else time.monotonic() - failing_since,
             )
-            if delay is not None and self._fails_fast(resource, error):
-                delay = None
-            if delay is None:
-                if error.outage and not budget.last_try:
-                    async with shared.hold.waiting():
-                        verdict = await self._gate.settle()
-                    if verdict is Verdict.REOPENED:
-                        continue  # the API was down, not this request: start over
-                    # Others are answered now; this failure may be the end of an outage:
-                    # one more try, which fails only if the request fails on its own.
-                    budget.last_try = True
-                    continue
+            if isinstance(step, Again):
+                continue  # the gate closed: it waits for the gate, charged to nobody
+            # A segment's request refused: maybe for a kind the segment no longer has.
+            if error.narrows and recheck is not None and not narrowing and await recheck.changed():
+                raise _KindChanged
+            if isinstance(step, Narrow):
+                return await self._narrow(batch, attempts, budget, error)
+            if isinstance(step, Settle):
+                async with shared.hold.waiting():
+                    verdict = await self._gate.settle()
+                if verdict is Verdict.REOPENED:
+                    continue  # the API was down, not this request: start over
+                # Others are answered now; this failure may be the end of an outage:
+                # one more try, which fails only if the request fails on its own.
+                budget.last_try = True
+                continue
+            if isinstance(step, GiveUp):
                 await self._landed(shared)
                 if not batch.live():
                     return [None] * len(batch)
-                if error.final_status == "failed":
+                if step.status == "failed":
                     self._failing.setdefault(resource, time.monotonic())
                 given_up: Results = list(
                     results_from_error(
                         batch.id,
                         batch.items,
                         error,
-                        status=Status(error.final_status),
+                        status=Status(step.status),
                         attempts=attempts,
                     )
                 )
                 return await self._confirmed(batch, given_up, shared)
+            # A retry, after `step.delay`.
+            if step.renewed:
+                del self._failing[resource]  # a whole budget again, now and then
             self._metrics.retries.labels(reason=error.code.value).inc()
-            self._tracing.retry(error, delay, budget.failures)
+            self._tracing.retry(error, step.delay, budget.failures)
             log.info(
                 "ld.retry",
                 batch_id=batch.id,
                 path=batch.path,
                 error=error.code.value,
                 http_status=error.status,
-                delay_s=round(delay, 3),
+                delay_s=round(step.delay, 3),
                 failures=budget.failures,
             )
-            delay = max(delay, shared.landing_until - time.monotonic())
+            delay = max(step.delay, shared.landing_until - time.monotonic())
             async with shared.hold.waiting():
                 await asyncio.sleep(delay)
-
-    def _fails_fast(self, resource: str, error: ApiError) -> bool:
-        """Whether this failure of a request for `resource` ends its retries at once."""
-        since = self._failing.get(resource)
-        if since is None or isinstance(error, RateLimited | Conflict):
-            return False
-        if time.monotonic() - since > self._policy.max_elapsed:
-            del self._failing[resource]  # a whole budget again, now and then
-            return False
-        return True
 
     async def _landed(self, shared: _Batch) -> None:
         """Wait (without a slot) until no request of the batch may still be applied."""
@@ -618,7 +602,7 @@ class BatchSender:
             str(response.status) if response is not None else (error.code.value if error else "")
         )
         self._metrics.requests.labels(endpoint=endpoint, status=status).inc()
-        if isinstance(error, RateLimited):
+        if error is not None and error.retry_after is not None:
             self._metrics.rate_limited.inc()
             log.warning(
                 "ld.rate_limited", path=batch.path, retry_after_s=round(error.retry_after, 3)

@@ -18,6 +18,7 @@ from consumer.launchdarkly.errors import (
     Unauthorized,
 )
 from consumer.launchdarkly.gate import ApiGate, Closed, OutageDetector, Verdict
+from tests.factories import until
 
 
 def test_an_outage_is_a_window_of_failures_of_several_urls_without_any_answer() -> None:
@@ -64,13 +65,58 @@ class Api:
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
 
-def gate_for(api: Api, token: TokenSource | None = None, window: float = 0.3) -> ApiGate:
+class ManualClock:
+    """Time that moves only when the test moves it (`advance`); `sleep` on it returns once it
+    has moved far enough. `asked`: every sleep's length, in order."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.asked: asyncio.Queue[float] = asyncio.Queue()
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.asked.put_nowait(seconds)
+        wake = asyncio.get_running_loop().create_future()
+        entry = (self.now + seconds, wake)
+        self._sleepers.append(entry)
+        try:
+            await wake
+        finally:
+            self._sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for due, wake in self._sleepers:
+            if due <= self.now and not wake.done():
+                wake.set_result(None)
+
+
+def gate_for(
+    api: Api,
+    token: TokenSource | None = None,
+    window: float = 0.3,
+    clock: ManualClock | None = None,
+    max_delay: float = 0.02,
+) -> ApiGate:
+    if clock is None:
+        return ApiGate(
+            token or TokenSource(SecretStr("t")),
+            api.probe,
+            outage_window=window,
+            base_delay=0.01,
+            max_delay=max_delay,
+        )
     return ApiGate(
         token or TokenSource(SecretStr("t")),
         api.probe,
         outage_window=window,
         base_delay=0.01,
-        max_delay=0.02,
+        max_delay=max_delay,
+        clock=clock,
+        sleep=clock.sleep,
     )
 
 
@@ -97,8 +143,7 @@ async def test_a_401_closes_it_until_a_probe_with_the_fixed_token_file_is_accept
 
     gate = ApiGate(token, probe, outage_window=1, base_delay=0.01, max_delay=0.02)
     prober = asyncio.create_task(gate.run())
-    await asyncio.sleep(0.1)
-    assert gate.reason is Closed.UNAUTHORIZED
+    await until(lambda: gate.reason is Closed.UNAUTHORIZED)
     assert gate.describe() == "LaunchDarkly refuses the API token (HTTP 401)"  # 401 said once
     token_file.write_text("right\n")
     await asyncio.wait_for(gate.wait_open(), 2)
@@ -112,8 +157,9 @@ async def test_an_outage_closes_it_and_waiting_batches_learn_it_reopened() -> No
     prober = asyncio.create_task(gate.run())
     api.answers = [ServerError("down", status=503)]
     settled = asyncio.create_task(gate.settle())  # a batch out of budget asks
-    await asyncio.sleep(0.4)  # probes keep failing past the window: the API is down
-    assert gate.reason is Closed.UNAVAILABLE and not settled.done()
+    # The window passes with no answer, the settle's probe fails: the API is down.
+    await until(lambda: gate.reason is Closed.UNAVAILABLE)
+    assert not settled.done()  # it waits for the gate to open
     api.answers = [None]
     assert await asyncio.wait_for(settled, 2) is Verdict.REOPENED
     assert gate.is_open and gate.closings == 1
@@ -121,12 +167,14 @@ async def test_an_outage_closes_it_and_waiting_batches_learn_it_reopened() -> No
 
 
 async def test_a_batch_out_of_budget_fails_when_other_writes_are_answered() -> None:
-    api = Api(None)
-    gate = gate_for(api, window=60)
+    api, clock = Api(None), ManualClock()
+    gate = gate_for(api, window=60, clock=clock)
     await gate.probe_now()
     gate.failed(ServerError("one resource", status=500), "/a")
+    clock.advance(10)
     settled = asyncio.create_task(gate.settle())
-    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(clock.asked.get(), 2) == 50  # the rest of the window
+    clock.advance(49.9)
     assert not settled.done()  # the probe's read is no evidence that writes work
     gate.answered()  # another write is answered: this request failed on its own
     assert await asyncio.wait_for(settled, 2) is Verdict.ANSWERING
@@ -182,20 +230,26 @@ async def test_batches_settling_together_do_not_spin() -> None:
 
 
 async def test_a_gate_closed_again_soon_after_opening_backs_off() -> None:
-    """Writes refused (401) while the probe's read is answered: no flapping at probe pace."""
-    api = Api(None)
-    gate = gate_for(api)
-    gate._max_delay = 1.0
+    """Writes refused (401) while the probe's read is answered: no flapping at probe pace.
+    The prober waits longer after each such closing (base 0.01 s, doubling, up to 1 s), and
+    starts from the base again after a closing that comes once the gate stayed open long."""
+    api, clock = Api(None), ManualClock()
+    gate = gate_for(api, clock=clock, max_delay=1.0)
     prober = asyncio.create_task(gate.run())
     await asyncio.wait_for(gate.wait_open(), 2)
-    for _ in range(30):  # every write is refused as soon as the gate opens
+    waits = []
+    for _ in range(9):  # every write is refused as soon as the gate opens
         gate.unauthorized()
-        try:
-            await asyncio.wait_for(gate.wait_open(), 0.02)
-        except TimeoutError:
-            break
-    await asyncio.sleep(0.5)
-    assert api.probes < 10
+        waits.append(await asyncio.wait_for(clock.asked.get(), 2))  # no probe before it
+        assert not gate.is_open and api.probes == len(waits)
+        clock.advance(waits[-1])
+        await asyncio.wait_for(gate.wait_open(), 2)  # then one probe opens it
+    ceilings = [min(1.0, 0.01 * 2**n) for n in range(9)]
+    assert all(c / 2 <= w <= c for w, c in zip(waits, ceilings, strict=True)), waits
+    clock.advance(1.0)  # open for a while: a closing now is no flapping
+    gate.unauthorized()
+    await asyncio.wait_for(gate.wait_open(), 2)  # probed at once
+    assert api.probes == 11 and clock.asked.empty()
     prober.cancel()
 
 
@@ -209,3 +263,18 @@ async def test_a_429_or_another_answer_is_not_an_outage() -> None:
     gate.failed(ServerError("down", status=502), "/a")
     gate.failed(ServerError("down", status=502), "/b")  # a zero window: two URLs close it
     assert gate.reason is Closed.UNAVAILABLE
+
+
+async def test_what_a_request_tells_the_gate() -> None:
+    api = Api(None)
+    gate = gate_for(api, window=0.0)
+    await gate.probe_now()
+    for answer in (None, BadRequest("no", status=400), RateLimited("slow", retry_after=1)):
+        gate.report(answer, "/a")
+        gate.report(ServerError("down", status=503), "/b")
+        assert gate.is_open  # an answer in between: no outage
+    gate.report(ServerError("down", status=503), "/a")
+    assert gate.reason is Closed.UNAVAILABLE  # two URLs failed, with no answer between
+    await gate.probe_now()
+    gate.report(Unauthorized("no", status=401), "/a")
+    assert gate.reason is Closed.UNAUTHORIZED and gate.closings == 2
