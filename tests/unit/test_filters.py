@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -46,7 +47,7 @@ def test_the_first_reason_is_given_in_a_fixed_order() -> None:
         resource="web/*",
         since_ms=T,
     )
-    record = {
+    record: dict[str, Any] = {
         "status": "failed",
         "error_code": "not_found",
         "event_id": "e1",
