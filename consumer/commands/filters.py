@@ -25,6 +25,7 @@ import fnmatch
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from consumer.cli_errors import UsageError
 from consumer.contract.codes import ErrorCode
@@ -140,36 +141,23 @@ def add_options(
 
 
 def from_args(args: argparse.Namespace) -> Filter:
-    """The filter the parsed options ask for; a time that does not parse is a usage error
-    naming the command (`args.command`)."""
+    """The filter the parsed options ask for (an option the command lacks leaves its field
+    open); a time that does not parse is a usage error naming the command (`args.command`)."""
 
-    def given(option: str) -> object:
+    def given(option: str) -> Any:
         return getattr(args, _OPTIONS[option].dest, None)
 
-    def when(option: str) -> int | None:
-        text = given(option)
-        if not text:
-            return None
-        assert isinstance(text, str)
-        try:
-            return parse_when(text)
-        except ValueError as exc:
-            raise UsageError(f"{args.command}: {exc}") from None
-
-    def repeated(option: str) -> frozenset[str]:
-        values = given(option)
-        assert values is None or isinstance(values, list)
-        return frozenset(values or ())
-
-    resource = given("--resource")
-    assert resource is None or isinstance(resource, str)
+    try:
+        since, until = (parse_when(t) if t else None for t in (given("--since"), given("--until")))
+    except ValueError as exc:
+        raise UsageError(f"{args.command}: {exc}") from None
     return Filter(
-        event_ids=repeated("--event-id"),
-        statuses=repeated("--status"),
-        error_codes=repeated("--error-code"),
-        resource=resource,
-        since_ms=when("--since"),
-        until_ms=when("--until"),
+        event_ids=frozenset(given("--event-id") or ()),
+        statuses=frozenset(given("--status") or ()),
+        error_codes=frozenset(given("--error-code") or ()),
+        resource=given("--resource"),
+        since_ms=since,
+        until_ms=until,
     )
 
 
