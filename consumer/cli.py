@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from consumer import __version__, logs
 from consumer.cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, handled
-from consumer.contract.codes import ErrorCode
+from consumer.commands import filters
 from consumer.settings import REQUIRED, Settings, load_settings
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -210,25 +210,15 @@ def _parser() -> argparse.ArgumentParser:
             note="The last two with --wait.",
         ),
     )
-    replay.add_argument(
-        "--status",
-        action="append",
-        choices=["rejected", "invalid", "failed"],
-        help="the dead letter's status (repeatable)",
+    filters.add_options(
+        replay,
+        *("--status", "--error-code", "--event-id", "--resource", "--since", "--until"),
+        statuses=["rejected", "invalid", "failed"],
+        wording={
+            "--status": "the dead letter's status (repeatable)",
+            "--error-code": "e.g. not_found (repeatable; the codes: docs/outcomes.md)",
+        },
     )
-    replay.add_argument(
-        "--error-code",
-        action="append",
-        choices=[code.value for code in ErrorCode],
-        metavar="CODE",
-        help="e.g. not_found (repeatable; the codes: docs/outcomes.md)",
-    )
-    replay.add_argument("--event-id", action="append", help="repeatable")
-    replay.add_argument(
-        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
-    )
-    replay.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
-    replay.add_argument("--until", help="RFC 3339 time or a duration ago")
     replay.add_argument(
         "--limit",
         type=_at_least_one,
@@ -292,25 +282,12 @@ def _parser() -> argparse.ArgumentParser:
         help="read the results topic: what happened to an event",
         epilog=reads(*CONNECTION, "kafka_isolation_level", "consumer_results_topic"),
     )
-    outcomes.add_argument("--event-id", action="append", help="repeatable; stops once all found")
-    outcomes.add_argument(
-        "--status",
-        action="append",
-        choices=["succeeded", "rejected", "invalid", "failed"],
-        help="repeatable",
+    filters.add_options(
+        outcomes,
+        *("--event-id", "--status", "--error-code", "--resource", "--since", "--until"),
+        statuses=["succeeded", "rejected", "invalid", "failed"],
+        wording={"--event-id": "repeatable; stops once all found"},
     )
-    outcomes.add_argument(
-        "--error-code",
-        action="append",
-        choices=[code.value for code in ErrorCode],
-        metavar="CODE",
-        help="e.g. not_found (repeatable)",
-    )
-    outcomes.add_argument(
-        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
-    )
-    outcomes.add_argument("--since", help="RFC 3339 time or a duration ago (30m, 2h, 7d)")
-    outcomes.add_argument("--until", help="RFC 3339 time or a duration ago")
     outcomes.add_argument(
         "--limit",
         type=_at_least_one,
@@ -400,12 +377,15 @@ def _parser() -> argparse.ArgumentParser:
             note="The input topic is the one each outcome names.",
         ),
     )
-    verify.add_argument("--since", help="outcomes completed since: RFC 3339 or 30m, 2h, 7d ago")
-    verify.add_argument("--until", help="outcomes completed until: RFC 3339 or a duration ago")
-    verify.add_argument(
-        "--resource", help="project/env/kind/key glob, e.g. 'demo/production/segment/*'"
+    filters.add_options(
+        verify,
+        *("--since", "--until", "--resource", "--event-id"),
+        wording={
+            "--since": "outcomes completed since: RFC 3339 or 30m, 2h, 7d ago",
+            "--until": "outcomes completed until: RFC 3339 or a duration ago",
+            "--event-id": "targets these events touched",
+        },
     )
-    verify.add_argument("--event-id", action="append", help="targets these events touched")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--bootstrap-servers", help="overrides KAFKA_BOOTSTRAP_SERVERS")
     verify.add_argument("--base-url", help="overrides LD_BASE_URL")
@@ -538,21 +518,10 @@ def _replay(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure("warning", settings.log_format)
-    try:
-        selection = replay.Selection(
-            statuses=frozenset(args.status or ()),
-            error_codes=frozenset(args.error_code or ()),
-            event_ids=frozenset(args.event_id or ()),
-            resource=args.resource,
-            since_ms=replay.parse_when(args.since) if args.since else None,
-            until_ms=replay.parse_when(args.until) if args.until else None,
-            limit=args.limit,
-        )
-    except ValueError as exc:
-        raise UsageError(f"replay: {exc}") from None
     replayer = replay.Replayer(
         settings,
-        selection,
+        filters.from_args(args),
+        limit=args.limit,
         target_topic=args.to,
         max_replays=args.max_replays
         if args.max_replays is not None
@@ -627,26 +596,15 @@ def _check(args: argparse.Namespace) -> int:
 
 def _outcomes(args: argparse.Namespace) -> int:
     from consumer.commands import outcomes as outcomes_reader
-    from consumer.commands.replay import parse_when
 
     settings = _settings(args)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
-    try:
-        query = outcomes_reader.Query(
-            event_ids=frozenset(args.event_id or ()),
-            statuses=frozenset(args.status or ()),
-            error_codes=frozenset(args.error_code or ()),
-            resource=args.resource,
-            since_ms=parse_when(args.since) if args.since else None,
-            until_ms=parse_when(args.until) if args.until else None,
-            limit=args.limit,
-            follow=args.follow,
-        )
-    except ValueError as exc:
-        raise UsageError(f"outcomes: {exc}") from None
+    selection = filters.from_args(args)
     printer = outcomes_reader.Printer(sys.stdout, as_json=args.json)
     try:
-        shown, missing = asyncio.run(outcomes_reader.read(settings, query, printer))
+        shown, missing = asyncio.run(
+            outcomes_reader.read(settings, selection, printer, limit=args.limit, follow=args.follow)
+        )
     except KeyboardInterrupt:  # how --follow ends
         return EXIT_OK
     print(f"{shown} outcome{'s' * (shown != 1)}", file=sys.stderr)
@@ -660,20 +618,10 @@ def _verify(args: argparse.Namespace) -> int:
     import json
 
     from consumer.commands import verify
-    from consumer.commands.replay import parse_when
 
     settings = _settings(args, need_token=True)
     logs.configure("debug" if settings.log_level == "debug" else "critical", settings.log_format)
-    try:
-        selection = verify.Selection(
-            since_ms=parse_when(args.since) if args.since else None,
-            until_ms=parse_when(args.until) if args.until else None,
-            resource=args.resource,
-            event_ids=frozenset(args.event_id or ()),
-        )
-    except ValueError as exc:
-        raise UsageError(f"verify: {exc}") from None
-    report = asyncio.run(verify.Verifier(settings, selection).run())
+    report = asyncio.run(verify.Verifier(settings, filters.from_args(args)).run())
     if args.json:
         print(json.dumps(report.as_json(), indent=2, default=str))
     else:

@@ -4,6 +4,7 @@ on tasks."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -169,9 +170,18 @@ def pending(
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `predicate()` holds, checking every 10 ms; AssertionError after `timeout`."""
+    """Wait until `predicate()` holds, checking every 10 ms. A test waits for the state it
+    asserts on, never for a fixed time: a sleep fails on a loaded machine, or passes before
+    the work it tests has run. After `timeout`, an AssertionError naming the condition."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"not met within {timeout} s: {_source(predicate)}")
         await asyncio.sleep(0.01)
+
+
+def _source(predicate: Callable[[], bool]) -> str:
+    try:
+        return inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)

@@ -2,8 +2,8 @@
 
 1. The results topic is read from `--since` (its record timestamps; the beginning without it)
    up to its end as of the start, or on and on with `--follow`.
-2. An outcome is shown when it matches every filter given: event id, status, error code,
-   resource (`project/env/kind/key` glob, as `replay`), time.
+2. An outcome is shown when it matches the filter (filters.py): its event id, status, error
+   code and resource, and its record's timestamp.
 3. `--limit N` shows the newest N matching outcomes published before the read began, in time
    order (their record timestamps, oldest first); without it, every match is shown as read
    (in order within each partition). With `--event-id` and no `--limit` the read stops as
@@ -14,47 +14,30 @@ Output: a table, or `--json`: each outcome's value as published, one per line.
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import json
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 from aiokafka import ConsumerRecord
 
+from consumer.commands.filters import Filter, resource_path
 from consumer.kafka import clients as kafka
 from consumer.settings import Settings
 
 
-@dataclass(frozen=True)
-class Query:
-    event_ids: frozenset[str] = frozenset()
-    statuses: frozenset[str] = frozenset()
-    error_codes: frozenset[str] = frozenset()
-    resource: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    limit: int | None = None
-    follow: bool = False
-
-    def matches(self, record: ConsumerRecord, outcome: dict[str, Any]) -> bool:
-        if self.since_ms is not None and record.timestamp < self.since_ms:
-            return False
-        if self.until_ms is not None and record.timestamp >= self.until_ms:
-            return False
-        if self.event_ids and outcome.get("eventId") not in self.event_ids:
-            return False
-        if self.statuses and outcome.get("status") not in self.statuses:
-            return False
-        error = outcome.get("error") or {}
-        if self.error_codes and error.get("code") not in self.error_codes:
-            return False
-        return not self.resource or fnmatch.fnmatchcase(_resource(outcome), self.resource)
-
-
-def _resource(outcome: dict[str, Any]) -> str:
+def matches(selection: Filter, record: ConsumerRecord, outcome: dict[str, Any]) -> bool:
+    error = outcome.get("error") or {}
     r = outcome.get("resource") or {}
-    return "/".join(str(r.get(k) or "") for k in ("projectKey", "environmentKey", "kind", "key"))
+    reason = selection.reason_to_skip(
+        record.timestamp,
+        status=outcome.get("status"),
+        error_code=error.get("code"),
+        event_id=outcome.get("eventId"),
+        resource=resource_path(
+            r.get("projectKey"), r.get("environmentKey"), r.get("kind"), r.get("key")
+        ),
+    )
+    return reason is None
 
 
 class Printer:
@@ -86,19 +69,26 @@ class Printer:
         )
 
 
-async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int, set[str]]:
-    """Print the matching outcomes; returns how many were shown and the event ids asked for
-    that have none."""
+async def read(
+    settings: Settings,
+    selection: Filter,
+    printer: Printer,
+    *,
+    limit: int | None = None,
+    follow: bool = False,
+) -> tuple[int, set[str]]:
+    """Print the matching outcomes (at most the newest `limit`, then new ones with `follow`);
+    returns how many were shown and the event ids asked for that have none."""
     topic = settings.consumer_results_topic
     partitions = await kafka.required_partitions(settings, topic, "CONSUMER_RESULTS_TOPIC")
     shown = 0
-    missing = set(query.event_ids)
+    missing = set(selection.event_ids)
     # --limit: the newest N of what was published when the read began (rule 3), kept in a
     # heap by (timestamp, partition, offset) and shown oldest first once every partition has
     # been read to its end; outcomes that arrive meanwhile (--follow) are shown after them.
     newest: list[tuple[int, int, int, bytes, dict[str, Any]]] = []
     later: list[tuple[bytes, dict[str, Any]]] = []
-    held = query.limit is not None
+    held = limit is not None
 
     def show(raw: bytes, outcome: dict[str, Any]) -> None:
         nonlocal shown
@@ -109,21 +99,21 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
     async with kafka.reading(settings) as consumer:
         ends = await kafka.end_offsets(consumer, partitions)
         await consumer.seek_to_beginning(*partitions)
-        if query.since_ms is not None:
-            found = await consumer.offsets_for_times(dict.fromkeys(partitions, query.since_ms))
+        if selection.since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(partitions, selection.since_ms))
             for tp, at in found.items():
                 if at is not None:
                     consumer.seek(tp, at.offset)
         open_ = {tp for tp in partitions if ends[tp] > 0}
-        while query.follow or open_ or held:
-            if open_ or query.follow:
+        while follow or open_ or held:
+            if open_ or follow:
                 fetched = await consumer.getmany(timeout_ms=500, max_records=2_000)
             else:
                 fetched = {}
             for tp, records in fetched.items():
                 for record in records:
                     outcome = _parsed(record.value)
-                    if outcome is None or not query.matches(record, outcome):
+                    if outcome is None or not matches(selection, record, outcome):
                         continue
                     if not held:
                         show(record.value, outcome)
@@ -132,9 +122,9 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
                     else:
                         entry = (record.timestamp, record.partition, record.offset)
                         heapq.heappush(newest, (*entry, record.value, outcome))
-                        if len(newest) > (query.limit or 0):
+                        if len(newest) > (limit or 0):
                             heapq.heappop(newest)
-            if query.event_ids and not missing and not held:
+            if selection.event_ids and not missing and not held:
                 return shown, missing
             for tp in list(open_):
                 if await consumer.position(tp) >= ends[tp]:
@@ -145,7 +135,7 @@ async def read(settings: Settings, query: Query, printer: Printer) -> tuple[int,
                     show(raw, outcome)
                 for raw, outcome in later:
                     show(raw, outcome)
-                if not query.follow or (query.event_ids and not missing):
+                if not follow or (selection.event_ids and not missing):
                     return shown, missing
     return shown, missing
 

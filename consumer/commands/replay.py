@@ -16,8 +16,8 @@ original is replayed again only when asked (`--again`), and then once more, not 
 3. The end of every dead-letter partition is fixed when the command starts; records arriving
    later are left for the next run. No topic is created by reading: a dead-letter topic (or a
    target topic) that does not exist is one line naming it and its variable.
-4. Each dead letter is selected by time (`--since`/`--until`, its dead-letter timestamp),
-   status, error code, event id and resource (a `project/env/kind/key` glob). Of the selected
+4. Each dead letter is selected by the filter (filters.py): its dead-letter timestamp, its
+   `ldc.status` and `ldc.error.code` headers, and its event's id and resource. Of the selected
    dead letters of one original, the first read is replayed and the others are skipped
    ("another dead letter of an original replayed in this run"); `--limit` counts originals
    replayed, so runs page forward.
@@ -38,7 +38,6 @@ nothing.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import sys
 import time
@@ -51,6 +50,7 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
+from consumer.commands.filters import Filter, resource_path
 from consumer.commands.text import clip
 from consumer.contract.dead_letters import (
     ERROR_CODE,
@@ -73,33 +73,26 @@ SKIP_VALUE_OMITTED = f"value omitted from the copy ({VALUE_OMITTED}): take it fr
 PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
-@dataclass(frozen=True)
-class Selection:
-    statuses: frozenset[str] = frozenset()
-    error_codes: frozenset[str] = frozenset()
-    event_ids: frozenset[str] = frozenset()
-    resource: str | None = None
-    since_ms: int | None = None
-    until_ms: int | None = None
-    limit: int | None = None
-
-    def reason_to_skip(self, record: ConsumerRecord, headers: dict[str, bytes]) -> str | None:
-        """Why a record is not selected, or None when it is."""
-        if self.since_ms is not None and record.timestamp < self.since_ms:
-            return "before --since"
-        if self.until_ms is not None and record.timestamp >= self.until_ms:
-            return "after --until"
-        if self.statuses and _text(headers.get(STATUS)) not in self.statuses:
-            return "other status"
-        if self.error_codes and _text(headers.get(ERROR_CODE)) not in self.error_codes:
-            return "other error code"
-        if self.event_ids or self.resource:
-            event = _json_object(record.value)
-            if self.event_ids and event.get("eventId") not in self.event_ids:
-                return "other event id"
-            if self.resource and not fnmatch.fnmatchcase(_resource(event), self.resource):
-                return "other resource"
-        return None
+def reason_to_skip(
+    selection: Filter, record: ConsumerRecord, headers: dict[str, bytes]
+) -> str | None:
+    """Why a dead letter is not selected (rule 4), or None when it is."""
+    # Its value is parsed only when the filter needs the event's id or resource.
+    event = _json_object(record.value) if selection.reads_events else {}
+    resource = event.get("resource") if isinstance(event.get("resource"), dict) else {}
+    assert isinstance(resource, dict)
+    return selection.reason_to_skip(
+        record.timestamp,
+        status=_text(headers.get(STATUS)),
+        error_code=_text(headers.get(ERROR_CODE)),
+        event_id=event.get("eventId"),
+        resource=resource_path(
+            event.get("projectKey"),
+            event.get("environmentKey"),
+            resource.get("kind"),
+            resource.get("key"),
+        ),
+    )
 
 
 @dataclass
@@ -140,18 +133,6 @@ def _json_object(value: bytes | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
-
-
-def _resource(event: dict[str, Any]) -> str:
-    resource = event.get("resource") if isinstance(event.get("resource"), dict) else {}
-    assert isinstance(resource, dict)
-    parts = (
-        event.get("projectKey"),
-        event.get("environmentKey"),
-        resource.get("kind"),
-        resource.get("key"),
-    )
-    return "/".join(str(p) if isinstance(p, str) else "" for p in parts)
 
 
 def original_of(record: ConsumerRecord, headers: dict[str, bytes]) -> Original:
@@ -200,8 +181,9 @@ class Replayer:
     def __init__(
         self,
         settings: Settings,
-        selection: Selection,
+        selection: Filter,
         *,
+        limit: int | None = None,
         target_topic: str | None = None,
         max_replays: int = 3,
         again: bool = False,
@@ -211,6 +193,7 @@ class Replayer:
     ) -> None:
         self.settings = settings
         self.selection = selection
+        self.limit = limit  # originals replayed (rule 4)
         self.target = target_topic or settings.consumer_input_topic
         self.target_variable = "--to" if target_topic else "CONSUMER_INPUT_TOPIC"
         self.max_replays = max_replays
@@ -266,7 +249,7 @@ class Replayer:
         return report
 
     def _limit_reached(self, report: Report) -> bool:
-        return self.selection.limit is not None and report.replayed >= self.selection.limit
+        return self.limit is not None and report.replayed >= self.limit
 
     def _replayed_count(self, record: ConsumerRecord, original: Original) -> int | None:
         """The original's count in the ledger; None when it was never replayed."""
@@ -281,7 +264,7 @@ class Replayer:
             report.skipped["past --limit"] += 1
             return
         headers = dict(record.headers or ())
-        reason = self.selection.reason_to_skip(record, headers)
+        reason = reason_to_skip(self.selection, record, headers)
         if reason is not None:
             report.skipped[reason] += 1
             return
@@ -400,23 +383,3 @@ def print_report(report: Report, out: TextIO, *, dry_run: bool) -> None:
     width = max(len(name) for name, _ in rows)
     for name, count in rows:
         print(f"{name:<{width}}  {count:>8}", file=out)
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
-
-
-def parse_when(text: str, *, now: datetime | None = None) -> int:
-    """Epoch milliseconds of an RFC 3339 time or of a duration ago (`90s`, `30m`, `2h`, `7d`)."""
-    now = now or datetime.now(UTC)
-    value = text.strip()
-    if value[:-1].isdigit() and value[-1:] in _UNITS:
-        return int((now.timestamp() - int(value[:-1]) * _UNITS[value[-1]]) * 1000)
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"not a time: {text!r} (RFC 3339, or a duration such as 30m, 2h, 7d)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)

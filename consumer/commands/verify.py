@@ -1,8 +1,10 @@
 """`ld-targeting-consumer verify`: does LaunchDarkly hold what the outcomes say it should?
 
-1. Read the results topic (to its end as of the start; `--since`/`--until` on `completedAt`,
-   `--resource`, `--event-id`), keep the `succeeded` outcomes, and read each one's event back
-   from the input topic (`source`): an outcome says what happened, the event what it was.
+1. Read the results topic (to its end as of the start), keep the `succeeded` outcomes the
+   filter takes (filters.py: `--since`/`--until` on `completedAt`, `--until` inclusive, and
+   `--resource`), and read each one's event back from the input topic (`source`): an outcome
+   says what happened, the event what it was. `--event-id` keeps the targets those events
+   touched (step 2).
 2. `expectations` (pure): apply the events in the order they were applied (`completedAt`,
    then partition and offset) to a map of targets -> what LaunchDarkly should now hold, each
    with the outcome that set it. A target is one segment membership (standard: per side,
@@ -21,7 +23,6 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import random
 import sys
 import time
@@ -35,6 +36,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer.cli_errors import CommandFailed
 from consumer.commands import check
+from consumer.commands.filters import Filter, resource_path
 from consumer.commands.text import plural
 from consumer.contract.events import (
     Invalid,
@@ -92,7 +94,7 @@ class Expectation:
 def _resource(outcome: Outcome) -> str:
     r = outcome.resource
     assert r is not None
-    return f"{r.projectKey}/{r.environmentKey}/{r.kind}/{r.key}"
+    return resource_path(r.projectKey, r.environmentKey, r.kind, r.key)
 
 
 def _order(pair: tuple[Outcome, TargetingEvent]) -> tuple[Any, ...]:
@@ -169,25 +171,20 @@ def drift(
 # Selection
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
-    since_ms: int | None = None
-    until_ms: int | None = None
-    resource: str | None = None  # a project/env/kind/key glob
-    event_ids: frozenset[str] = frozenset()
+def takes(selection: Filter, outcome: Outcome) -> bool:
+    """A succeeded outcome completed within `--since`/`--until` (inclusive) on a resource the
+    `--resource` glob matches."""
+    if outcome.status is not Status.SUCCEEDED or outcome.resource is None:
+        return False
+    at = outcome.completedAt.timestamp() * 1000
+    if selection.outside(at, until_inclusive=True) is not None:
+        return False
+    return selection.takes_resource(_resource(outcome))
 
-    def takes(self, outcome: Outcome) -> bool:
-        if outcome.status is not Status.SUCCEEDED or outcome.resource is None:
-            return False
-        at = outcome.completedAt.timestamp() * 1000
-        if self.since_ms is not None and at < self.since_ms:
-            return False
-        if self.until_ms is not None and at > self.until_ms:
-            return False
-        return self.resource is None or fnmatch.fnmatchcase(_resource(outcome), self.resource)
 
-    def keeps(self, expectation: Expectation) -> bool:
-        return not self.event_ids or not self.event_ids.isdisjoint(expectation.events)
+def keeps(selection: Filter, expectation: Expectation) -> bool:
+    """A target one of the `--event-id` events touched (every target without it)."""
+    return selection.takes_any_event(expectation.events)
 
 
 @dataclass(slots=True)
@@ -312,7 +309,7 @@ class Verifier:
     def __init__(
         self,
         settings: Settings,
-        selection: Selection,
+        selection: Filter,
         *,
         progress: TextIO = sys.stderr,
         client: LdClient | None = None,
@@ -354,7 +351,7 @@ class Verifier:
                 continue
             pairs.append((outcome, event))
         report.outcomes_used = len(pairs)
-        expected = {t: e for t, e in expectations(pairs).items() if self.selection.keeps(e)}
+        expected = {t: e for t, e in expectations(pairs).items() if keeps(self.selection, e)}
         report.targets = len(expected)
         report.resources = len({t.resource for t in expected})
         planned = reads(expected.values())
@@ -430,7 +427,7 @@ class Verifier:
                     outcome = Outcome.model_validate_json(record.value or b"")
                 except ValueError:
                     continue
-                if self.selection.takes(outcome):
+                if takes(self.selection, outcome):
                     found.append(outcome)
                 self._tick(f"verify: {plural(report.outcomes_read, 'outcome')} read")
         return found

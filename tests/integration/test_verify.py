@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any
 
-from consumer.commands.verify import Selection, Verifier
+from consumer.commands.filters import Filter
+from consumer.commands.verify import Verifier
 from consumer.contract.events import record_key
 from consumer.contract.outcomes import Status
 from consumer.simulator import RunningSimulator
@@ -83,7 +84,7 @@ async def test_verify_is_clean_after_a_run_and_precise_after_a_change_behind_its
         results = await outcomes(settings, len(events))
     assert sum(o.status is Status.SUCCEEDED for o in results) == len(events) - 1
 
-    report = await Verifier(settings, Selection()).run()
+    report = await Verifier(settings, Filter()).run()
     assert report.clean, (report.drifted, report.unread)
     assert report.outcomes_used == len(events) - 1 and report.events_missing == 0
     # 3 org targets + name + 1 expiring on beta, 1 flag expiry, 13 big-segment targets.
@@ -104,7 +105,7 @@ async def test_verify_is_clean_after_a_run_and_precise_after_a_change_behind_its
     await admin.segment_targets(
         PROJECT, ENV, "beta", target_type="included", values=["o1"], context_kind="org", remove=True
     )
-    report = await Verifier(settings, Selection()).run()
+    report = await Verifier(settings, Filter()).run()
     assert not report.unread
     assert sorted(
         (d.target.resource, d.target.label(), d.expected, d.found) for d in report.drifted

@@ -27,6 +27,7 @@ class Consumer:
         self.paused_tps: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
         self.seeks: list[tuple[TopicPartition, int]] = []
+        self.asking = 0  # position() calls under way
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -35,9 +36,13 @@ class Consumer:
         self.paused_tps.update(tps)
 
     async def position(self, tp: TopicPartition) -> int:
-        while (known := self.positions[tp]) is None:  # aiokafka waits for it, too
-            await asyncio.sleep(0.01)
-        return known
+        self.asking += 1
+        try:
+            while (known := self.positions[tp]) is None:  # aiokafka waits for it, too
+                await asyncio.sleep(0.01)
+            return known
+        finally:
+            self.asking -= 1
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
         self.commits.append({tp: getattr(o, "offset", o) for tp, o in offsets.items()})
@@ -75,10 +80,11 @@ async def test_a_revoke_during_the_grant_grants_nothing(service: Service) -> Non
     consumer = Consumer({P0: None})  # the grant is stuck on its position
     service._consumer = consumer  # type: ignore[assignment]
     await service.on_assigned({P0})
-    await asyncio.sleep(0.05)
+    await until(lambda: consumer.asking == 1)  # the grant waits for P0's position
     await service.on_revoked({P0})
-    consumer.positions[P0] = 3  # too late: that assignment ended
-    await asyncio.sleep(0.05)
+    assert service._granting is not None and service._granting.done()
+    await until(lambda: consumer.asking == 0)  # and its read of the position ended
+    consumer.positions[P0] = 3  # too late: nothing is left to take it
     assert service.assigned == set() and service.leases.all() == []
 
 
@@ -100,7 +106,7 @@ async def test_nothing_is_granted_once_the_service_stops(service: Service) -> No
     service._consumer = consumer  # type: ignore[assignment]
     service._stopping.set()
     await service.on_assigned({P0})
-    await asyncio.sleep(0.05)
+    assert service._granting is None  # no grant started: none can come later
     assert consumer.paused_tps == {P0} and service.assigned == set()
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from aiokafka.structs import TopicPartition
 
 from consumer.contract.outcomes import InstructionResult, OutcomeMessage, results_from_body
@@ -36,6 +37,7 @@ class Sender:
         # Late binding: seconds until a route may go (missing: now); the permits handed out
         # and those given back.
         self.delays: dict[str, float | None] = {}
+        self.asked: list[str] = []  # the paths whose delay the dispatch asked, in order
         self.granted: list[Permit] = []
         self.released: set[int] = set()
         # Paths whose batches wait in a backoff (slot given back) until `backoff_over`.
@@ -46,6 +48,7 @@ class Sender:
         return route.path
 
     def delay(self, route: Route) -> float | None:
+        self.asked.append(route.path)
         return self.delays.get(route.path, 0.0)
 
     def grant(self, route: Route, waited: float) -> Permit:
@@ -88,11 +91,13 @@ class Publisher:
     def __init__(self) -> None:
         self.published: list[tuple[ConsumedRecord, OutcomeMessage]] = []
         self.hold: asyncio.Event | None = None
+        self.calls = 0  # publish() entered, held or not
         self.refuse: set[int] = set()  # offsets whose dead-letter copy is "too large"
 
     async def publish(
         self, pairs: Sequence[tuple[ConsumedRecord, OutcomeMessage]]
     ) -> list[Refused]:
+        self.calls += 1
         if self.hold is not None:
             await self.hold.wait()
         refused = [Refused(r, "too large") for r, _ in pairs if r.offset in self.refuse]
@@ -128,8 +133,8 @@ async def test_a_record_is_done_only_once_its_outcome_is_acknowledged() -> None:
     dispatch = await running(pipeline)
     await until(lambda: len(sender.sent) == 1)
     sender.answer[sender.sent[0].id].set()
-    await asyncio.sleep(0.05)
-    assert lease.offsets.to_commit() is None  # answered, not yet acknowledged
+    await until(lambda: publisher.calls == 1)  # answered; its outcomes wait for their acks
+    assert lease.offsets.to_commit() is None
     publisher.hold.set()
     await until(lambda: lease.offsets.to_commit() == 3)
     assert [r.offset for r, _ in publisher.published] == [0, 1, 2]
@@ -243,7 +248,7 @@ async def test_a_revoke_cancels_what_waits_and_waits_for_what_is_on_the_wire() -
     sender.wire.add(on_wire.id)
     leases.revoke([P0])
     revoke = asyncio.create_task(pipeline.revoke([lease], asyncio.get_running_loop().time() + 5))
-    await asyncio.sleep(0.05)
+    await until(lambda: pipeline.sending == 1)  # the waiting flight was cancelled and ended
     assert not revoke.done()  # waits for the request on the wire
     assert pipeline.batcher.waiting == 0  # the third batch was handed over
     sender.answer[on_wire.id].set()
@@ -271,9 +276,20 @@ async def test_a_revoke_returns_kept_partitions_that_shared_a_stopped_batch() ->
     dispatch.cancel()
 
 
-async def test_two_revokes_of_one_lease_both_wait_for_its_wire() -> None:
+async def test_two_revokes_of_one_lease_both_wait_for_its_wire(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     sender, publisher = Sender(), Publisher()
     pipeline = pipeline_with(sender, publisher)
+    waits = 0  # revokes that reached their wait for a flight to end
+    wait_progress = pipeline._wait_progress
+
+    async def counted(deadline: float) -> bool:
+        nonlocal waits
+        waits += 1
+        return await wait_progress(deadline)
+
+    monkeypatch.setattr(pipeline, "_wait_progress", counted)
     leases = Leases()
     lease = leases.grant(P0, 0)
     take(pipeline, lease, range(2), "a")
@@ -283,7 +299,7 @@ async def test_two_revokes_of_one_lease_both_wait_for_its_wire() -> None:
     deadline = asyncio.get_running_loop().time() + 5
     first = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a stop
     second = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a rebalance
-    await asyncio.sleep(0.05)
+    await until(lambda: waits == 2)
     assert not first.done() and not second.done()
     sender.answer[sender.sent[0].id].set()
     await asyncio.gather(first, second)
@@ -302,8 +318,9 @@ async def test_a_lane_held_back_by_the_rate_limiter_fills_while_others_go() -> N
     take(pipeline, lease, range(2, 3), "free")
     await until(lambda: len(sender.sent) == 1)
     assert sender.sent[0].path != held_path  # the free URL went; the held one was not cut
+    asked = len(sender.asked)
     take(pipeline, lease, range(3, 9), "held")  # six more for the held URL
-    await asyncio.sleep(0.05)
+    await until(lambda: held_path in sender.asked[asked:])  # a dispatch pass saw them, held
     assert len(sender.sent) == 1 and pipeline.batcher.waiting == 8
     sender.delays[held_path] = 0.0
     pipeline.wake()
@@ -321,7 +338,7 @@ async def test_a_closed_gate_holds_every_lane_until_woken() -> None:
     path = pipeline.batcher._lanes[next(iter(pipeline.batcher._lanes))].head().route.path
     sender.delays[path] = None  # the gate is closed: no timer, only a wake
     dispatch = await running(pipeline)
-    await asyncio.sleep(0.1)
+    await until(lambda: path in sender.asked)  # told the gate is closed
     assert sender.sent == []
     sender.delays[path] = 0.0
     pipeline.wake()
@@ -339,8 +356,9 @@ async def test_the_dispatch_stops_when_cancelled_as_it_is_woken() -> None:
     [lane] = pipeline.batcher._lanes.values()
     sender.delays[lane.head().route.path] = 5.0  # the dispatch waits with a timeout
     for _ in range(3):
+        sender.asked.clear()
         dispatch = await running(pipeline)
-        await asyncio.sleep(0.01)
+        await until(lambda: sender.asked != [])  # it waits now
         pipeline.wake()
         dispatch.cancel()
         async with asyncio.timeout(2):
@@ -350,8 +368,9 @@ async def test_the_dispatch_stops_when_cancelled_as_it_is_woken() -> None:
 
 async def test_waiting_for_progress_stops_when_cancelled_as_it_is_woken() -> None:
     pipeline = pipeline_with(Sender(), Publisher())
+    pipeline._progress.set()
     waiter = asyncio.create_task(pipeline._wait_progress(time.monotonic() + 10))
-    await asyncio.sleep(0.01)
+    await until(lambda: not pipeline._progress.is_set())  # cleared as it began to wait
     pipeline._progress.set()
     waiter.cancel()
     async with asyncio.timeout(2):
@@ -373,7 +392,8 @@ async def test_a_kept_partition_in_a_stopped_flight_sends_nothing_more_until_rew
     leases.revoke([P0])
     rewind = await pipeline.revoke([gone], time.monotonic() + 1)
     assert rewind == {kept} and not kept.active
-    await asyncio.sleep(0.05)  # the caller commits before it rewinds
+    # Until the caller rewinds (it commits first) nothing of P1 is left to send: P1@1 left
+    # the batcher (it is read again after the rewind) and the stopped flight ended.
+    assert pipeline.idle() and pipeline.batcher.waiting == 0
     assert len(sender.sent) == 1
-    assert pipeline.batcher.waiting == 0  # P1@1 is read again after the rewind
     dispatch.cancel()

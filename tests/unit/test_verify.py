@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from consumer.commands.verify import Selection, drift, expectations
+from consumer.commands.filters import Filter
+from consumer.commands.verify import drift, expectations, keeps, takes
 from consumer.contract.events import TargetingEvent
 from consumer.contract.outcomes import Outcome, Status
 from consumer.launchdarkly.effects import (
@@ -170,13 +171,15 @@ def test_found_values_and_drift() -> None:
 def test_selection_by_time_resource_and_event() -> None:
     outcome, _ = _pair(event_dict(key="beta"), seconds=10)
     at = int((T0 + timedelta(seconds=10)).timestamp() * 1000)
-    assert Selection(since_ms=at, until_ms=at).takes(outcome)
-    assert not Selection(since_ms=at + 1).takes(outcome)
-    assert Selection(resource="proj/production/segment/b*").takes(outcome)
-    assert not Selection(resource="proj/*/flag/*").takes(outcome)
+    assert takes(Filter(since_ms=at, until_ms=at), outcome)  # verify's --until is inclusive
+    assert not takes(Filter(since_ms=at + 1), outcome)
+    assert not takes(Filter(until_ms=at - 1), outcome)
+    assert takes(Filter(resource="proj/production/segment/b*"), outcome)
+    assert not takes(Filter(resource="proj/*/flag/*"), outcome)
     expected = next(iter(expectations([(outcome, parse(event_dict(key="beta")))]).values()))
-    assert Selection(event_ids=frozenset({outcome.eventId or ""})).keeps(expected)
-    assert not Selection(event_ids=frozenset({"other"})).keeps(expected)
+    assert keeps(Filter(event_ids=frozenset({outcome.eventId or ""})), expected)
+    assert not keeps(Filter(event_ids=frozenset({"other"})), expected)
+    assert keeps(Filter(), expected)
 
 
 def test_rate_limit_headers_read_as_budgets_limits_and_reset_times() -> None:
