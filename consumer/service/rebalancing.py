@@ -73,7 +73,7 @@ class Rebalancing(ConsumerRebalanceListener):  # type: ignore[misc]
     ) -> None:
         """`recovery`: None when there is no scan (CONSUMER_RECOVERY_LOOKBACK_MS < 0);
         `released`: forget what the fetch loop knows of partitions given up; `stopping`:
-        whether the service stops; the rest in seconds (handover.wait for `handover_wait`)."""
+        whether the service stops; the rest in seconds (`handover_wait`: handover.py, rule 2)."""
         self._consumer = consumer
         self._leases = leases
         self._membership = membership

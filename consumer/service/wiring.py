@@ -19,7 +19,6 @@ from consumer.launchdarkly.gate import ApiGate, Closed
 from consumer.launchdarkly.retry import RetryPolicy
 from consumer.launchdarkly.segment_kinds import KindResolver
 from consumer.launchdarkly.throttle import RateLimiter
-from consumer.service import handover
 from consumer.service.backpressure import Backpressure
 from consumer.service.batcher import Batcher
 from consumer.service.deadline import Clock
@@ -46,8 +45,9 @@ class Timings:
     commit_timeout: float  # KAFKA_COMMIT_TIMEOUT_MS: a commit, a close step, a broker probe
     revoke_timeout: float  # CONSUMER_REVOKE_TIMEOUT_MS
     shutdown_timeout: float  # CONSUMER_SHUTDOWN_TIMEOUT_MS
-    # The longest a request may still land after it started (handover.wait): an unclean
-    # handover waits this long, and the stop starts no request later than this before its end.
+    # LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS: the longest a request may still land
+    # after it started. An unclean handover waits this long (handover.py, rule 2), and the stop
+    # starts no request later than this before its end.
     landing: float
 
 
@@ -106,7 +106,7 @@ def build(
         commit_timeout=seconds(settings.kafka_commit_timeout_ms),
         revoke_timeout=seconds(settings.consumer_revoke_timeout_ms),
         shutdown_timeout=seconds(settings.consumer_shutdown_timeout_ms),
-        landing=handover.wait(settings),
+        landing=seconds(settings.ld_request_timeout_ms + settings.ld_unknown_outcome_settle_ms),
     )
     metrics = Metrics()
     vitals = Vitals()
@@ -119,7 +119,7 @@ def build(
     )
     client = LdClient(settings.ld_base_url, token, timeout=seconds(settings.ld_request_timeout_ms))
 
-    async def probe() -> ApiError | None:
+    async def probe() -> ApiError | None:  # the sender is made after the gate, with it
         return await sending.probe()
 
     def show_gate(reason: Closed | None) -> None:
@@ -141,7 +141,7 @@ def build(
     )
     if sender is None:
         sender = make_sender(settings, client, gate, metrics, tracing, rng)
-    sending = sender  # what the gate probes with
+    sending = sender  # not None, for `probe`
     if publisher is None:
         publisher = make_publisher(settings, timings)
     pipeline = Pipeline(
