@@ -25,7 +25,7 @@ TARGET_LABELS = {"job", "instance"}
 SYNTHETIC_METRICS = {"up"}
 
 # The sample names a family of each type is served as (prometheus_client's text format; no
-# `_created` samples: consumer/metrics.py turns them off).
+# `_created` samples: consumer/service/metrics.py turns them off).
 SAMPLE_SUFFIXES = {
     "counter": ("_total",),
     "gauge": ("",),
@@ -35,7 +35,7 @@ SAMPLE_SUFFIXES = {
 
 
 def declared_metrics() -> set[str]:
-    """Every sample name the service's registry (consumer/metrics.py) can serve, read without
+    """Every sample name the service's registry (consumer/service/metrics.py) can serve, read without
     running anything (a running consumer's /metrics: tests/integration/test_observability.py)."""
     registry = Metrics().registry
     return {

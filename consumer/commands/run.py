@@ -15,6 +15,7 @@ from consumer.launchdarkly.client import TokenSource
 from consumer.logs import REDACTOR
 from consumer.service.lifecycle import Service
 from consumer.service.tracing import provider_from_environment
+from consumer.service.wiring import build
 from consumer.settings import Settings
 from consumer.signals import on_stop
 
@@ -69,7 +70,7 @@ async def run_service(settings: Settings) -> int:
     on_stop(stop, on_second=exit_now)
     # OpenTelemetry's own variables (OTEL_*), read as the SDK defines them, not settings.
     tracer_provider = provider_from_environment(os.environ)
-    service = Service(settings, token, tracer_provider=tracer_provider)
+    service = Service(build(settings, token, tracer_provider=tracer_provider))
     try:
         await service.start_health()  # a port in use stops `run` before anything else
         await _preflight(settings, token)

@@ -22,6 +22,7 @@ from consumer.demo.samples import Sample, demo_samples
 from consumer.kafka import clients as kafka
 from consumer.kafka.tansu import TANSU_SETTINGS, TansuBroker
 from consumer.service.lifecycle import Service
+from consumer.service.wiring import build
 from consumer.settings import Settings
 from consumer.signals import on_stop
 from consumer.simulator import RunningSimulator, Simulator, sample_seed
@@ -111,7 +112,7 @@ async def _run(
     settings: Settings, samples: list[Sample], timeout: float, out: TextIO
 ) -> tuple[list[Outcome], float]:
     stop = asyncio.Event()
-    service = Service(settings)
+    service = Service(build(settings))
     task = asyncio.create_task(service.run(stop))
     started = time.monotonic()
     try:

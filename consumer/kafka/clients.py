@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
@@ -503,6 +503,18 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         client = getattr(consumer, "_client", None)
         if client is not None:
             await client.close()
+
+
+async def stop_within(stop: Awaitable[None], timeout: float, what: str) -> None:
+    """Stop a client (`what`) within `timeout` seconds; a timeout or a Kafka error is logged,
+    not raised: the exit goes on."""
+    try:
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (3.11)
+            await stop
+    except TimeoutError:
+        log.warning("service.close_timeout", step=what, timeout_s=timeout)
+    except KafkaError as exc:
+        log.warning("service.close_failed", step=what, error=repr(exc))
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,8 @@ Rules (contract section 2):
   (the segment PATCH takes at most 1,500 keys), or before a new distinct comment would make
   the joined comment longer than `comment_max_chars`: no comment is ever dropped;
 - an open batch becomes due when its oldest event has waited `linger` seconds (counted from
-  the record's timestamp when the caller gives the wall clock), or at once when flushed
-  (stop); a closed batch is due at once;
+  the record's timestamp when the caller gives the wall clock, as it does unless it reads a
+  backlog: `reading_backlog`), or at once when flushed (stop); a closed batch is due at once;
 - the waiting events of revoked leases are taken back out (`drop_leases`): their new owner
   sends them; a batch handed out is `live()` only while every lease it holds records of is
   active (leases.py, rule 4);
@@ -296,3 +296,30 @@ class Batcher:
 
     def idle(self) -> bool:
         return not self._lanes
+
+
+# Fetches that come back empty for this long end a backlog whatever the end offsets say.
+BACKLOG_STALL = 1.0
+
+
+def reading_backlog(
+    fetched: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int | None],
+    *,
+    since_records: float,
+    threshold: int,
+) -> bool:
+    """Whether a backlog is being read: at least `threshold` records (a full fetch) wait on
+    the broker or in the fetch buffer beyond the offsets handed to us, and fetches still
+    return records (`since_records`: seconds since one last did). A steady stream leaves a
+    few records behind each fetch, not a full one; one empty fetch while the next response
+    is on its way does not end a backlog, but offsets that never come back as records (an
+    aborted transaction at the end of a partition) must not keep batches open for long."""
+    if since_records > BACKLOG_STALL:
+        return False
+    lag = 0
+    for tp, position in fetched.items():
+        end = ends.get(tp)
+        if end is not None and end > position:
+            lag += end - position
+    return lag >= threshold

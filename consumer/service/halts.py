@@ -18,6 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka.errors import (
+    CorruptRecordException,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedCodecError,
+)
 from aiokafka.structs import TopicPartition
 
 
@@ -60,3 +68,46 @@ class Halts:
 
     def __contains__(self, tp: object) -> bool:
         return tp in self._by_tp
+
+
+CORRUPT_FETCH_TRIES = 3  # fetches of a batch that fails its CRC check before its partition halts
+
+
+def out_of_range_offset(exc: Exception) -> int | None:
+    """The offset an OffsetOutOfRangeError names, if any."""
+    if isinstance(exc, OffsetOutOfRangeError) and exc.args and isinstance(exc.args[0], dict):
+        for offset in exc.args[0].values():
+            return int(offset)
+    return None
+
+
+def fetch_error_reason(exc: Exception, reset_policy: str) -> str:
+    """One line for a partition halted by a fetch error: what the client library could not do, and
+    what would fix it. The broker is not to blame for any of these."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, UnsupportedCodecError):
+        return (
+            f"aiokafka (the Kafka client library) cannot decompress its records ({detail});"
+            " the codecs come with this package (cramjam): reinstall it"
+        )
+    if isinstance(exc, CorruptRecordException):
+        return (
+            f"aiokafka (the Kafka client library) found a corrupt record batch ({detail}),"
+            f" {CORRUPT_FETCH_TRIES} times in a row"
+        )
+    if isinstance(exc, RecordTooLargeError):
+        return f"aiokafka (the Kafka client library) cannot fetch a record this large ({detail})"
+    if isinstance(exc, OffsetOutOfRangeError):
+        return (
+            "the committed offset is out of range (records deleted by retention before they"
+            " were processed?) and CONSUMER_AUTO_OFFSET_RESET="
+            f"{reset_policy}: set it to earliest or latest to go on"
+        )
+    if isinstance(exc, NoOffsetForPartitionError):
+        return (
+            "the group has no committed offset for it and CONSUMER_AUTO_OFFSET_RESET=none:"
+            " set it to earliest or latest, or commit an offset for the group"
+        )
+    if isinstance(exc, TopicAuthorizationFailedError):
+        return f"not authorized to read the topic ({detail})"
+    return f"aiokafka (the Kafka client library) could not fetch it: {detail}"

@@ -11,16 +11,14 @@ after the next owner has sent a later change for the same resource. So:
    (so one that dies before has sent nothing), and every later commit carries `LIVE`, except
    the commit that ends a clean revoke or stop, which carries `CLEAN` (and is made even when
    the offset did not move);
-2. a member granted a partition whose committed offset carries `LIVE` waits `wait(settings)`
-   (LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS: the longest a request started by
-   the last owner may still land) before it takes any record of it;
+2. a member granted a partition whose committed offset carries `LIVE` waits
+   LD_REQUEST_TIMEOUT_MS + LD_UNKNOWN_OUTCOME_SETTLE_MS (the longest a request started by the
+   last owner may still land: `Timings.landing`, wiring.py) before it takes any record of it;
 3. any other mark (none: a new group, a broker that keeps no commit metadata such as Tansu,
    an older version) grants at once.
 """
 
 from __future__ import annotations
-
-from consumer.settings import Settings
 
 CLEAN = "ldc:clean"
 LIVE = "ldc:live"
@@ -29,8 +27,3 @@ LIVE = "ldc:live"
 def unclean(mark: str | None) -> bool:
     """Rule 2: the last owner may still have requests landing."""
     return mark == LIVE
-
-
-def wait(settings: Settings) -> float:
-    """Seconds an unclean handover waits (rule 2)."""
-    return (settings.ld_request_timeout_ms + settings.ld_unknown_outcome_settle_ms) / 1000

@@ -1,6 +1,7 @@
 """Who owns a partition's records: one lease per assigned partition. Pure, no I/O.
 
-The ownership rules, enforced here and by their callers (lifecycle.py, pipeline.py, sender.py):
+The ownership rules, enforced here and by their callers (lifecycle.py, rebalancing.py,
+pipeline.py, sender.py):
 
 1. **Grant.** A lease is granted when the group assigns the partition to this member, starting
    at the consumer's position for it (the group's committed offset, or where

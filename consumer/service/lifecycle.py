@@ -1,25 +1,16 @@
-"""The service's lifecycle: start, the loops, rebalances, the drain and the close.
+"""The service's lifecycle: start, the fetch loop, the commit loop, the drain and the close.
 
-Who owns what is written in leases.py (rules 1-5) and the commit order in pipeline.py; this
-module wires them to the Kafka consumer:
+Who owns what is written in leases.py (rules 1-5) and the commit order in pipeline.py; the
+parts are made in wiring.py, rebalances are handled in rebalancing.py and commits in
+committing.py; this module runs them:
 
 - **Fetching** (`_fetch_loop`): each turn numbers the fetch, calls `getmany`, and handles what
   it returned with no await in between, against the leases as they are at that moment:
   `Leases.admit` decides per run (take, skip, or seek back), the pipeline takes the records.
   Partitions are paused while their lease does not exist yet, while the API gate is closed,
   and while too many records are pending.
-- **Assignment** (`on_assigned`): the new partitions are paused before anything is awaited,
-  and the callback returns at once: aiokafka does not heartbeat while it runs, and a member
-  that outlives its session there is expelled while it goes on. A task (`_grant`) reads their
-  positions, scans the results topic for what is already done (crash recovery), and only then
-  grants the leases (fetching is resumed by the fetch loop). A revoke cancels a grant still
-  under way: nothing is granted for an assignment that has ended.
-- **Revoke** (`on_revoked`): the leases stop at once (no request starts for their records),
-  waiting work is handed over, requests on the wire are waited for (bounded by
-  CONSUMER_REVOKE_TIMEOUT_MS), the done prefix is committed (bounded by
-  KAFKA_COMMIT_TIMEOUT_MS), and the leases end.
 - **Stop** (one stop flag, `_stopping`), bounded from end to end:
-  1. stop fetching;
+  1. stop fetching (and granting);
   2. flush: every open batch is due at once;
   3. send and publish until LD_REQUEST_TIMEOUT_MS before CONSUMER_SHUTDOWN_TIMEOUT_MS ends;
      then, if work remains, revoke every lease: no request starts any more, requests on the
@@ -30,118 +21,66 @@ module wires them to the Kafka consumer:
   5. leave the group, flush and stop the producer, close the HTTP session.
   Steps 4-5 share what is left of CONSUMER_SHUTDOWN_TIMEOUT_MS plus STOP_GRACE seconds (each
   close step gets at least CLOSE_MIN), so the whole stop ends within the timeout plus a few
-  seconds, broker or no broker. A second signal ends the process at once (runner.py).
+  seconds, broker or no broker. A second signal ends the process at once (commands/run.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
-from aiokafka import ConsumerRebalanceListener
-from aiokafka.errors import (
-    CorruptRecordException,
-    KafkaError,
-    NoOffsetForPartitionError,
-    OffsetOutOfRangeError,
-    RecordTooLargeError,
-    TopicAuthorizationFailedError,
-    UnsupportedCodecError,
-)
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.errors import CorruptRecordException, KafkaError
+from aiokafka.structs import TopicPartition
 
 from consumer.kafka import clients as kafka
-from consumer.launchdarkly.big_segments import KindCache
-from consumer.launchdarkly.client import LdClient, TokenSource
-from consumer.launchdarkly.errors import ApiError
-from consumer.launchdarkly.gate import ApiGate, Closed
-from consumer.launchdarkly.retry import RetryPolicy
-from consumer.launchdarkly.segment_kinds import KindResolver
-from consumer.launchdarkly.throttle import RateLimiter
-from consumer.service import handover
-from consumer.service.backpressure import Backpressure
-from consumer.service.batcher import Batcher
-from consumer.service.halts import Halt, Halts
-from consumer.service.health import BROKER_PROBE_AFTER, HealthServer, Vitals
-from consumer.service.leases import Follow, Lease, Leases, LeaseState
-from consumer.service.membership import Membership
-from consumer.service.membership import bound as membership_bound
-from consumer.service.metrics import Metrics
-from consumer.service.pipeline import Pipeline
-from consumer.service.publisher import Publisher, Refused
-from consumer.service.recovery import Recovered, Recovery
-from consumer.service.sender import BatchSender
-from consumer.service.tracing import Tracing
-from consumer.settings import Settings
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import TracerProvider
+from consumer.service.batcher import reading_backlog
+from consumer.service.committing import Committer
+from consumer.service.deadline import Deadline
+from consumer.service.halts import (
+    CORRUPT_FETCH_TRIES,
+    Halt,
+    Halts,
+    fetch_error_reason,
+    out_of_range_offset,
+)
+from consumer.service.health import BROKER_PROBE_AFTER
+from consumer.service.leases import Follow, Lease, LeaseState
+from consumer.service.publisher import Refused
+from consumer.service.rebalancing import Rebalancing, cancelled
+from consumer.service.wiring import Parts
 
 log = structlog.get_logger(__name__)
 
-POSITION_WAIT = 10.0  # seconds the newly assigned partitions' positions are awaited together
 STOP_GRACE = 5.0  # seconds past CONSUMER_SHUTDOWN_TIMEOUT_MS for the last commit and closing
 CLOSE_MIN = 0.5  # seconds each close step gets, however late
-CORRUPT_FETCH_TRIES = 3  # fetches of a batch that fails its CRC check before its partition halts
 SHORT_LOG_CONFIRM = 5.0  # seconds a high watermark below a lease lasts before the log is short
 
 
-def retry_policy(settings: Settings) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=settings.ld_retry_max_attempts,
-        max_elapsed=settings.ld_retry_max_elapsed_ms / 1000,
-        base_delay=settings.ld_retry_base_delay_ms / 1000,
-        max_delay=settings.ld_retry_max_delay_ms / 1000,
-        conflict_max_retries=settings.ld_conflict_max_retries,
-        rate_limit_default=settings.ld_rate_limit_default_wait_ms / 1000,
-        rate_limit_jitter=settings.ld_rate_limit_jitter_ms / 1000,
-    )
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: Service) -> None:
-        self._service = service
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._service.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._service.on_assigned(assigned)
-
-
 class Service:
-    def __init__(
-        self,
-        settings: Settings,
-        token: TokenSource | None = None,
-        *,
-        tracer_provider: TracerProvider | None = None,
-    ) -> None:
-        """`tracer_provider`: OpenTelemetry tracing (tracing.py), off when None."""
-        self.settings = settings
-        self.token = token or TokenSource(settings.ld_api_token, settings.ld_api_token_file)
-        self.metrics = Metrics()
-        self.registry = self.metrics.registry
-        self.vitals = Vitals()
-        self.membership = Membership(
-            membership_bound(
-                settings.kafka_session_timeout_ms, settings.kafka_heartbeat_interval_ms
-            ),
-            time.monotonic,
-        )
-        self.leases = Leases(self.membership)
-        self.throttle = RateLimiter()
-        self._rng = random.Random()
+    def __init__(self, parts: Parts) -> None:
+        """`parts`: what wiring.build made from the settings (or fakes)."""
+        self.settings = parts.settings
+        self._timings = parts.timings
+        self.token = parts.token
+        self.metrics = parts.metrics
+        self.registry = parts.metrics.registry
+        self.vitals = parts.vitals
+        self.membership = parts.membership
+        self.leases = parts.leases
+        self.recovery = parts.recovery
+        self.tracing = parts.tracing
+        self.gate = parts.gate
+        self.pipeline = parts.pipeline
+        self.health = parts.health
+        self._consumer = parts.consumer
+        self._publisher = parts.publisher
+        self._client = parts.client
+        self._pressure = parts.pressure
         self._stopping = asyncio.Event()  # the one stop flag: a stop asked for, or a failure
         self._failure: BaseException | None = None
-        self._commit_lock = asyncio.Lock()
-        self._pressure = Backpressure(settings.consumer_max_pending_events)
-        self._stop_deadline = float("inf")  # set when the stop begins
-        self._granting: asyncio.Task[None] | None = None
+        self._stop_deadline = Deadline.never()  # set when the stop begins
         self.halts = Halts()
         # Fetch errors in a row per partition (a corrupt batch is fetched again a few times).
         self._fetch_failures: dict[TopicPartition, int] = {}
@@ -149,77 +88,32 @@ class Service:
         self._offset_resets: dict[TopicPartition, int] = {}  # the last one reported, per partition
         # Partitions whose high watermark is below their lease -> since when (rule 2b).
         self._short_since: dict[TopicPartition, float] = {}
-        # Counts rebalance callbacks: a lease restart grants nothing if one came meanwhile.
-        self._rebalances = 0
         self._background: set[asyncio.Task[None]] = set()
-        self.recovery = Recovery(settings)
-        self.tracing = Tracing(
-            tracer_provider, group_id=settings.consumer_group_id, base_url=settings.ld_base_url
-        )
-        self._consumer = kafka.make_consumer(settings)
-        self._producer = kafka.make_producer(settings)
-        self._publisher = Publisher(
-            self._producer,
-            results_topic=settings.consumer_results_topic,
-            dlq_topic=settings.consumer_dlq_topic,
-            renew=self._renew_producer,
-            max_request_size=settings.kafka_producer_max_request_size,
-        )
-        self._client = LdClient(
-            settings.ld_base_url,
-            self.token,
-            timeout=settings.ld_request_timeout_ms / 1000,
-        )
-        self.gate = ApiGate(
-            self.token,
-            self._probe,
-            outage_window=settings.ld_outage_window_ms / 1000,
-            base_delay=settings.ld_retry_base_delay_ms / 1000,
-            max_delay=settings.ld_probe_max_delay_ms / 1000,
-            on_change=self._on_gate,
-            rng=self._rng,
-        )
-        policy = retry_policy(settings)
-        self._sender = BatchSender(
-            self._client,
-            policy,
-            self.gate,
-            throttle=self.throttle,
-            metrics=self.metrics,
-            rng=self._rng,
-            tracing=self.tracing,
-            settle=settings.ld_unknown_outcome_settle_ms / 1000,
-            kinds=KindResolver(
-                self._client,
-                policy,
-                self.gate,
-                self.throttle,
-                self.metrics,
-                KindCache(settings.ld_segment_kind_ttl_ms / 1000),
-                rng=self._rng,
-            ),
-        )
-        self.pipeline = Pipeline(
-            Batcher(
-                max_size=settings.consumer_batch_max_size,
-                linger=settings.consumer_batch_linger_ms / 1000,
-                comment_max_chars=settings.consumer_batch_comment_max_chars,
-            ),
-            self._sender,
-            self._publisher,
+        self.committer = Committer(
+            self._consumer,
+            self.leases,
+            self.membership,
             self.metrics,
-            max_in_flight=settings.consumer_max_in_flight_requests,
-            on_published=self.vitals.broker_seen,
-            on_failure=self._fail,
-            on_refused=self._on_refused,
-            tracing=self.tracing,
+            self.vitals,
+            timeout=parts.timings.commit_timeout,
         )
-        self.health = (
-            HealthServer(self.vitals, self.registry, port=settings.consumer_http_port)
-            if settings.consumer_http_port
-            else None
+        self.rebalancing = Rebalancing(
+            self._consumer,
+            self.leases,
+            self.membership,
+            self.pipeline,
+            self.recovery,
+            self.vitals,
+            commit=self.committer.commit,
+            released=self._released,
+            stopping=self._stopping.is_set,
+            revoke_timeout=parts.timings.revoke_timeout,
+            commit_timeout=parts.timings.commit_timeout,
+            handover_wait=parts.timings.landing,
         )
-        self._on_gate(self.gate.reason)
+        # The pipeline reports here (it is made before the service).
+        self.pipeline.on_failure = self._fail
+        self.pipeline.on_refused = self._on_refused
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -238,13 +132,13 @@ class Service:
         await self.start_health()
         try:
             await self._fit_producer()
-            await kafka.start(self._producer, settings)
+            await kafka.start(self._publisher.producer, settings)
         except BaseException:
-            await self.discard()  # the consumer made in __init__ too (aiokafka warns otherwise)
+            await self.discard()  # the consumer made by wiring too (aiokafka warns otherwise)
             raise
         try:
             await self._client.start()
-            self._consumer.subscribe([settings.consumer_input_topic], listener=_Rebalance(self))
+            self._consumer.subscribe([settings.consumer_input_topic], listener=self.rebalancing)
             await kafka.start(self._consumer, settings)
             kafka.watch_membership(self._consumer, self.membership.heard, self._membership_lost)
             log.info(
@@ -278,18 +172,8 @@ class Service:
         self._publisher.limits = limits
         batch = kafka.producer_batch_size(limits.values())
         if batch != kafka.MAX_BATCH_SIZE:
-            await self._producer.stop()  # never started: made again with smaller batches
-            self._producer = self._publisher.producer = kafka.make_producer(self.settings, batch)
-
-    async def _renew_producer(self) -> Any:
-        """A new producer for the publisher (its idempotence state refused by the broker)."""
-        old = self._producer
-        batch = kafka.producer_batch_size(self._publisher.limits.values())
-        fresh = kafka.make_producer(self.settings, batch)
-        await kafka.start(fresh, self.settings)
-        self._producer = fresh
-        await _bounded(old.stop(), self.settings.kafka_commit_timeout_ms / 1000, "producer.stop")
-        return fresh
+            await self._publisher.producer.stop()  # never started: made again, smaller batches
+            self._publisher.producer = kafka.make_producer(self.settings, batch)
 
     async def start_health(self) -> None:
         """Serve /healthz, /readyz and /metrics (idempotent). A port in use raises
@@ -300,10 +184,10 @@ class Service:
             log.info("health.listening", port=self.health.port)
 
     async def discard(self) -> None:
-        """Close what `__init__` made, for a service that never ran (a failed preflight):
+        """Close what wiring made, for a service that never ran (a failed preflight):
         aiokafka warns of unclosed clients otherwise."""
         await self._consumer.stop()
-        await self._producer.stop()
+        await self._publisher.producer.stop()
         if self.health is not None:
             await self.health.stop()
 
@@ -325,37 +209,35 @@ class Service:
                     self._fail(loop.exception())  # type: ignore[arg-type]
             self._stopping.set()
             self.vitals.stopping = True
-            deadline = time.monotonic() + self.settings.consumer_shutdown_timeout_ms / 1000
-            self._stop_deadline = deadline + STOP_GRACE
+            deadline = Deadline.after(self._timings.shutdown_timeout)
+            self._stop_deadline = deadline.shifted(STOP_GRACE)
             log.info(
                 "service.stopping",
                 waiting=self.pipeline.batcher.waiting,
                 pending=self.leases.pending(),
             )
-            fetch.cancel()  # 1. stop fetching
-            await _cancelled(fetch, self._granting)
+            fetch.cancel()  # 1. stop fetching (and granting)
+            await cancelled(fetch, self.rebalancing.granting)
             await self._drain(deadline)  # 2., 3.
         finally:
             for task in waits:
                 task.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
-            await _cancelled(self._granting, *self._background)
+            await cancelled(self.rebalancing.granting, *self._background)
             await self.pipeline.cancel_all()
             # 4. A stop that abandoned nothing on the wire hands over cleanly (handover.py).
             clean = self.pipeline.abandoned == abandoned and self.pipeline.idle()
             await asyncio.shield(
-                self._commit(
+                self.committer.commit(
                     self.leases.unended() if clean else None,
                     timeout=self._time_left(),
                     clean=clean,
                 )
             )
 
-    async def _drain(self, deadline: float) -> None:
+    async def _drain(self, deadline: Deadline) -> None:
         # A request started later could not end, and stop landing, before the deadline.
-        landed = self.settings.ld_request_timeout_ms + self.settings.ld_unknown_outcome_settle_ms
-        sending_until = max(time.monotonic(), deadline - landed / 1000)
-        if await self.pipeline.drain(sending_until):
+        if await self.pipeline.drain(deadline.shifted(-self._timings.landing)):
             log.info("service.drained")
             return
         # Every lease not ended, those a revoke under way is waiting for included.
@@ -374,12 +256,14 @@ class Service:
         self._stopping.set()
 
     def _time_left(self) -> float:
-        return max(CLOSE_MIN, self._stop_deadline - time.monotonic())
+        return max(CLOSE_MIN, self._stop_deadline.remaining())
 
     async def _close(self) -> None:  # 5.
-        self._stop_deadline = min(self._stop_deadline, time.monotonic() + STOP_GRACE)
-        await _bounded(kafka.stop_consumer(self._consumer), self._time_left(), "consumer.stop")
-        await _bounded(self._producer.stop(), self._time_left(), "producer.stop")
+        self._stop_deadline = min(self._stop_deadline, Deadline.after(STOP_GRACE))
+        await kafka.stop_within(
+            kafka.stop_consumer(self._consumer), self._time_left(), "consumer.stop"
+        )
+        await kafka.stop_within(self._publisher.producer.stop(), self._time_left(), "producer.stop")
         await self._client.stop()
         if self.health is not None:
             await self.health.stop()
@@ -535,9 +419,9 @@ class Service:
         where CONSUMER_AUTO_OFFSET_RESET says; `none` halts the partition instead). Nothing
         it took past the log's end is committed: those offsets are gone."""
         tp = lease.tp
-        rebalances = self._rebalances
+        rebalances = self.rebalancing.rebalances
         try:
-            deadline = time.monotonic() + self.settings.consumer_revoke_timeout_ms / 1000
+            deadline = Deadline.after(self._timings.revoke_timeout)
             if lease.state is LeaseState.ENDED or self.stopping:
                 return
             self.leases.revoke([tp])
@@ -551,11 +435,11 @@ class Service:
                 return  # halted
             # Not if a rebalance came meanwhile: the assignment grants the partition (at its
             # committed offset), or it is not this member's any more.
-            if self._rebalances == rebalances and self.leases.get(tp) is None:
+            if self.rebalancing.rebalances == rebalances and self.leases.get(tp) is None:
                 self.leases.grant(tp, position)
                 self._consumer.seek(tp, position)
             while more:
-                more = await self._rewind(more, deadline)
+                more = await self.rebalancing.rewind(more, deadline)
         finally:
             self._restarting.discard(lease)
 
@@ -599,8 +483,9 @@ class Service:
             log.warning("fetch.corrupt", partition=tp.partition, error=repr(exc), tries=failures)
             return
         lease = self.leases.get(tp)
-        at = lease.next if lease is not None else _out_of_range_offset(exc)
-        self._halt(Halt(tp, at, fetch_error_reason(exc, self.settings)))
+        at = lease.next if lease is not None else out_of_range_offset(exc)
+        reason = fetch_error_reason(exc, self.settings.consumer_auto_offset_reset)
+        self._halt(Halt(tp, at, reason))
 
     def _on_offset_reset(self, tp: TopicPartition, offset: int) -> None:
         """aiokafka found `offset` out of range for `tp` (retention deleted records before they
@@ -646,6 +531,14 @@ class Service:
             " the others go on",
         )
 
+    def _released(self, tps: set[TopicPartition]) -> None:
+        """Partitions given up (rebalancing.py): their halts and fetch errors end with them."""
+        self.halts.clear(tps)
+        self.vitals.halted = self.halts.describe()
+        self.metrics.halted.set(len(self.halts))
+        for tp in tps:
+            self._fetch_failures.pop(tp, None)
+
     def _apply_pauses(self) -> None:
         """Fetch only partitions with an active lease, not halted, while the gate is open,
         and not held back by pressure (backpressure.py: past CONSUMER_MAX_PENDING_EVENTS, the
@@ -677,10 +570,10 @@ class Service:
     # -- committing -----------------------------------------------------------------------------
 
     async def _commit_loop(self) -> None:
-        interval = self.settings.consumer_commit_interval_ms / 1000
+        interval = self._timings.commit_interval
         while True:
             await asyncio.sleep(interval)
-            await self._commit()
+            await self.committer.commit()
             try:
                 await self._observe()
             except Exception:  # gauges must never take the commit loop down
@@ -708,249 +601,11 @@ class Service:
                 )
         if leases and self.vitals.broker_quiet_for() > BROKER_PROBE_AFTER:
             try:
-                async with asyncio.timeout(self.settings.kafka_commit_timeout_ms / 1000):
+                async with asyncio.timeout(self._timings.commit_timeout):
                     await consumer.committed(leases[0].tp)
                 self.vitals.broker_seen()
             except (KafkaError, TimeoutError) as exc:
                 log.warning("broker.unreachable", error=repr(exc))
-
-    async def _commit(
-        self,
-        leases: Iterable[Lease] | None = None,
-        timeout: float | None = None,
-        *,
-        clean: bool = False,
-    ) -> None:
-        """Commit the done prefix of live leases (all, or those given), within the commit
-        timeout (or `timeout`, if lower); a failure is logged: the next commit covers it.
-
-        Every commit carries a handover mark in its metadata (handover.py): `live` while this
-        member may have requests for the partition that can still land; `clean` (`clean=True`,
-        the given leases' positions committed even when they did not move) once it has none,
-        at the end of a revoke or a stop that abandoned nothing."""
-        if not self.membership.current():
-            # Lapsed (membership.py): the group may have given these partitions to others,
-            # who commit further; a commit of ours would take their offsets back (a broker
-            # may take it: Kafka does from a member whose generation was reset).
-            log.info("commit.skipped", reason="not a current member of the group")
-            return
-        limit = self.settings.kafka_commit_timeout_ms / 1000
-        if timeout is not None:
-            limit = min(limit, timeout)
-        started = time.monotonic()
-        try:
-            # The bound covers waiting for a commit under way (the loop's, or a revoke's).
-            async with asyncio.timeout(limit), self._commit_lock:
-                chosen = self.leases.to_commit(leases)
-                if clean and leases is not None:
-                    chosen = {lease: lease.offsets.position() for lease in leases} | chosen
-                found = {
-                    lease: position
-                    for lease, position in chosen.items()
-                    if self._within_log(lease, position)
-                }
-                if not found:
-                    return
-                positions = {lease.tp: position for lease, position in found.items()}
-                mark = handover.CLEAN if clean else handover.LIVE
-                await self._consumer.commit(
-                    {tp: OffsetAndMetadata(position, mark) for tp, position in positions.items()}
-                )
-                for lease, position in found.items():
-                    lease.offsets.mark_committed(position)
-        except (KafkaError, TimeoutError) as exc:
-            self.metrics.commits.labels(result="failed").inc()
-            log.warning("commit.failed", error=repr(exc))
-            return
-        self.vitals.broker_seen()
-        self.metrics.commit_latency.observe(time.monotonic() - started)
-        self.metrics.commits.labels(result="ok").inc()
-        log.debug(
-            "commit.done",
-            positions={f"{tp.topic}[{tp.partition}]": o for tp, o in positions.items()},
-        )
-
-    async def _unclean(self, tps: set[TopicPartition]) -> set[TopicPartition]:
-        """The partitions whose last commit says their owner may still have requests landing
-        (handover.py); none when the marks cannot be read (a broker that keeps no metadata)."""
-        if not tps:
-            return set()
-        try:
-            async with asyncio.timeout(self.settings.kafka_commit_timeout_ms / 1000):
-                marks = await kafka.committed_metadata(self._consumer, tps)
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("partition.handover_unknown", error=repr(exc))
-            return set()
-        return {tp for tp, mark in marks.items() if handover.unclean(mark)}
-
-    def _within_log(self, lease: Lease, position: int) -> bool:
-        """A position beyond the partition's log end (as the last fetch saw it) is never
-        committed: the log lost records (rule 2b), and the group must not start past them."""
-        end = self._consumer.highwater(lease.tp)
-        return end is None or position <= end
-
-    # -- rebalancing ----------------------------------------------------------------------------
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Rule 1: pause at once, grant in a task (never raises, returns at once). Nothing is
-        granted once the service stops (aiokafka's close waits for a join under way)."""
-        self._rebalances += 1
-        self.membership.assigned()  # the coordinator's word (membership.py)
-        self.vitals.group_lapsed = None
-        if assigned:
-            self._consumer.pause(*assigned)  # before any await: nothing fetched for nobody
-            if not self.stopping:
-                self._granting = asyncio.create_task(self._grant(set(assigned)), name="grant")
-
-    async def _grant(self, assigned: set[TopicPartition]) -> None:
-        """Positions, then the recovery scan, then the leases (cancelled by a revoke).
-
-        Positions are read together; partitions whose position is not known within
-        POSITION_WAIT (a partition without a leader, say) do not hold the others up: they are
-        granted when it is, without a scan (recovery only saves repeats)."""
-        started = time.monotonic()
-        reads = {tp: asyncio.ensure_future(self._position(tp)) for tp in sorted(assigned)}
-        try:
-            await asyncio.wait(reads.values(), timeout=POSITION_WAIT)
-            positions = {tp: read.result() for tp, read in reads.items() if read.done()}
-            recovered: dict[TopicPartition, set[int]] = {}
-            if positions and self.settings.consumer_recovery_lookback_ms >= 0:
-                try:
-                    recovered = await self.recovery.already_done(positions)
-                except Exception:  # recovery is an optimisation of at-least-once, never a blocker
-                    log.exception("recovery.failed")
-            self.pipeline.recovered = Recovered(recovered)
-            await self._claim(positions, started)
-            for tp, read in reads.items():
-                if tp not in positions:
-                    await self._claim({tp: await read}, started)
-        finally:
-            for read in reads.values():
-                read.cancel()
-
-    async def _claim(self, positions: dict[TopicPartition, int], started: float) -> None:
-        """Grant these partitions as handover.py says: at once when their last owner left them
-        cleanly, after its requests can no longer land otherwise; and only once this member's
-        own `live` mark is committed (a member that dies before then has sent nothing)."""
-        unclean = await self._unclean(set(positions))
-        ready = {tp: start for tp, start in positions.items() if tp not in unclean}
-        if ready:
-            await self._mark_live(ready)
-            self._grant_now(ready, started)
-        if unclean:
-            wait = handover.wait(self.settings)
-            log.warning(
-                "partition.unclean_handover",
-                partitions=sorted(tp.partition for tp in unclean),
-                wait_s=wait,
-                message="the last owner may still have requests landing (it crashed, froze"
-                " or lost the group): these partitions start once they cannot",
-            )
-            await asyncio.sleep(wait)
-            late = {tp: positions[tp] for tp in unclean}
-            await self._mark_live(late)
-            self._grant_now(late, started)
-
-    async def _mark_live(self, positions: dict[TopicPartition, int]) -> None:
-        """Commit the `live` mark at these positions (handover.py, rule 1), tried again until
-        it is (the partitions stay paused meanwhile; a revoke or stop cancels it)."""
-        delay = 0.2
-        marks = {tp: OffsetAndMetadata(start, handover.LIVE) for tp, start in positions.items()}
-        while True:
-            try:
-                async with asyncio.timeout(self.settings.kafka_commit_timeout_ms / 1000):
-                    await self._consumer.commit(marks)
-                return
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("partition.mark_failed", error=repr(exc), retry_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-
-    def _grant_now(self, positions: dict[TopicPartition, int], started: float) -> None:
-        for tp, start in positions.items():
-            self.leases.grant(tp, start)
-            # The consumer fetches from where the lease starts, whatever it fetched meanwhile
-            # (the partition was paused; this makes rule 1 hold by construction).
-            self._consumer.seek(tp, start)
-        self.vitals.partitions = len(self.leases.active())
-        log.info(
-            "partitions.assigned",
-            partitions=sorted(tp.partition for tp in positions),
-            positions={tp.partition: start for tp, start in positions.items()},
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-
-    async def _position(self, tp: TopicPartition) -> int:
-        """The consumer's position for a newly assigned partition, tried again on errors."""
-        delay = 0.2
-        while True:
-            try:
-                position: int = await self._consumer.position(tp)
-                return position
-            except KafkaError as exc:
-                log.warning("partition.position_failed", partition=tp.partition, error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Rule 4 (and 5): stop, wait for the wire, commit, end (never raises)."""
-        self._rebalances += 1
-        started = time.monotonic()
-        await _cancelled(self._granting)  # an assignment that ended grants nothing
-        deadline = started + self.settings.consumer_revoke_timeout_ms / 1000
-        leases = self.leases.revoke(revoked)  # from here no request starts for them
-        pending = self.leases.pending(leases)
-        rewind: set[Lease] = set()
-        try:
-            if leases:
-                abandoned = self.pipeline.abandoned
-                rewind = await self.pipeline.revoke(leases, deadline)
-                # Nothing of ours for these partitions can land any more: say so to the next
-                # owner (handover.py), unless a request was abandoned on the wire.
-                await self._commit(leases, clean=self.pipeline.abandoned == abandoned)
-        finally:
-            unfinished = self.leases.pending(leases)
-            self.leases.end(leases)
-            self.vitals.partitions = len(self.leases.active())
-            self.halts.clear(revoked)
-            self.vitals.halted = self.halts.describe()
-            self.metrics.halted.set(len(self.halts))
-            for tp in revoked:
-                self._fetch_failures.pop(tp, None)
-        while rewind:
-            rewind = await self._rewind(rewind, deadline)
-        log.info(
-            "partitions.revoked",
-            partitions=sorted(tp.partition for tp in revoked),
-            pending=pending,
-            given_up=unfinished,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-
-    async def _rewind(self, leases: set[Lease], deadline: float) -> set[Lease]:
-        """Rule 5: these kept partitions had records in a stopped batch: start them again
-        from their commit position. Returns further leases to rewind."""
-        self.leases.revoke(lease.tp for lease in leases)
-        more = await self.pipeline.revoke(leases, deadline)
-        self.leases.end(leases)
-        for lease in leases:
-            position = lease.offsets.position()
-            self.leases.grant(lease.tp, position)
-            self._consumer.seek(lease.tp, position)
-            log.warning("partition.rewound", partition=lease.tp.partition, position=position)
-        return more - leases
-
-    # -- the API gate ---------------------------------------------------------------------------
-
-    async def _probe(self) -> ApiError | None:
-        return await self._sender.probe()
-
-    def _on_gate(self, reason: Closed | None) -> None:
-        self.vitals.api_closed = self.gate.describe()
-        self.vitals.api_token_refused = reason is Closed.UNAUTHORIZED
-        self.metrics.auth_ok.set(0 if reason is Closed.UNAUTHORIZED else 1)
-        self.metrics.api_available.set(0 if reason is not None else 1)
-        self.pipeline.wake()  # batches held back by the closed gate may go
 
     # -- health (kept for callers that ask the service) -----------------------------------------
 
@@ -960,87 +615,3 @@ class Service:
 
     def paused(self) -> set[TopicPartition]:
         return set(self._consumer.paused())
-
-
-async def _cancelled(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel these tasks (None: none) and wait until they have ended."""
-    found = [task for task in tasks if task is not None]
-    for task in found:
-        task.cancel()
-    await asyncio.gather(*found, return_exceptions=True)
-
-
-async def _bounded(work: Awaitable[None], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel (3.11)
-            await work
-    except TimeoutError:
-        log.warning("service.close_timeout", step=what, timeout_s=timeout)
-    except KafkaError as exc:
-        log.warning("service.close_failed", step=what, error=repr(exc))
-
-
-# Fetches that come back empty for this long end a backlog whatever the end offsets say.
-BACKLOG_STALL = 1.0
-
-
-def reading_backlog(
-    fetched: dict[TopicPartition, int],
-    ends: dict[TopicPartition, int | None],
-    *,
-    since_records: float,
-    threshold: int,
-) -> bool:
-    """Whether a backlog is being read: at least `threshold` records (a full fetch) wait on
-    the broker or in the fetch buffer beyond the offsets handed to us, and fetches still
-    return records (`since_records`: seconds since one last did). A steady stream leaves a
-    few records behind each fetch, not a full one; one empty fetch while the next response
-    is on its way does not end a backlog, but offsets that never come back as records (an
-    aborted transaction at the end of a partition) must not keep batches open for long."""
-    if since_records > BACKLOG_STALL:
-        return False
-    lag = 0
-    for tp, position in fetched.items():
-        end = ends.get(tp)
-        if end is not None and end > position:
-            lag += end - position
-    return lag >= threshold
-
-
-def _out_of_range_offset(exc: Exception) -> int | None:
-    if isinstance(exc, OffsetOutOfRangeError) and exc.args and isinstance(exc.args[0], dict):
-        for offset in exc.args[0].values():
-            return int(offset)
-    return None
-
-
-def fetch_error_reason(exc: Exception, settings: Settings) -> str:
-    """One line for a halted partition (halts.py): what the client library could not do, and
-    what would fix it. The broker is not to blame for any of these."""
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, UnsupportedCodecError):
-        return (
-            f"aiokafka (the Kafka client library) cannot decompress its records ({detail});"
-            " the codecs come with this package (cramjam): reinstall it"
-        )
-    if isinstance(exc, CorruptRecordException):
-        return (
-            f"aiokafka (the Kafka client library) found a corrupt record batch ({detail}),"
-            f" {CORRUPT_FETCH_TRIES} times in a row"
-        )
-    if isinstance(exc, RecordTooLargeError):
-        return f"aiokafka (the Kafka client library) cannot fetch a record this large ({detail})"
-    if isinstance(exc, OffsetOutOfRangeError):
-        return (
-            "the committed offset is out of range (records deleted by retention before they"
-            " were processed?) and CONSUMER_AUTO_OFFSET_RESET="
-            f"{settings.consumer_auto_offset_reset}: set it to earliest or latest to go on"
-        )
-    if isinstance(exc, NoOffsetForPartitionError):
-        return (
-            "the group has no committed offset for it and CONSUMER_AUTO_OFFSET_RESET=none:"
-            " set it to earliest or latest, or commit an offset for the group"
-        )
-    if isinstance(exc, TopicAuthorizationFailedError):
-        return f"not authorized to read the topic ({detail})"
-    return f"aiokafka (the Kafka client library) could not fetch it: {detail}"

@@ -9,7 +9,7 @@ The commit order, for every record taken (what lets the lifecycle commit its off
    result from the answer;
 4. its dead-letter copy (where due), then its outcome, are published and acknowledged with
    acks=all (publisher.py);
-5. only then is it marked done on its lease; the lifecycle commits each lease's done prefix.
+5. only then is it marked done on its lease; committing.py commits each lease's done prefix.
 
 Dispatch (late binding, batcher.py): a due lane is cut into a batch only when its request can
 go now: its URL has nothing in flight, a request slot is free, the API gate is open and the
@@ -66,6 +66,7 @@ from consumer.launchdarkly.errors import InternalError
 from consumer.launchdarkly.routing import Route, UnroutableEvent, route
 from consumer.launchdarkly.throttle import JITTER_MS, Permit
 from consumer.service.batcher import Batch, Batcher
+from consumer.service.deadline import Deadline
 from consumer.service.leases import Lease
 from consumer.service.metrics import Metrics
 from consumer.service.publisher import Refused
@@ -134,9 +135,10 @@ class Pipeline:
         self._publisher = publisher
         self._metrics = metrics
         self._max_in_flight = max_in_flight
-        self._on_published = on_published
-        self._on_failure = on_failure
-        self._on_refused = on_refused
+        # What the pipeline reports to its owner (the service sets the last two once it exists).
+        self.on_published = on_published
+        self.on_failure = on_failure
+        self.on_refused = on_refused
         self.recovered = Recovered()
         self.skipped_already_done = 0
         self.abandoned = 0  # requests cancelled on the wire (or while they could still land)
@@ -306,9 +308,9 @@ class Pipeline:
         """Publish; returns the `id`s of the records refused (not done: see publisher.py),
         whose partitions the owner halts."""
         refused = await self._publisher.publish(pairs)
-        self._on_published()
+        self.on_published()
         if refused:
-            self._on_refused(refused)
+            self.on_refused(refused)
             gone = {id(r.record) for r in refused}
             pairs = [(record, outcome) for record, outcome in pairs if id(record) not in gone]
         for status, count in _statuses(pairs).items():
@@ -357,11 +359,11 @@ class Pipeline:
             exc = task.exception()
             assert exc is not None
             log.error("service.task_failed", error=repr(exc))
-            self._on_failure(exc)
+            self.on_failure(exc)
 
-    async def _wait_progress(self, deadline: float) -> bool:
+    async def _wait_progress(self, deadline: Deadline) -> bool:
         """Wait for some task to finish, or the deadline; False once it has passed."""
-        remaining = deadline - time.monotonic()
+        remaining = deadline.remaining()
         if remaining <= 0:
             return False
         self._progress.clear()
@@ -372,7 +374,7 @@ class Pipeline:
 
     # -- revoking, draining, stopping -----------------------------------------------------------
 
-    async def revoke(self, leases: Collection[Lease], deadline: float) -> set[Lease]:
+    async def revoke(self, leases: Collection[Lease], deadline: Deadline) -> set[Lease]:
         """Stop all work of REVOKING leases (steps 1-5 above); returns the leases to rewind."""
         gone = set(leases)
         # Leases of other partitions in the same flights stop now too, before any await
@@ -428,7 +430,7 @@ class Pipeline:
         self.batcher.flush()
         self._wake.set()
 
-    async def drain(self, deadline: float) -> bool:
+    async def drain(self, deadline: Deadline) -> bool:
         """Wait until nothing waits or flies, or the deadline; True when drained."""
         self.flush()
         while not self.idle():

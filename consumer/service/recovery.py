@@ -36,6 +36,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer.contract.outcomes import source_of
 from consumer.kafka import clients as kafka
+from consumer.service.deadline import Deadline
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -74,10 +75,11 @@ class Recovered:
 
 
 class Recovery:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, timeout: float) -> None:
+        """`timeout`: seconds a scan may take (CONSUMER_RECOVERY_TIMEOUT_MS)."""
         self._settings = settings
         self._lookback_ms = settings.consumer_recovery_lookback_ms
-        self._timeout = settings.consumer_recovery_timeout_ms / 1000
+        self._timeout = timeout
 
     async def already_done(
         self, positions: Mapping[TopicPartition, int]
@@ -87,7 +89,7 @@ class Recovery:
             return {}
         started = time.monotonic()
         async with kafka.reading(self._settings) as consumer:
-            deadline = started + self._timeout
+            deadline = Deadline(started + self._timeout)
             stamps = await self._first_timestamps(consumer, positions, deadline)
             if not stamps:
                 return {}
@@ -116,7 +118,10 @@ class Recovery:
         return done
 
     async def _first_timestamps(
-        self, consumer: AIOKafkaConsumer, positions: Mapping[TopicPartition, int], deadline: float
+        self,
+        consumer: AIOKafkaConsumer,
+        positions: Mapping[TopicPartition, int],
+        deadline: Deadline,
     ) -> dict[TopicPartition, int]:
         """The timestamp of the record at each position; partitions with none are left out."""
         consumer.assign(list(positions))
@@ -124,7 +129,7 @@ class Recovery:
             consumer.seek(tp, offset)
         stamps: dict[TopicPartition, int] = {}
         open_ = set(positions)
-        while open_ and time.monotonic() < deadline:
+        while open_ and not deadline.expired():
             fetched = await consumer.getmany(*open_, timeout_ms=200, max_records=len(open_) * 10)
             for tp, records in fetched.items():
                 if records and tp in open_:
@@ -149,7 +154,7 @@ class Recovery:
         consumer: AIOKafkaConsumer,
         positions: Mapping[TopicPartition, int],
         since_ms: int,
-        deadline: float,
+        deadline: Deadline,
     ) -> tuple[dict[TopicPartition, set[int]], int, bool]:
         """(source offsets found per input partition, outcomes scanned, whether the scan
         reached the end of every results partition)."""
@@ -167,7 +172,7 @@ class Recovery:
         done: dict[TopicPartition, set[int]] = {}
         ends: dict[TopicPartition, int | None] = {}
         scanned = 0
-        while remaining and time.monotonic() < deadline:
+        while remaining and not deadline.expired():
             fetched = await consumer.getmany(*remaining, timeout_ms=100, max_records=5_000)
             for records in fetched.values():
                 scanned += len(records)

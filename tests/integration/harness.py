@@ -22,6 +22,7 @@ from consumer.contract.outcomes import Outcome, Status
 from consumer.kafka import clients as kafka
 from consumer.kafka.tansu import TANSU_SETTINGS
 from consumer.service.lifecycle import Service
+from consumer.service.wiring import Parts, build
 from consumer.settings import Settings, settings_environment
 from tests.brokers import APACHE_TEST_SETTINGS
 from tests.factories import TOKEN, encode, event_dict
@@ -215,11 +216,12 @@ class RunningService:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings, *, wait: bool = True, **options: Any
+    settings: Settings, *, wait: bool = True, parts: Parts | None = None, **options: Any
 ) -> AsyncIterator[RunningService]:
-    """The service in-process; `options` go to `Service` (e.g. `tracer_provider`)."""
+    """The service in-process, made of `parts` or of what `build` makes from the settings
+    and `options` (e.g. `tracer_provider`)."""
     stop = asyncio.Event()
-    service = Service(settings, **options)
+    service = Service(parts or build(settings, **options))
     handle = RunningService(service, stop, asyncio.create_task(service.run(stop)))
     try:
         if wait:

@@ -7,7 +7,8 @@ import asyncio
 import time
 from typing import Any
 
-from consumer.service.lifecycle import Service
+from consumer.service.leases import Leases
+from consumer.service.wiring import Parts, build
 from consumer.simulator import RunningSimulator
 from consumer.simulator.admin_client import SimulatorAdmin
 from tests.integration.harness import (
@@ -22,21 +23,21 @@ from tests.integration.harness import (
 )
 
 
-def spy_on_sends(
-    name: str, service: Service, members: dict[str, Service], found: list[str]
-) -> None:
-    """Note every batch a member starts sending for a partition another member holds."""
-    members[name] = service
-    send = service._sender.send
+def spying_on_sends(name: str, parts: Parts, members: dict[str, Leases], found: list[str]) -> Parts:
+    """These parts, noting every batch their member starts sending for a partition another
+    member holds."""
+    members[name] = parts.leases
+    send = parts.sender.send
 
     async def checked(batch: Any) -> Any:
         for tp in batch.partitions():
-            for other, peer in members.items():
-                if other != name and tp in peer.leases.partitions():
+            for other, leases in members.items():
+                if other != name and tp in leases.partitions():
                     found.append(f"{name} sent for p{tp.partition}, held by {other}")
         return await send(batch)
 
-    service._sender.send = checked  # type: ignore[method-assign]
+    parts.sender.send = checked  # type: ignore[method-assign]
+    return parts
 
 
 async def test_a_recovery_scan_longer_than_the_session_grants_nothing_stale(
@@ -48,7 +49,7 @@ async def test_a_recovery_scan_longer_than_the_session_grants_nothing_stale(
     settings = make_settings(kafka_bootstrap, simulator.base_url, on_tansu=on_tansu)
     await create_topics(settings, partitions=2)
     session_s = settings.kafka_session_timeout_ms / 1000
-    members: dict[str, Service] = {}
+    members: dict[str, Leases] = {}
     overlaps: list[str] = []
     stop = asyncio.Event()
 
@@ -60,20 +61,22 @@ async def test_a_recovery_scan_longer_than_the_session_grants_nothing_stale(
             await asyncio.sleep(0.25)
         return ends
 
-    async with running(settings) as a:
-        spy_on_sends("A", a.service, members, overlaps)
-        scan = a.service.recovery.already_done
+    a_parts = spying_on_sends("A", build(settings), members, overlaps)
+    async with running(settings, parts=a_parts) as a:
+        recovery = a.service.recovery
+        assert recovery is not None
+        scan = recovery.already_done
 
         async def slow_scan(positions: Any) -> Any:  # A's next scans outlive its session
             found = await scan(positions)
             await asyncio.sleep(2 * session_s)
             return found
 
-        a.service.recovery.already_done = slow_scan  # type: ignore[method-assign]
+        recovery.already_done = slow_scan  # type: ignore[method-assign]
         feeding = asyncio.create_task(feed())
         await asyncio.sleep(1)
-        async with running(settings, wait=False) as b:
-            spy_on_sends("B", b.service, members, overlaps)
+        b_parts = spying_on_sends("B", build(settings), members, overlaps)
+        async with running(settings, wait=False, parts=b_parts) as b:
             await b.wait_assigned()
             await asyncio.sleep(4 * session_s)
             stop.set()

@@ -1,6 +1,6 @@
 from aiokafka.structs import TopicPartition
 
-from consumer.service.lifecycle import reading_backlog
+from consumer.service.batcher import reading_backlog
 
 
 def test_a_backlog_is_a_full_fetch_behind_while_fetches_return_records() -> None:

@@ -214,7 +214,7 @@ def test_consumer_service_is_configured_by_the_contract_variables(compose: dict[
     env = _environment(consumer)
     assert set(env) >= CONTRACT_VARIABLES
     known = {name.upper() for name in Settings.model_fields}
-    # OTEL_* are OpenTelemetry's own (consumer/tracing.py), not settings.
+    # OTEL_* are OpenTelemetry's own (consumer/service/tracing.py), not settings.
     assert {name for name in env if not name.startswith("OTEL_")} - {"LOG_FORMAT"} <= known
     settings = Settings(**{k.lower(): v for k, v in env.items()})  # every value is valid
     assert settings.kafka_producer_idempotence is True  # real Kafka

@@ -165,7 +165,7 @@ def test_probes_use_the_service_health_endpoints(example: Example) -> None:
     container = example.objects.container
     port = int(example.objects.config["CONSUMER_HTTP_PORT"])
     assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
-    # /healthz depends on neither Kafka nor LaunchDarkly (consumer/health.py), so an outage
+    # /healthz depends on neither Kafka nor LaunchDarkly (consumer/service/health.py), so an outage
     # never restarts members; /readyz says whether a member is doing its work.
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -176,7 +176,7 @@ def test_probes_use_the_service_health_endpoints(example: Example) -> None:
 
 def test_the_grace_period_outlasts_the_service_stop(example: Example) -> None:
     shutdown_s = int(example.objects.config["CONSUMER_SHUTDOWN_TIMEOUT_MS"]) / 1000
-    # The stop is bounded by the shutdown timeout plus STOP_GRACE (consumer/lifecycle.py).
+    # The stop is bounded by the shutdown timeout plus STOP_GRACE (consumer/service/lifecycle.py).
     assert example.objects.pod["terminationGracePeriodSeconds"] > shutdown_s + STOP_GRACE
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -16,6 +16,7 @@ import pytest
 from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
+from consumer.kafka import clients as kafka
 from consumer.launchdarkly.big_segments import KindCache
 from consumer.launchdarkly.client import ApiResponse, TokenSource
 from consumer.launchdarkly.errors import RequestTimeout
@@ -23,12 +24,13 @@ from consumer.launchdarkly.gate import ApiGate, Closed
 from consumer.launchdarkly.retry import RetryPolicy
 from consumer.launchdarkly.segment_kinds import KindResolver
 from consumer.launchdarkly.throttle import RateLimiter
-from consumer.service import lifecycle as app
 from consumer.service.leases import Leases, LeaseState
 from consumer.service.lifecycle import Service
 from consumer.service.metrics import Metrics
+from consumer.service.rebalancing import cancelled
 from consumer.service.sender import BatchSender
 from consumer.service.slots import Slots
+from consumer.service.wiring import build
 from consumer.settings import Settings
 from tests.factories import FetchedRecord, event_dict, until
 from tests.unit.test_pipeline import Publisher
@@ -281,55 +283,57 @@ class Consumer:
         return dict.fromkeys(tps, 0)
 
 
+Make = Callable[..., Service]
+
+
 @pytest.fixture
-async def service() -> AsyncIterator[Service]:
+async def make() -> AsyncIterator[Make]:
+    """`make(consumer, **fakes)`: a service around this consumer, made of `wiring.build`'s
+    parts with these fakes (`sender`, `publisher`, `clock`); a fake publisher by default."""
     settings = Settings(
         ld_api_token="api-test",  # type: ignore[arg-type]
         consumer_http_port=0,
         consumer_recovery_lookback_ms=-1,
         consumer_auto_offset_reset="earliest",
     )
-    found = Service(settings)
-    await found._consumer.stop()
-    await found._producer.stop()
-    yield found
-    for task in [found._granting, *found._background]:
-        if task is not None:
-            task.cancel()
-    await asyncio.gather(
-        *(t for t in [found._granting, *found._background] if t is not None),
-        return_exceptions=True,
-    )
-    await found.pipeline.cancel_all()
+    made: list[Service] = []
+
+    def service(consumer: Consumer, **fakes: Any) -> Service:
+        fakes.setdefault("publisher", Publisher())
+        made.append(Service(build(settings, consumer=consumer, **fakes)))
+        return made[-1]
+
+    yield service
+    for found in made:
+        await cancelled(found.rebalancing.granting, *found._background)
+        await found.pipeline.cancel_all()
 
 
 # -- 3. membership: records stopped by a lapse are stranded when heard() comes first (A) ---------
 
 
 async def test_3_records_stopped_by_a_lapse_are_sent_again_or_a_rejoin_is_asked(
-    service: Service, monkeypatch: pytest.MonkeyPatch
+    make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     consumer = Consumer({P0: 0})
-    service._consumer = consumer  # type: ignore[assignment]
-    now = [1000.0]
-    service.membership._clock = lambda: now[0]
-    service.membership.heard()
-    rejoins: list[object] = []
-    monkeypatch.setattr(app.kafka, "request_rejoin", rejoins.append)
-    await service.on_assigned({P0})
-    await until(lambda: service.assigned == {P0})
-    lease = service.leases.get(P0)
-    assert lease is not None
-
     client = FakeClient((503, b""), (200, OK_SEGMENT))
     client.hold = asyncio.Event()
-    service.pipeline._sender = BatchSender(
+    sender = BatchSender(
         client,  # type: ignore[arg-type]
         RetryPolicy(base_delay=0.01, max_delay=0.01),
         await open_gate(),
         rng=random.Random(1),
     )
-    service.pipeline._publisher = Publisher()  # type: ignore[assignment]
+    now = [1000.0]
+    service = make(consumer, sender=sender, clock=lambda: now[0])
+    service.membership.heard()
+    rejoins: list[object] = []
+    monkeypatch.setattr(kafka, "request_rejoin", rejoins.append)
+    await service.rebalancing.on_partitions_assigned({P0})
+    await until(lambda: service.assigned == {P0})
+    lease = service.leases.get(P0)
+    assert lease is not None
+
     service.pipeline.accept(lease, [FetchedRecord(P0, 0, "s")], 0, 0.0, None)
     dispatch = asyncio.create_task(service.pipeline.dispatch())
     try:
@@ -355,12 +359,10 @@ async def test_3_records_stopped_by_a_lapse_are_sent_again_or_a_rejoin_is_asked(
 # -- 4. _restart_lease racing a rebalance: a stale grant, then records skipped (A) ---------------
 
 
-async def test_4_a_restart_racing_a_rebalance_grants_nothing_stale(service: Service) -> None:
+async def test_4_a_restart_racing_a_rebalance_grants_nothing_stale(make: Make) -> None:
     consumer = Consumer({P0: 0})
-    service._consumer = consumer  # type: ignore[assignment]
-    service.pipeline._sender = WireSender()  # type: ignore[assignment]
-    service.pipeline._publisher = Publisher()  # type: ignore[assignment]
-    await service.on_assigned({P0})
+    service = make(consumer, sender=WireSender())
+    await service.rebalancing.on_partitions_assigned({P0})
     await until(lambda: service.assigned == {P0})
     old = service.leases.get(P0)
     assert old is not None
@@ -371,8 +373,8 @@ async def test_4_a_restart_racing_a_rebalance_grants_nothing_stale(service: Serv
     # Meanwhile the group rebalances (the broker restart moved the coordinator): P0 is revoked
     # and assigned to this member again; its position is being read.
     consumer.positions[P0] = None
-    await service.on_revoked({P0})
-    await service.on_assigned({P0})
+    await service.rebalancing.on_partitions_revoked({P0})
+    await service.rebalancing.on_partitions_assigned({P0})
     consumer.beginning.set()  # the restart goes on
     await until(lambda: not service._restarting)
     stale = service.leases.get(P0)
@@ -392,7 +394,7 @@ async def test_4_a_restart_racing_a_rebalance_grants_nothing_stale(service: Serv
     service._take({P0: [FetchedRecord(P0, o, "s") for o in range(resumed_at, 10)]}, fetch, 0.0, 0.0)
     # Offsets 0-4 were taken by the stale lease only (its batches are dead: not live).
     skipped = [o for o in range(5) if o < (fresh.offsets.to_commit() or 0)]
-    await service._commit()  # the commit loop
+    await service.committer.commit()  # the commit loop
     assert stale is None and not resumed_early and not skipped, (
         f"restart granted {stale} during the new assignment's grant (P0 resumed:"
         f" {resumed_early}); the grant's lease then commits {consumer.commits},"
@@ -506,17 +508,16 @@ class PositionedConsumer(Consumer):
         self.at[tp] = offset
 
 
-async def test_6_a_fetch_error_during_a_lapse_skips_no_record(service: Service) -> None:
+async def test_6_a_fetch_error_during_a_lapse_skips_no_record(make: Make) -> None:
     from aiokafka.errors import OffsetOutOfRangeError
 
     p1 = TopicPartition("in", 1)
     consumer = PositionedConsumer({P0: 0, p1: 0})
     consumer.at = {P0: 0, p1: 0}
-    service._consumer = consumer  # type: ignore[assignment]
     now = [1000.0]
-    service.membership._clock = lambda: now[0]
+    service = make(consumer, clock=lambda: now[0])
     service.membership.heard()
-    await service.on_assigned({P0, p1})
+    await service.rebalancing.on_partitions_assigned({P0, p1})
     await until(lambda: service.assigned == {P0, p1})
     lease = service.leases.get(P0)
     assert lease is not None
@@ -531,7 +532,7 @@ async def test_6_a_fetch_error_during_a_lapse_skips_no_record(service: Service) 
     fetch = service.leases.begin_fetch()
     service._check_membership()
     service._follow(fetch)
-    await service._commit()
+    await service.committer.commit()
     past_start = [c for c in consumer.commits if any(getattr(o, "offset", o) for o in c.values())]
     assert not past_start, (
         f"offsets 0-4 never taken, yet the lease commits {consumer.commits}"

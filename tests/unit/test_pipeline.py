@@ -4,7 +4,6 @@ bookkeeping that survives cancellation at any point, and what a revoke stops."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from consumer.contract.outcomes import InstructionResult, OutcomeMessage, result
 from consumer.launchdarkly.routing import Route
 from consumer.launchdarkly.throttle import Permit
 from consumer.service.batcher import Batch, Batcher
+from consumer.service.deadline import Deadline
 from consumer.service.leases import Lease, Leases
 from consumer.service.metrics import Metrics
 from consumer.service.pipeline import Pipeline
@@ -247,7 +247,7 @@ async def test_a_revoke_cancels_what_waits_and_waits_for_what_is_on_the_wire() -
     on_wire, waiting = sender.sent
     sender.wire.add(on_wire.id)
     leases.revoke([P0])
-    revoke = asyncio.create_task(pipeline.revoke([lease], asyncio.get_running_loop().time() + 5))
+    revoke = asyncio.create_task(pipeline.revoke([lease], Deadline.after(5)))
     await until(lambda: pipeline.sending == 1)  # the waiting flight was cancelled and ended
     assert not revoke.done()  # waits for the request on the wire
     assert pipeline.batcher.waiting == 0  # the third batch was handed over
@@ -270,7 +270,7 @@ async def test_a_revoke_returns_kept_partitions_that_shared_a_stopped_batch() ->
     dispatch = await running(pipeline)
     await until(lambda: len(sender.sent) == 1)
     leases.revoke([P0])
-    rewind = await pipeline.revoke([gone], asyncio.get_running_loop().time() + 5)
+    rewind = await pipeline.revoke([gone], Deadline.after(5))
     assert rewind == {kept}
     assert publisher.published == [] and pipeline.idle()
     dispatch.cancel()
@@ -296,7 +296,7 @@ async def test_two_revokes_of_one_lease_both_wait_for_its_wire(
     dispatch = await running(pipeline)
     await until(lambda: len(sender.sent) == 1)
     sender.wire.add(sender.sent[0].id)
-    deadline = asyncio.get_running_loop().time() + 5
+    deadline = Deadline.after(5)
     first = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a stop
     second = asyncio.create_task(pipeline.revoke(leases.revoke([P0]), deadline))  # a rebalance
     await until(lambda: waits == 2)
@@ -369,7 +369,7 @@ async def test_the_dispatch_stops_when_cancelled_as_it_is_woken() -> None:
 async def test_waiting_for_progress_stops_when_cancelled_as_it_is_woken() -> None:
     pipeline = pipeline_with(Sender(), Publisher())
     pipeline._progress.set()
-    waiter = asyncio.create_task(pipeline._wait_progress(time.monotonic() + 10))
+    waiter = asyncio.create_task(pipeline._wait_progress(Deadline.after(10)))
     await until(lambda: not pipeline._progress.is_set())  # cleared as it began to wait
     pipeline._progress.set()
     waiter.cancel()
@@ -390,7 +390,7 @@ async def test_a_kept_partition_in_a_stopped_flight_sends_nothing_more_until_rew
     dispatch = await running(pipeline)
     await until(lambda: len(sender.sent) == 1)
     leases.revoke([P0])
-    rewind = await pipeline.revoke([gone], time.monotonic() + 1)
+    rewind = await pipeline.revoke([gone], Deadline.after(1))
     assert rewind == {kept} and not kept.active
     # Until the caller rewinds (it commits first) nothing of P1 is left to send: P1@1 left
     # the batcher (it is read again after the rewind) and the stopped flight ended.
