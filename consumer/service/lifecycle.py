@@ -74,6 +74,7 @@ from consumer.service.metrics import Metrics
 from consumer.service.pipeline import Pipeline
 from consumer.service.publisher import Publisher, Refused
 from consumer.service.recovery import Recovered, Recovery
+from consumer.service.scarcity import Scarcity
 from consumer.service.sender import BatchSender
 from consumer.service.tracing import Tracing
 from consumer.settings import Settings
@@ -213,6 +214,9 @@ class Service:
             on_failure=self._fail,
             on_refused=self._on_refused,
             tracing=self.tracing,
+            scarcity=Scarcity(
+                max(settings.consumer_batch_max_wait_ms, settings.consumer_batch_linger_ms) / 1000
+            ),
         )
         self.health = (
             HealthServer(self.vitals, self.registry, port=settings.consumer_http_port)

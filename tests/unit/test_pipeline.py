@@ -12,7 +12,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer.contract.outcomes import InstructionResult, OutcomeMessage, results_from_body
 from consumer.launchdarkly.routing import Route
-from consumer.launchdarkly.throttle import Permit
+from consumer.launchdarkly.throttle import Permit, Window
 from consumer.service.batcher import Batch, Batcher
 from consumer.service.leases import Lease, Leases
 from consumer.service.metrics import Metrics
@@ -36,6 +36,9 @@ class Sender:
         # Late binding: seconds until a route may go (missing: now); the permits handed out
         # and those given back.
         self.delays: dict[str, float | None] = {}
+        self.units: dict[
+            str, int | None
+        ] = {}  # what each route's budget has left (missing: unknown)
         self.granted: list[Permit] = []
         self.released: set[int] = set()
         # Paths whose batches wait in a backoff (slot given back) until `backoff_over`.
@@ -47,6 +50,9 @@ class Sender:
 
     def delay(self, route: Route) -> float | None:
         return self.delays.get(route.path, 0.0)
+
+    def window(self, route: Route) -> Window:
+        return Window(self.units.get(route.path), None)
 
     def grant(self, route: Route, waited: float) -> Permit:
         permit = Permit(len(self.granted) + 1, waited)
