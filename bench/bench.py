@@ -413,11 +413,19 @@ class Bench:
         )
         await group.start()
         try:
+            # One event first: the group has formed and the service knows the route's budget
+            # from its answer, so the stream is a burst after a quiet period. It starts with a
+            # window of the server's.
+            await produce_backlog(settings, workload, 1, name, start=count)
+            await follow(settings, settings.consumer_results_topic, until=1, timeout=60)
+            await asyncio.sleep(
+                max(0.0, await next_reset_ms(self.stack.api_url) / 1000 - time.time())
+            )
             follower = asyncio.create_task(
                 follow(
                     settings,
                     settings.consumer_results_topic,
-                    until=count,
+                    until=count + 1,
                     timeout=seconds + 5,
                     sources=True,
                     on_poll=group.sample,
@@ -444,13 +452,13 @@ class Bench:
             await group.stop()
         applied = sum(1 for ts, _ in seen.by_source.values() if start_ms <= ts < end_ms)
         outcome_ts = [ts for ts, _ in seen.by_source.values()]
-        first_outcome_ms = min(outcome_ts, default=stream_ms)
+        first_outcome_ms = min((ts for ts in outcome_ts if ts >= stream_ms), default=stream_ms)
 
         def first_minute(since_ms: float) -> float:
             done = sum(1 for ts in outcome_ts if since_ms <= ts < since_ms + first_s * 1000)
             return round(done / first_s / bound, 3)
 
-        first_requests = first.get("requests", 0)
+        first_requests = first.get("requests", 0) - 1  # the event before the stream
         first_applied = sum(1 for ts in outcome_ts if stream_ms <= ts < stream_ms + first_s * 1000)
         requests = after.get("requests", 0) - before.get("requests", 0)
         answered_429 = after.get("status_429", 0) - before.get("status_429", 0)
@@ -469,12 +477,13 @@ class Bench:
             "first_minute_share_from_first_outcome": first_minute(first_outcome_ms),
             "first_minute_api_requests": first_requests,
             "first_minute_events_per_request": round(first_applied / max(1, first_requests), 2),
+            "first_minute_answered_429": first.get("status_429", 0),
             "api_requests": requests,
             "events_per_request": round(applied / max(1, requests), 2),
             "events_per_request_ratio": round(applied / max(1, requests) / args.batch_size, 3),
             "answered_429": answered_429,
             "share_429": round(answered_429 / max(1, requests), 4),
-            "backlog_at_end": count - seen.count,
+            "backlog_at_end": count + 1 - seen.count,
         }
         self.figures[name] = figures
         self._print(name, figures)

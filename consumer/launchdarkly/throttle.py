@@ -220,6 +220,7 @@ class Budget:
 class Window(NamedTuple):
     left: int | None  # requests the budgets can still take in this window (None: not known)
     ends_in: float | None  # seconds until it resets (None: not known)
+    in_flight: int = 0  # requests of ours on the route not answered yet
 
 
 class Permit(NamedTuple):
@@ -255,7 +256,11 @@ class RateLimiter:
             left for left in (self._global.left(now_ms), budget.left(now_ms)) if left is not None
         ]
         ends_in = budget.ends_in_ms(now_ms)
-        return Window(min(known, default=None), None if ends_in is None else ends_in / 1000)
+        return Window(
+            min(known, default=None),
+            None if ends_in is None else ends_in / 1000,
+            len(budget.in_flight),
+        )
 
     def take(self, route: str) -> int:
         """Take a unit of each budget for a request about to go; returns its sequence number."""

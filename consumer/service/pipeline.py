@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import random
@@ -513,6 +514,11 @@ class _Admission:
             return False
         since = self._held.pop(route.resource, self._now)
         self.granted[route.resource] = self._sender.grant(route, self._now - since)
+        view = self._views.get(key)
+        if view is not None and view.units_left is not None:
+            self._views[key] = dataclasses.replace(
+                view, units_left=view.units_left - 1, in_flight=view.in_flight + 1
+            )
         return True
 
     def _to_fill(self, key: str, due: Head) -> float:
@@ -538,6 +544,7 @@ class _Admission:
                 window_ends_in=window.ends_in,
                 since_added=self._now - max(h.last_added for h in on_route),
                 due_sizes=sorted((len(h.head) for h in on_route if h.due), reverse=True),
+                in_flight=window.in_flight,
             )
         return view
 

@@ -15,7 +15,10 @@ would waste the window:
    filling and waiting would only add latency (a one-off burst);
 4. the window ends within `spend_before` seconds and the lane is among the fullest due ones
    the units left can carry: a unit left at the reset is lost to us, so what is left goes to
-   the lanes that gained most from waiting;
+   the lanes that gained most from waiting. A quarter of what is left at most is on the wire
+   at once (at least one request): the others sharing the budget see the same number left
+   and spend it too, and each answer says what all of them have spent, so the spending stays
+   within the budget rather than each client spending all of it at once;
 
 otherwise it is held and keeps filling. With units to spare, or while the budget is not known
 (no answer on the route yet: the first request finds out), the linger alone decides, as it
@@ -35,9 +38,9 @@ from dataclasses import dataclass
 # second covers streams of one event per second per route and more; sparser routes are not
 # worth holding for.
 QUIET_S = 1.0
-# What is left of a window is spent this long before its reset: enough for the requests to
-# reach the server in that window (the limiter adds a guard and jitter of 0.1 s each).
-SPEND_BEFORE_S = 1.0
+# What is left of a window is spent this long before its reset: enough for requests sent a
+# quarter at a time to reach the server in that window.
+SPEND_BEFORE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +52,16 @@ class RouteView:
     window_ends_in: float | None  # seconds until the window resets (None: not known)
     since_added: float  # seconds since any of its lanes took an event
     due_sizes: Sequence[int]  # events in the head of each due lane, fullest first
+    in_flight: int = 0  # requests of ours on the route not answered yet
 
     @property
     def scarce(self) -> bool:
         return self.units_left is not None and self.waiting_lanes > self.units_left
+
+    def spending(self) -> bool:
+        """Another request may go in the spending at the window's end (rule 4)."""
+        assert self.units_left is not None
+        return self.in_flight < max(1, self.units_left // 4)
 
     def fullest(self) -> int:
         """The size a due lane needs to be among those the units left can carry."""
@@ -77,7 +86,7 @@ class Scarcity:
         holds = [self.max_wait - waited, self.quiet - route.since_added]
         if route.window_ends_in is not None:
             ending = route.window_ends_in - self.spend_before
-            if ending <= 0 and size >= route.fullest():
+            if ending <= 0 and size >= route.fullest() and route.spending():
                 return None
             if ending > 0:
                 holds.append(ending)
