@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -115,6 +116,67 @@ class Workload:
                 for i in range(self.flags)
             ],
         }
+
+
+@dataclass(frozen=True)
+class BigSegmentWorkload:
+    """Events over `segments` big segments (user contexts): adds and removes of keys from a
+    small pool, so keys are removed and added again within one batch (the shape whose
+    in-order plan needs a request wherever a key changes sides)."""
+
+    segments: int = 5
+    keys: int = 40
+
+    def event(self, index: int, prefix: str) -> dict[str, Any]:
+        rng = random.Random(index)
+        verb = "add" if rng.random() < 0.6 else "remove"
+        side = "Included" if rng.random() < 0.8 else "Excluded"
+        return {
+            "eventId": f"{prefix}-{index}",
+            "projectKey": PROJECT,
+            "environmentKey": ENV,
+            "resource": {"kind": "segment", "key": f"big-{index % self.segments}"},
+            "instruction": {
+                "kind": f"{verb}{side}Targets",
+                "contextKind": "user",
+                "values": [f"u{rng.randrange(self.keys)}" for _ in range(rng.randint(1, 3))],
+            },
+        }
+
+    def record(self, index: int, prefix: str) -> tuple[bytes, bytes]:
+        event = self.event(index, prefix)
+        return record_key(event), json.dumps(event, separators=(",", ":")).encode()
+
+    def seed(self, count: int, prefix: str) -> dict[str, Any]:
+        return {
+            "projects": [{"key": PROJECT, "environments": [ENV]}],
+            "segments": [
+                {
+                    "projectKey": PROJECT,
+                    "environmentKey": ENV,
+                    "key": f"big-{i}",
+                    "unbounded": True,
+                    "unboundedContextKind": "user",
+                }
+                for i in range(self.segments)
+            ],
+        }
+
+    def expected(self, count: int, prefix: str) -> dict[str, dict[str, set[str]]]:
+        """Each segment's members after applying the events in order."""
+        members = {f"big-{i}": {"included": set(), "excluded": set()} for i in range(self.segments)}
+        for index in range(count):
+            event = self.event(index, prefix)
+            kind = event["instruction"]["kind"]
+            side = members[event["resource"]["key"]][
+                "included" if "Included" in kind else "excluded"
+            ]
+            values = event["instruction"]["values"]
+            if kind.startswith("add"):
+                side.update(values)
+            else:
+                side.difference_update(values)
+        return members
 
 
 # -- the broker and the simulator ----------------------------------------------------------------
@@ -234,7 +296,11 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 async def produce_backlog(
-    settings: Settings, workload: Workload, count: int, prefix: str, start: int = 0
+    settings: Settings,
+    workload: Workload | BigSegmentWorkload,
+    count: int,
+    prefix: str,
+    start: int = 0,
 ) -> None:
     producer = AIOKafkaProducer(
         **kafka.common_config(settings), linger_ms=20, max_batch_size=256 * 1024, acks=1

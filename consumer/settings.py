@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     """Most instructions in one request (1-1,500)."""
     consumer_batch_linger_ms: int = Field(200, ge=0)
     """Longest wait of a batch's oldest event before its request goes."""
+    consumer_batch_max_wait_ms: int = Field(60_000, ge=0)
+    """Longest a due batch is held back to fill while the lanes waiting on its rate-limit route
+    outnumber the requests left in the window (with requests to spare, the linger alone
+    decides; 0 never holds)."""
     consumer_batch_comment_max_chars: int = Field(4_000, ge=1_000)
     """Longest joined comment of one request; a batch closes early rather than pass it."""
     consumer_max_in_flight_requests: int = Field(16, ge=1)

@@ -86,6 +86,31 @@ class Budget:
                     self.remaining = 1  # let one go and ask: the capacity is only a guess
         return self._pace_ms(now_ms)
 
+    def left(self, now_ms: float) -> int | None:
+        """Units this budget can still give in its current window without waiting (None: not
+        known yet). A window past its reset counts as a new one of the last one's size."""
+        if self.blocked_until_ms > now_ms:
+            return 0
+        if self.reset_at_ms is not None and now_ms >= self.reset_at_ms + GUARD_MS:
+            if self.capacity is None:
+                return None
+            return max(0, self.capacity - len(self.in_flight))
+        if self.remaining is None:
+            return None
+        return max(0, self.remaining)
+
+    def ends_in_ms(self, now_ms: float) -> float | None:
+        """Milliseconds until the current window resets (None: not known). Past the last
+        reset an answer showed, windows are taken to follow on at the longest length seen."""
+        reset = self.reset_at_ms if self.reset_at_ms is not None else self.latest_reset_ms
+        if reset is None:
+            return None
+        if reset <= now_ms:
+            if self.window_ms <= 0:
+                return None
+            reset += (1 + (now_ms - reset) // self.window_ms) * self.window_ms
+        return reset - now_ms
+
     def _burst(self) -> int:
         return max(1, (self.capacity or 0) // 10)
 
@@ -192,6 +217,12 @@ class Budget:
             self.shared_until_ms = now_ms + SHARED_WINDOWS * self.window_ms
 
 
+class Window(NamedTuple):
+    left: int | None  # requests the budgets can still take in this window (None: not known)
+    ends_in: float | None  # seconds until it resets (None: not known)
+    in_flight: int = 0  # requests of ours on the route not answered yet
+
+
 class Permit(NamedTuple):
     seq: int
     waited: float  # seconds
@@ -217,6 +248,19 @@ class RateLimiter:
     def delay(self, route: str, now_ms: float) -> float:
         """Milliseconds to wait before a request on `route` may go (0: now)."""
         return max(self._global.delay_ms(now_ms), self._route(route).delay_ms(now_ms))
+
+    def window(self, route: str, now_ms: float) -> Window:
+        """What a request on `route` can still have in this window, and when the window ends."""
+        budget = self._route(route)
+        known = [
+            left for left in (self._global.left(now_ms), budget.left(now_ms)) if left is not None
+        ]
+        ends_in = budget.ends_in_ms(now_ms)
+        return Window(
+            min(known, default=None),
+            None if ends_in is None else ends_in / 1000,
+            len(budget.in_flight),
+        )
 
     def take(self, route: str) -> int:
         """Take a unit of each budget for a request about to go; returns its sequence number."""

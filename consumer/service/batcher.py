@@ -31,6 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiokafka.structs import TopicPartition
 
@@ -117,6 +118,15 @@ class Batch:
         return len(self.items)
 
 
+class Head(NamedTuple):
+    """A lane's head: what cutting the lane now would send."""
+
+    head: Batch
+    closed: bool  # the head can no longer grow
+    due: bool  # closed, or its oldest event waited the linger
+    last_added: float  # when the lane last took an event (monotonic seconds)
+
+
 @dataclass(slots=True)
 class _Lane:
     """Everything waiting for one resource, in consumption order."""
@@ -124,6 +134,7 @@ class _Lane:
     closed: deque[Batch] = field(default_factory=deque)
     open: Batch | None = None
     in_flight: bool = False
+    last_added: float = 0.0
 
     def head(self) -> Batch:
         head = self.closed[0] if self.closed else self.open
@@ -174,6 +185,7 @@ class Batcher:
                 created_at -= min(self.linger, max(0.0, (wall_ms - timestamp) / 1000))
             batch = lane.open = Batch(item.route, created_at)
         batch.append(item)
+        lane.last_added = now
         self._waiting += 1
         if len(batch) >= self.max_size:
             self._close(lane)
@@ -198,20 +210,20 @@ class Batcher:
     # -- handing out ------------------------------------------------------------------------
 
     def ready(
-        self, now: float, limit: int, admit: Callable[[Route], bool] = lambda route: True
+        self, now: float, limit: int, admit: Callable[[Head], bool] = lambda due: True
     ) -> list[Batch]:
         """Up to `limit` due batches, oldest first, each the head of a resource's lane with
-        nothing in flight, and admitted: `admit(route)` is asked once per due lane, oldest
+        nothing in flight, and admitted: `admit(due)` is asked once per due lane, oldest
         first, and a lane is cut only when it answers True (it takes whatever the request
         needs, e.g. a rate-limit unit). A lane not admitted is left as it is and goes on
         filling."""
         if limit <= 0:
             return []
         batches: list[Batch] = []
-        for _, resource in sorted(self._due(now)):
-            lane = self._lanes[resource]
-            if not admit(lane.head().route):
+        for due in self.due(now):
+            if not admit(due):
                 continue
+            lane = self._lanes[due.head.route.resource]
             if not lane.closed:
                 self._close(lane)
             batch = lane.closed.popleft()
@@ -222,12 +234,24 @@ class Batcher:
                 break
         return batches
 
-    def _due(self, now: float) -> Iterable[tuple[float, str]]:
-        for resource, lane in self._lanes.items():
-            if lane.in_flight:
-                continue
-            if lane.closed or (lane.open is not None and now >= lane.open.created_at + self.linger):
-                yield lane.head().created_at, resource
+    def heads(self, now: float) -> list[Head]:
+        """The head of every lane with nothing in flight, due or not."""
+        return [
+            Head(
+                lane.head(),
+                bool(lane.closed),
+                bool(lane.closed) or now >= lane.head().created_at + self.linger,
+                lane.last_added,
+            )
+            for lane in self._lanes.values()
+            if not lane.in_flight
+        ]
+
+    def due(self, now: float) -> list[Head]:
+        """The heads of the lanes that are due (closed, or the linger passed), oldest first."""
+        due = [head for head in self.heads(now) if head.due]
+        due.sort(key=lambda head: head.head.created_at)
+        return due
 
     def finished(self, resource: str) -> None:
         """The batch handed out for `resource` is finished; the next one may go."""

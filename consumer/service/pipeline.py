@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import random
@@ -64,14 +65,15 @@ from consumer.contract.outcomes import (
 )
 from consumer.launchdarkly.errors import InternalError
 from consumer.launchdarkly.routing import Route, UnroutableEvent, route
-from consumer.launchdarkly.throttle import JITTER_MS, Permit
-from consumer.service.batcher import Batch, Batcher
+from consumer.launchdarkly.throttle import JITTER_MS, Permit, Window
+from consumer.service.batcher import Batch, Batcher, Head
 from consumer.service.deadline import Deadline
 from consumer.service.leases import Lease
 from consumer.service.metrics import Metrics
 from consumer.service.publisher import Refused
 from consumer.service.records import ConsumedRecord, PendingEvent
 from consumer.service.recovery import Recovered
+from consumer.service.scarcity import RouteView, Scarcity
 from consumer.service.slots import Hold, Slots
 from consumer.service.tracing import Tracing
 
@@ -84,6 +86,8 @@ class Sender(Protocol):
     def admitted_on(self, route: Route) -> str: ...
 
     def delay(self, route: Route) -> float | None: ...
+
+    def window(self, route: Route) -> Window: ...
 
     def grant(self, route: Route, waited: float) -> Permit: ...
 
@@ -128,8 +132,10 @@ class Pipeline:
         on_failure: Callable[[BaseException], None] = lambda exc: None,
         on_refused: Callable[[list[Refused]], None] = lambda refused: None,
         tracing: Tracing | None = None,
+        scarcity: Scarcity | None = None,
     ) -> None:
         self.batcher = batcher
+        self._scarcity = scarcity
         self._tracing = tracing or Tracing(None)
         self._sender = sender
         self._publisher = publisher
@@ -231,7 +237,9 @@ class Pipeline:
             slots = self._slots
             free = min(slots.free(), 2 * limit - slots.used - self._publishing)
             now = time.monotonic()
-            admission = _Admission(self._sender, self._held, now)
+            admission = _Admission(
+                self._sender, self._held, now, self.batcher.heads(now), self._scarcity
+            )
             for batch in self.batcher.ready(now, free, admission.admit):
                 self._launch(batch, admission.granted.pop(batch.route.resource))
             waits = [admission.wait] if admission.wait is not None else []
@@ -458,32 +466,89 @@ class Pipeline:
 
 class _Admission:
     """One dispatch pass's answers to `Batcher.ready`'s `admit`: a rate-limit route the limiter
-    or the gate holds back is asked once per pass (many lanes share one), and `wait` is how
+    or the gate holds back is asked once per pass (many lanes share one); a small lane on a
+    route whose budget cannot carry all its lanes waits to fill (scarcity.py); `wait` is how
     long until one may go."""
 
-    __slots__ = ("_held", "_held_back", "_now", "_sender", "granted", "wait")
+    __slots__ = (
+        "_heads",
+        "_held",
+        "_held_back",
+        "_now",
+        "_scarcity",
+        "_sender",
+        "_views",
+        "granted",
+        "wait",
+    )
 
-    def __init__(self, sender: Sender, held: dict[str, float], now: float) -> None:
+    def __init__(
+        self,
+        sender: Sender,
+        held: dict[str, float],
+        now: float,
+        heads: Sequence[Head],
+        scarcity: Scarcity | None,
+    ) -> None:
         self._sender = sender
         self._held = held
         self._now = now
+        self._scarcity = scarcity
+        self._heads = heads
         # Rate-limit route -> its delay this pass (None: the gate is closed).
         self._held_back: dict[str, float | None] = {}
+        self._views: dict[str, RouteView] = {}  # built on first use, once per pass
         self.granted: dict[str, Permit] = {}
         self.wait: float | None = None  # None: nothing held back, or only by the gate
 
-    def admit(self, route: Route) -> bool:
+    def admit(self, due: Head) -> bool:
+        route = due.head.route
         key = self._sender.admitted_on(route)
         delay = self._held_back[key] if key in self._held_back else self._sender.delay(route)
         if delay != 0:
             self._held_back[key] = delay
-            if delay is not None:  # held by the rate limiter (not the gate): the wait metric
+        else:
+            delay = self._to_fill(key, due)  # this lane's own: others on the route may go
+        if delay != 0:
+            if delay is not None:  # held for the budget (not by the gate): the wait metric
                 self._held.setdefault(route.resource, self._now)
                 self.wait = delay if self.wait is None else min(self.wait, delay)
             return False
         since = self._held.pop(route.resource, self._now)
         self.granted[route.resource] = self._sender.grant(route, self._now - since)
+        view = self._views.get(key)
+        if view is not None and view.units_left is not None:
+            self._views[key] = dataclasses.replace(
+                view, units_left=view.units_left - 1, in_flight=view.in_flight + 1
+            )
         return True
+
+    def _to_fill(self, key: str, due: Head) -> float:
+        """Seconds to hold this lane so it fills (0: it may go)."""
+        if self._scarcity is None:
+            return 0.0
+        hold = self._scarcity.hold(
+            self._view(key, due),
+            closed=due.closed,
+            waited=self._now - due.head.created_at,
+            size=len(due.head),
+        )
+        return hold or 0.0
+
+    def _view(self, key: str, due: Head) -> RouteView:
+        view = self._views.get(key)
+        if view is None:
+            on_route = [h for h in self._heads if self._sender.admitted_on(h.head.route) == key]
+            window = self._sender.window(due.head.route)
+            view = self._views[key] = RouteView(
+                waiting_lanes=len(on_route),
+                units_left=window.left,
+                window_ends_in=window.ends_in,
+                since_added=self._now - max(h.last_added for h in on_route),
+                due_sizes=sorted((len(h.head) for h in on_route if h.due), reverse=True),
+                in_flight=window.in_flight,
+            )
+        return view
 
 
 def _cancel(flight: Flight) -> None:

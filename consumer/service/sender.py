@@ -95,7 +95,7 @@ from consumer.launchdarkly.routing import (
     request_body,
 )
 from consumer.launchdarkly.segment_kinds import KindResolver, LookupFailed, LookupStopped
-from consumer.launchdarkly.throttle import Permit, RateLimiter
+from consumer.launchdarkly.throttle import Permit, RateLimiter, Window
 from consumer.service.batcher import Batch
 from consumer.service.metrics import Metrics
 from consumer.service.readback import applied_already
@@ -226,6 +226,11 @@ class BatchSender:
         if not self._gate.is_open:
             return None
         return self._throttle.delay(self.admitted_on(route), time.time() * 1000) / 1000
+
+    def window(self, route: Route) -> Window:
+        """What the budget of `route`'s rate-limit route has left in this window, and when the
+        window ends."""
+        return self._throttle.window(self.admitted_on(route), time.time() * 1000)
 
     def grant(self, route: Route, waited: float = 0.0) -> Permit:
         """Take the unit for a request on `route` that `delay` let go; `waited`: seconds its

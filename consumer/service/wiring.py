@@ -29,6 +29,7 @@ from consumer.service.metrics import Metrics
 from consumer.service.pipeline import Pipeline
 from consumer.service.publisher import Publisher
 from consumer.service.recovery import Recovery
+from consumer.service.scarcity import Scarcity
 from consumer.service.sender import BatchSender
 from consumer.service.tracing import Tracing
 from consumer.settings import Settings
@@ -156,6 +157,9 @@ def build(
         max_in_flight=settings.consumer_max_in_flight_requests,
         on_published=vitals.broker_seen,
         tracing=tracing,
+        scarcity=Scarcity(
+            seconds(max(settings.consumer_batch_max_wait_ms, settings.consumer_batch_linger_ms))
+        ),
     )
     show_gate(gate.reason)
     return Parts(

@@ -26,6 +26,7 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
             *("--steady-rate", "40", "--steady-segments", "10"),
             *("--warmup-windows", "2", "--steady-windows", "2"),
             *("--naive-records", "10", "--memory-records", "3000"),
+            *("--big-events", "400", "--big-segments", "2"),
             *("--json", str(out)),
         ],
         capture_output=True,
@@ -43,6 +44,8 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
         "scale-out",
         "latency-0ms",
         "latency-50ms",
+        "latency-200ms",
+        "big-segments",
         "rate-limit",
         "steady-limit-1m",
         "steady-limit-2m",
@@ -63,9 +66,15 @@ def test_bench_runs_every_scenario_and_writes_its_figures(tmp_path: Path) -> Non
         steady = figures[f"steady-limit-{members}m"]
         assert steady["members"] == members and steady["bound_events_per_s"] == 40
         assert steady["api_requests"] > 0 and 0 < steady["events_per_request"] <= 50
+        assert 0 < steady["first_minute_share_of_bound"] <= 1.5
+        assert steady["first_minute_api_requests"] > 0
     latency = figures["latency-0ms"]
     assert latency["events"] == 400 and 0 < latency["p50_ms"] <= latency["p99_ms"]
     assert figures["latency-50ms"]["p50_ms"] > 50  # the simulator's added latency shows
+    assert figures["latency-200ms"]["p50_ms"] > 200
+    big = figures["big-segments"]
+    assert big["events"] == 400 and big["sides_not_as_in_order"] == 0
+    assert 0 < big["api_requests"] < 400 / 10  # net changes: far fewer requests than events
     assert (
         # sanity only: three short windows can fall into two measured ones
         figures["rate-limit"]["events_per_s"] <= figures["rate-limit"]["bound_events_per_s"] * 2

@@ -3,7 +3,7 @@ from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.service.batcher import COMMENT_SEPARATOR, Batcher
+from consumer.service.batcher import COMMENT_SEPARATOR, Batcher, Head
 from consumer.service.leases import Leases
 from consumer.service.records import PendingEvent
 from tests.factories import event_dict, pending
@@ -218,7 +218,7 @@ def test_linger_counts_from_the_record_timestamp_when_the_wall_clock_is_given() 
 def test_a_lane_not_admitted_is_not_cut_and_keeps_filling_to_the_cap() -> None:
     batcher = Batcher(max_size=5, linger=0.1)
     batcher.add(seg(), now=0.0)
-    assert batcher.ready(now=1.0, limit=5, admit=lambda route: False) == []
+    assert batcher.ready(now=1.0, limit=5, admit=lambda due: False) == []
     for _ in range(11):
         batcher.add(seg(), now=1.0)
     assert batcher.waiting == 12
@@ -238,8 +238,8 @@ def test_admit_is_asked_oldest_lane_first_and_a_refusal_does_not_hold_up_others(
         batcher.add(seg(key), now=float(i))
     asked: list[str] = []
 
-    def admit(route: object) -> bool:
-        key = route.path.rsplit("/", 1)[1]  # type: ignore[attr-defined]
+    def admit(due: Head) -> bool:
+        key = due.head.route.path.rsplit("/", 1)[1]
         asked.append(key)
         return key != "a"
 
@@ -257,7 +257,7 @@ def test_admit_is_not_asked_for_lanes_not_due_or_in_flight() -> None:
     batcher.add(seg("busy"), now=1.0)
     batcher.add(seg("young"), now=1.5)
     asked: list[str] = []
-    batcher.ready(now=2.2, limit=5, admit=lambda route: asked.append(route.path) is None)
+    batcher.ready(now=2.2, limit=5, admit=lambda due: asked.append(due.head.path) is None)
     assert asked == []
     assert batcher.next_due(now=2.2) == pytest.approx(0.3)
     batcher.finished(busy.route.resource)
@@ -268,7 +268,7 @@ def test_full_batches_of_a_held_lane_go_in_order() -> None:
     items = [seg() for _ in range(5)]
     for item in items:
         batcher.add(item, now=0.0)
-    batcher.ready(now=1.0, limit=5, admit=lambda route: False)
+    batcher.ready(now=1.0, limit=5, admit=lambda due: False)
     sent: list[PendingEvent] = []
     while not batcher.idle():
         for batch in batcher.ready(now=1.0, limit=5):

@@ -12,7 +12,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer.contract.outcomes import InstructionResult, OutcomeMessage, results_from_body
 from consumer.launchdarkly.routing import Route
-from consumer.launchdarkly.throttle import Permit
+from consumer.launchdarkly.throttle import Permit, Window
 from consumer.service.batcher import Batch, Batcher
 from consumer.service.deadline import Deadline
 from consumer.service.leases import Lease, Leases
@@ -38,6 +38,7 @@ class Sender:
         # and those given back.
         self.delays: dict[str, float | None] = {}
         self.asked: list[str] = []  # the paths whose delay the dispatch asked, in order
+        self.units: dict[str, int | None] = {}  # what each route's budget has left
         self.granted: list[Permit] = []
         self.released: set[int] = set()
         # Paths whose batches wait in a backoff (slot given back) until `backoff_over`.
@@ -50,6 +51,9 @@ class Sender:
     def delay(self, route: Route) -> float | None:
         self.asked.append(route.path)
         return self.delays.get(route.path, 0.0)
+
+    def window(self, route: Route) -> Window:
+        return Window(self.units.get(route.path), None)
 
     def grant(self, route: Route, waited: float) -> Permit:
         permit = Permit(len(self.granted) + 1, waited)

@@ -243,3 +243,31 @@ def test_a_429_of_our_own_does_not_mark_the_budget_shared() -> None:
     limiter.observe(ROUTE, headers(0, 0, 10_500), RateLimited("429", retry_after=1.0), seq)
     assert not limiter._route(ROUTE).shared(clock[0])
     assert not limiter._global.shared(clock[0])
+
+
+def test_the_window_says_what_is_left_and_when_it_ends() -> None:
+    clock = [NOW]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    assert limiter.window(ROUTE, NOW) == (None, None, 0)  # nothing answered yet
+    seq = limiter.take(ROUTE)
+    limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(100, 12, NOW + 8_000), None, seq)
+    left, ends_in, in_flight = limiter.window(ROUTE, NOW)
+    assert left == 11  # the server's 12, less the request still on the wire
+    assert ends_in == pytest.approx(8.0)
+    assert in_flight == 1
+    assert limiter.window(ROUTE, NOW + 5_000) == (11, pytest.approx(3.0), 1)
+    # The global budget binds when it is lower.
+    limiter.observe(ROUTE, headers(3, 12, NOW + 8_000), None)
+    assert limiter.window(ROUTE, NOW).left == 3
+
+
+def test_past_its_reset_a_window_is_taken_to_start_again_at_its_full_size() -> None:
+    clock = [NOW]
+    limiter = RateLimiter(clock_ms=lambda: clock[0])
+    seq = limiter.take(ROUTE)
+    limiter.observe(ROUTE, headers(None, 19, NOW + 10_000), None, seq)  # a 10 s window of 20
+    left, ends_in, _ = limiter.window(ROUTE, NOW + 10_000 + GUARD_MS + 1)
+    assert left == 20
+    assert ends_in == pytest.approx(10.0 - (GUARD_MS + 1) / 1000)
+    assert limiter.window(ROUTE, NOW + 35_000).ends_in == pytest.approx(5.0)
