@@ -250,17 +250,18 @@ class RateLimiter:
         return max(self._global.delay_ms(now_ms), self._route(route).delay_ms(now_ms))
 
     def window(self, route: str, now_ms: float) -> Window:
-        """What a request on `route` can still have in this window, and when the window ends."""
+        """What a request on `route` can still have in this window, when the window ends, and
+        our requests on the wire against the budget that binds (the lower of the account's
+        and the route's)."""
         budget = self._route(route)
-        known = [
-            left for left in (self._global.left(now_ms), budget.left(now_ms)) if left is not None
+        binding = [
+            (left, len(b.in_flight))
+            for b in (self._global, budget)
+            if (left := b.left(now_ms)) is not None
         ]
+        left, in_flight = min(binding, default=(None, len(budget.in_flight)))
         ends_in = budget.ends_in_ms(now_ms)
-        return Window(
-            min(known, default=None),
-            None if ends_in is None else ends_in / 1000,
-            len(budget.in_flight),
-        )
+        return Window(left, None if ends_in is None else ends_in / 1000, in_flight)
 
     def take(self, route: str) -> int:
         """Take a unit of each budget for a request about to go; returns its sequence number."""

@@ -250,7 +250,7 @@ class Batcher:
     def due(self, now: float) -> list[Head]:
         """The heads of the lanes that are due (closed, or the linger passed), oldest first."""
         due = [head for head in self.heads(now) if head.due]
-        due.sort(key=lambda head: head.head.created_at)
+        due.sort(key=lambda head: (head.head.created_at, head.head.route.resource))
         return due
 
     def finished(self, resource: str) -> None:

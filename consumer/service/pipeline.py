@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import functools
 import random
@@ -243,10 +242,10 @@ class Pipeline:
             for batch in self.batcher.ready(now, free, admission.admit):
                 self._launch(batch, admission.granted.pop(batch.route.resource))
             waits = [admission.wait] if admission.wait is not None else []
+            if admission.jitter:  # members of a group should not wake in step at a reset
+                waits[0] += self._rng.uniform(0, JITTER_MS) / 1000
             if free > 0 and (due := self.batcher.next_due(now)) is not None:
                 waits.append(due)
-            if admission.wait is not None:  # members of a group should not wake in step
-                waits[0] += self._rng.uniform(0, JITTER_MS) / 1000
             # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that comes as
             # the wait ends, and the stop then waits for this loop forever.
             with contextlib.suppress(TimeoutError):
@@ -468,17 +467,23 @@ class _Admission:
     """One dispatch pass's answers to `Batcher.ready`'s `admit`: a rate-limit route the limiter
     or the gate holds back is asked once per pass (many lanes share one); a small lane on a
     route whose budget cannot carry all its lanes waits to fill (scarcity.py); `wait` is how
-    long until one may go."""
+    long until one may go, and `jitter` whether it is the limiter's (members of a group should
+    not all wake at its reset) rather than a hold's own deadline.
+
+    Each lane's rate-limit route is read once, when the pass starts: a segment's kind (and so
+    its route) can expire from the cache in the middle of a pass."""
 
     __slots__ = (
-        "_heads",
+        "_by_route",
         "_held",
         "_held_back",
         "_now",
+        "_route_of",
         "_scarcity",
         "_sender",
         "_views",
         "granted",
+        "jitter",
         "wait",
     )
 
@@ -494,61 +499,63 @@ class _Admission:
         self._held = held
         self._now = now
         self._scarcity = scarcity
-        self._heads = heads
+        # Resource -> its lane's rate-limit route, and route -> its lanes, for this pass.
+        self._route_of = {h.head.route.resource: sender.admitted_on(h.head.route) for h in heads}
+        self._by_route: dict[str, list[Head]] = {}
+        for head in heads:
+            self._by_route.setdefault(self._route_of[head.head.route.resource], []).append(head)
         # Rate-limit route -> its delay this pass (None: the gate is closed).
         self._held_back: dict[str, float | None] = {}
         self._views: dict[str, RouteView] = {}  # built on first use, once per pass
         self.granted: dict[str, Permit] = {}
         self.wait: float | None = None  # None: nothing held back, or only by the gate
+        self.jitter = False
 
     def admit(self, due: Head) -> bool:
         route = due.head.route
-        key = self._sender.admitted_on(route)
+        key = self._route_of.get(route.resource) or self._sender.admitted_on(route)
         delay = self._held_back[key] if key in self._held_back else self._sender.delay(route)
-        if delay != 0:
+        limiter = delay != 0
+        if limiter:
             self._held_back[key] = delay
         else:
             delay = self._to_fill(key, due)  # this lane's own: others on the route may go
         if delay != 0:
             if delay is not None:  # held for the budget (not by the gate): the wait metric
                 self._held.setdefault(route.resource, self._now)
-                self.wait = delay if self.wait is None else min(self.wait, delay)
+                if self.wait is None or delay < self.wait:
+                    self.wait, self.jitter = delay, limiter
             return False
         since = self._held.pop(route.resource, self._now)
         self.granted[route.resource] = self._sender.grant(route, self._now - since)
         view = self._views.get(key)
-        if view is not None and view.units_left is not None:
-            self._views[key] = dataclasses.replace(
-                view, units_left=view.units_left - 1, in_flight=view.in_flight + 1
-            )
+        if view is not None:
+            self._views[key] = view.granted(len(due.head))
         return True
 
     def _to_fill(self, key: str, due: Head) -> float:
         """Seconds to hold this lane so it fills (0: it may go)."""
         if self._scarcity is None:
             return 0.0
-        hold = self._scarcity.hold(
-            self._view(key, due),
-            closed=due.closed,
-            waited=self._now - due.head.created_at,
-            size=len(due.head),
-        )
-        return hold or 0.0
-
-    def _view(self, key: str, due: Head) -> RouteView:
         view = self._views.get(key)
         if view is None:
-            on_route = [h for h in self._heads if self._sender.admitted_on(h.head.route) == key]
+            on_route = self._by_route.get(key) or [due]
             window = self._sender.window(due.head.route)
             view = self._views[key] = RouteView(
                 waiting_lanes=len(on_route),
                 units_left=window.left,
                 window_ends_in=window.ends_in,
                 since_added=self._now - max(h.last_added for h in on_route),
-                due_sizes=sorted((len(h.head) for h in on_route if h.due), reverse=True),
+                due_sizes=tuple(sorted((len(h.head) for h in on_route if h.due), reverse=True)),
                 in_flight=window.in_flight,
             )
-        return view
+        hold = self._scarcity.hold(
+            view,
+            closed=due.closed,
+            waited=self._now - due.head.created_at,
+            size=len(due.head),
+        )
+        return hold or 0.0
 
 
 def _cancel(flight: Flight) -> None:

@@ -32,7 +32,7 @@ Pure: time and the budget are passed in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # A route whose lanes took no event for this long is not filling: waiting gains nothing. One
 # second covers streams of one event per second per route and more; sparser routes are not
@@ -57,6 +57,19 @@ class RouteView:
     @property
     def scarce(self) -> bool:
         return self.units_left is not None and self.waiting_lanes > self.units_left
+
+    def granted(self, size: int) -> RouteView:
+        """The same route after one of its due lanes (of `size` events) took a unit."""
+        sizes = list(self.due_sizes)
+        if size in sizes:
+            sizes.remove(size)
+        return replace(
+            self,
+            waiting_lanes=self.waiting_lanes - 1,
+            units_left=None if self.units_left is None else self.units_left - 1,
+            due_sizes=tuple(sizes),
+            in_flight=self.in_flight + 1,
+        )
 
     def spending(self) -> bool:
         """Another request may go in the spending at the window's end (rule 4)."""
