@@ -498,11 +498,15 @@ class Bench:
         await self.stack.topics(settings, args.partitions)
         await self.stack.simulator(workload.seed(count, name))
         await produce_backlog(settings, workload, count, name)
-        before = (await self.stack.admin.stats()).get("requests", 0)
+
+        def writes(stats: dict[str, int]) -> int:
+            return stats.get("method_POST", 0) + stats.get("method_PATCH", 0)
+
+        before = await self.stack.admin.stats()
         seen, _ = await self._service(settings, count)
-        # Every request, the reads of the segments' kinds included (the simulator keeps no
-        # request log in the benchmark).
-        requests = (await self.stack.admin.stats()).get("requests", 0) - before
+        after = await self.stack.admin.stats()
+        requests = writes(after) - writes(before)  # the reads of the segments' kinds apart
+        reads = after.get("method_GET", 0) - before.get("method_GET", 0)
         state = {s["key"]: s for s in (await self.stack.admin.state())["segments"]}
         expected = workload.expected(count, name)
         wrong = sum(
@@ -515,6 +519,7 @@ class Bench:
             "events": seen.count,
             "segments": args.big_segments,
             "api_requests": requests,
+            "kind_reads": reads,
             "requests_per_event": round(requests / count, 4),
             "events_per_request": round(count / max(1, requests), 1),
             "sides_not_as_in_order": wrong,

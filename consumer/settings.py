@@ -131,8 +131,9 @@ class Settings(BaseSettings):
     decides; 0 never holds)."""
     consumer_batch_comment_max_chars: int = Field(4_000, ge=1_000)
     """Longest joined comment of one request; a batch closes early rather than pass it."""
-    consumer_max_in_flight_requests: int = Field(16, ge=1)
-    """Requests (to different URLs) on the wire at once."""
+    consumer_max_in_flight_requests: int = Field(128, ge=1)
+    """Requests (to different URLs) on the wire at once: at least the requests per second the
+    lanes want times the API's latency (Little's law), or events wait for a slot."""
     consumer_max_pending_events: int = Field(10_000, ge=1)
     """Records taken but not finished before fetching pauses (bounds memory)."""
     consumer_http_port: int = Field(8080, ge=0, le=65_535)

@@ -223,6 +223,7 @@ class Simulator:
             entry["body"] = raw.decode("utf-8", "replace")
         self.requests.append(entry)
         self.stats["requests"] += 1
+        self.stats[f"method_{request.method}"] += 1
         if received_ms < self._blocked_until_ms and received_ms > self._blocked_since_ms + 50:
             # Sent after a 429 told the client to wait, before the time it named.
             self.stats["early_requests"] += 1
