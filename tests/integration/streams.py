@@ -75,6 +75,20 @@ async def _send(
         last_step[target] = step
 
 
+async def commits_reach(
+    settings: Settings, ends: dict[TopicPartition, int], timeout: float = 60.0
+) -> None:
+    """Wait, with the members still running, until the group's commits reach `ends`: after
+    the last failure the group may still be rebalancing, and a member whose membership lapsed
+    commits nothing (its partitions' next owner does). Whether they get there is what
+    `assert_stream_held` checks."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await committed(settings, list(ends)) != ends:
+        if asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.5)
+
+
 async def assert_stream_held(
     settings: Settings,
     admin: SimulatorAdmin,
